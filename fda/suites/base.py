@@ -1,0 +1,69 @@
+"""The suite contract: what the workflow needs from a task suite (data, base, experts, evaluation).
+
+A suite owns everything task-specific. Merging code never sees heads or data: it gets encoder
+state dicts. Every method is deterministic given ``seed``; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+
+# A result row as returned by ``Suite.evaluate``: {"task": str, "metric": str, "value": float}
+# (the workflow adds suite/method/init/anchor_init/seed and provenance columns).
+Row = dict[str, Any]
+
+
+class Suite(abc.ABC):
+    """One benchmark suite: a base model family, its tasks and its evaluation protocol."""
+
+    #: suite name as used in config keys and file names (no underscores)
+    name: str
+    #: block-adapter family of the encoder (see fda.blocks): "bert", "clip-vision", ...
+    family: str
+
+    def __init__(self, settings: dict[str, Any]):
+        #: the suite's validated section of the workflow config
+        self.settings = settings
+
+    @property
+    @abc.abstractmethod
+    def tasks(self) -> list[str]:
+        """Task names in table order (no underscores)."""
+
+    @abc.abstractmethod
+    def prepare_data(self, out_dir: Path, seed: int) -> None:
+        """Write every task's splits under ``out_dir/{task}`` (``datasets.save_to_disk``)."""
+
+    @abc.abstractmethod
+    def prepare_base(self, out_dir: Path, data_dir: Path, seed: int) -> None:
+        """Write the pretrained encoder as an HF model directory at ``out_dir``."""
+
+    @abc.abstractmethod
+    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int) -> None:
+        """Fetch or fine-tune the expert for ``task``: HF encoder directory at ``out_dir`` plus
+        ``out_dir/head.safetensors`` (the task head used at evaluation; never merged)."""
+
+    @abc.abstractmethod
+    def load_encoder(self, model_dir: Path) -> nn.Module:
+        """The encoder architecture with the weights stored at ``model_dir``."""
+
+    @abc.abstractmethod
+    def evaluate(
+        self,
+        encoder_state: StateDict,
+        task: str,
+        base_dir: Path,
+        data_dir: Path,
+        expert_dir: Path,
+        *,
+        limit: int | None = None,
+    ) -> list[Row]:
+        """Score ``encoder_state`` (keys of the base encoder) with ``task``'s own head on its test
+        split. Returns rows ``{"task", "metric", "value"}``; the first row is the headline metric."""
