@@ -1,0 +1,25 @@
+# fda-bench: one DAG from experts to paper-shaped tables. See docs/workflow.md.
+#
+#   snakemake --cores 2                                    # embedded suites (config/config.yaml)
+#   snakemake --cores 2 --config smoke=true                # the same, minutes instead of hours
+#   snakemake results/vitb16_wudi_fda.csv --configfile config/paper.yaml --profile workflow/profiles/slurm
+#   snakemake --report report.html                         # tables and figures in one HTML file
+#
+# Rules live in workflow/rules/*.smk; every job is a thin `fda-bench ...` call.
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/experts.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/fda.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

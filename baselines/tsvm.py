@@ -1,0 +1,100 @@
+"""TSV-M, Task Singular Vectors Merging (Gargiulo et al., CVPR 2025).
+
+Per 2-D tensor (m×n, r = min(m, n), T experts): keep each task's top k = floor(r/T) singular
+triplets, concatenate the U's and V's, replace each concatenation by its polar factor (the nearest
+matrix with orthonormal columns), and recombine U⊥·diag(S)·V⊥ᵀ. The result is invariant to task
+order, to singular-vector signs and to transposition, so it is unique up to rounding.
+
+Speed (none of these changes the result): wide matrices are transposed to tall before the SVDs,
+all SVDs are reduced, keys whose task vectors are all zero are skipped by the engine, and the
+concatenation is not zero-padded to r columns (padding columns carry σ = 0 and cannot change the
+product). Experts whose task vector for a key is exactly zero are left out of that key's
+concatenation: their singular vectors are arbitrary (whatever LAPACK returns for a zero matrix),
+and in the official code they would still perturb the other tasks' polar factors. k stays
+floor(r/T) with T the total number of experts, as in the official rank budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import engine
+from .errors import HyperparameterError
+from .inputs import MergeInputs, StateDict
+from .registry import hparam, register
+
+
+@dataclass
+class TSVMHparams(engine.CommonHparams):
+    alpha: float = hparam(1.0, "scaling α of the merged delta, SVD-merged and averaged tensors alike (FDA vision: 1.0)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.alpha == self.alpha:
+            raise HyperparameterError("alpha must be a number, got NaN")
+
+
+def polar_factor(x: torch.Tensor) -> torch.Tensor:
+    """Nearest matrix with orthonormal columns to ``x`` [p, c] (p ≥ c): P·Qᵀ from x = P Λ Qᵀ."""
+    p, _, qh = torch.linalg.svd(x, full_matrices=False)
+    return p @ qh
+
+
+def tsvm_bases(taus: list[torch.Tensor], num_tasks: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Orthogonalised bases of one 2-D key: (U⊥ [m, c], S [c], V⊥ [n, c]) with merged = U⊥ diag(S) V⊥ᵀ.
+
+    ``taus``: T task matrices [m, n] (one dtype/device). ``num_tasks`` (default T) sets the per-task
+    rank k = floor(min(m, n) / num_tasks); c = k · (number of non-zero task matrices).
+    U⊥ and V⊥ have orthonormal columns.
+    """
+    if not taus or any(t.ndim != 2 for t in taus):
+        raise ValueError("tsvm_bases needs a non-empty list of 2-D task matrices")
+    m, n = taus[0].shape
+    transpose = m < n  # SVDs of tall matrices are cheaper; TSVM(Δᵀ) = TSVM(Δ)ᵀ, so this changes nothing
+    mats = [t.T if transpose else t for t in taus]
+    rows, cols = mats[0].shape
+    k = min(rows, cols) // (num_tasks if num_tasks is not None else len(taus))
+    us, ss, vs = [], [], []
+    if k > 0:
+        for t in mats:
+            if not bool(t.any()):
+                continue
+            u, s, vh = torch.linalg.svd(t, full_matrices=False)
+            us.append(u[:, :k])
+            ss.append(s[:k])
+            vs.append(vh[:k].T)
+    if not us:
+        z = mats[0].new_zeros
+        u_p, s_cat, v_p = z(rows, 0), z(0), z(cols, 0)
+    else:
+        u_p, s_cat, v_p = combine_factors(us, ss, vs)
+    return (v_p, s_cat, u_p) if transpose else (u_p, s_cat, v_p)
+
+
+def combine_factors(
+    us: list[torch.Tensor], ss: list[torch.Tensor], vs: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate per-task factors (U_i [m, k], σ_i [k], V_i [n, k]) and orthogonalise U and V.
+
+    Returns (U⊥ [m, c], S [c], V⊥ [n, c]), c = Σ k_i. Flipping the sign of a column of U_i together
+    with the same column of V_i leaves U⊥ diag(S) V⊥ᵀ unchanged (polar(U D) = polar(U) D).
+    """
+    return polar_factor(torch.cat(us, dim=1)), torch.cat(ss), polar_factor(torch.cat(vs, dim=1))
+
+
+def tsvm_matrix(taus: list[torch.Tensor], num_tasks: int | None = None) -> torch.Tensor:
+    """The TSV-M merged delta [m, n] of one 2-D key (before α)."""
+    u, s, v = tsvm_bases(taus, num_tasks)
+    return (u * s) @ v.T
+
+
+def merge_tsvm(inputs: MergeInputs, hp: TSVMHparams, progress: engine.Progress | None = None) -> StateDict:
+    plan = engine.plan(inputs, "tsvm", hp)
+    engine.check_plan_selects(plan, "tsvm", hp)
+    num_tasks = inputs.num_experts
+    return engine.run_per_key(inputs, hp, plan, lambda taus, key: tsvm_matrix(taus, num_tasks), hp.alpha, progress)
+
+
+register("tsvm", merge_tsvm, TSVMHparams, "TSV-M: per-task top singular triplets, orthogonalised by polar factors")

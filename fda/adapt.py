@@ -1,0 +1,179 @@
+"""FDA stage 2: adapt one block on the pooled anchors of all experts (reference §4.2).
+
+Targets ``Y_i = block_θi(X_i)``; the pooled pairs are shuffled every epoch with a seeded
+generator and cut into batches (last batch kept, as a ``DataLoader`` with ``drop_last=False``).
+
+* ``init="pretrained"``: every block tensor starts at θ0 and is trained (Adam, no weight decay).
+* ``init="ta"``: one elementwise coefficient tensor per expert and tensor, starting at λ;
+  merged = θ0 + Σ_i α_i ⊙ τ_i.
+* any other merged init (``tsvm``, ``wudi``, ...): one coefficient tensor per tensor over the merged
+  delta δ = merged − θ0, starting at 1; merged = θ0 + α ⊙ δ.
+
+Merged-init blocks are written as ``init + Σ (α_i − α_i⁰) ⊙ τ_i`` — mathematically the same
+function of α with the same gradients, but at α = α⁰ it returns the merged init *bit for bit*.
+
+Loss per batch, on flattened samples: ``cos`` = −Σ_b cos(out_b, y_b); ``mse`` = Σ (out − y)²;
+``l1`` = Σ |out − y| (sum reductions, as the official code; its learning rates assume them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from fda.anchors import module_mode
+from fda.blocks import BlockAdapter
+
+StateDict = dict[str, torch.Tensor]
+ADAPT_LOSSES = ("cos", "mse", "l1")
+
+
+def adapt_loss(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Batch loss with SUM reduction over ``[B, ...]`` outputs and targets."""
+    if kind == "cos":
+        return -F.cosine_similarity(out.flatten(1), y.flatten(1), dim=-1).sum()
+    if kind == "mse":
+        return F.mse_loss(out, y, reduction="sum")
+    if kind == "l1":
+        return F.l1_loss(out, y, reduction="sum")
+    raise ValueError(f"unknown adaptation loss {kind!r}; expected one of {ADAPT_LOSSES}")
+
+
+@dataclass
+class AdaptLog:
+    """``loss [steps]``: per-batch losses; ``epoch_loss [epochs]``: their mean per epoch;
+    ``initial_loss``: the pooled loss before training (eval mode), ``final_loss``: after."""
+
+    loss: torch.Tensor
+    epoch_loss: torch.Tensor
+    initial_loss: float
+    final_loss: float
+
+
+@dataclass
+class AdaptResult:
+    """Adapted block: ``params`` maps the block's FULL state-dict keys to detached tensors."""
+
+    block: int
+    params: StateDict
+    log: AdaptLog
+
+
+class _Parameterisation:
+    """The trainable object: weights (pretrained init) or elementwise coefficients (merged init)."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        theta0: Mapping[str, torch.Tensor],
+        experts: Sequence[Mapping[str, torch.Tensor]],
+        init: str,
+        init_block: Mapping[str, torch.Tensor] | None,
+        ta_lambda: float,
+    ):
+        self.names = list(names)
+        self.init = init
+        if init == "pretrained":
+            self.weights = {k: theta0[k].detach().clone().requires_grad_(True) for k in self.names}
+            self.trainable = list(self.weights.values())
+            return
+        if init == "ta":
+            # per expert, per tensor: α_i starts at λ over τ_i
+            self.deltas = [{k: ex[k] - theta0[k] for k in self.names} for ex in experts]
+            self.alpha0 = ta_lambda
+            self.base = (
+                {k: init_block[k].detach() for k in self.names}
+                if init_block is not None
+                else {k: theta0[k] + sum(ta_lambda * d[k] for d in self.deltas) for k in self.names}
+            )
+        else:
+            if init_block is None:
+                raise ValueError(f"adaptation from init {init!r} needs the merged init's state (init_state)")
+            self.deltas = [{k: init_block[k].detach() - theta0[k] for k in self.names}]
+            self.alpha0 = 1.0
+            self.base = {k: init_block[k].detach() for k in self.names}
+        self.alphas = [{k: torch.full_like(d[k], self.alpha0).requires_grad_(True) for k in self.names} for d in self.deltas]
+        self.trainable = [a for al in self.alphas for a in al.values()]
+
+    def params(self) -> dict[str, torch.Tensor]:
+        if self.init == "pretrained":
+            return self.weights
+        return {
+            k: self.base[k] + sum((al[k] - self.alpha0) * d[k] for al, d in zip(self.alphas, self.deltas)) for k in self.names
+        }
+
+
+def adapt(
+    adapter: BlockAdapter,
+    block: int,
+    theta0: Mapping[str, torch.Tensor],
+    experts: Sequence[Mapping[str, torch.Tensor]],
+    anchors: Sequence[torch.Tensor],
+    *,
+    init: str,
+    init_block: Mapping[str, torch.Tensor] | None,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    loss: str,
+    train_mode: bool,
+    ta_lambda: float,
+    seed: int,
+    progress: bool = True,
+) -> AdaptResult:
+    """Adapt block ``block`` on ``anchors[i]`` (canonical, expert i's anchors).
+
+    ``theta0``, ``experts[i]``, ``init_block``: the block's tensors by local name. Targets are
+    computed in eval mode; training runs with the block in ``train_mode`` (dropout on or off).
+    Returns the adapted tensors under the block's full keys, detached, on the anchors' device.
+    """
+    if len(anchors) != len(experts):
+        raise ValueError(f"{len(anchors)} anchor sets for {len(experts)} experts")
+    names = adapter.param_names(block)
+    module = adapter.block_module(block)
+    dev = anchors[0].device
+    cast = lambda sd: {k: sd[k].detach().to(dev, anchors[0].dtype) for k in names}  # noqa: E731
+    th0 = cast(theta0)
+    exs = [cast(e) for e in experts]
+    with torch.no_grad(), module_mode(module, False):
+        X = torch.cat([a.detach() for a in anchors])
+        Y = torch.cat([adapter.call(block, ex, a.detach()) for ex, a in zip(exs, anchors)])
+    param = _Parameterisation(names, th0, exs, init, cast(init_block) if init_block is not None else None, ta_lambda)
+    opt = torch.optim.Adam(param.trainable, lr=lr) if epochs else None  # no weight decay, as the official code
+    gen = torch.Generator().manual_seed(seed)
+
+    def pooled_loss() -> float:
+        with torch.no_grad(), module_mode(module, False):
+            return float(adapt_loss(adapter.call(block, param.params(), X), Y, loss))
+
+    initial = pooled_loss()
+    step_losses: list[float] = []
+    epoch_losses: list[float] = []
+    bar = tqdm(range(epochs), desc=f"adapt block {block}", disable=not progress, leave=False)
+    # dropout (train_mode) draws from the global RNG: fork it and seed it, so runs repeat exactly
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), module_mode(module, train_mode):
+        torch.manual_seed(seed)
+        for _ in bar:
+            perm = torch.randperm(X.shape[0], generator=gen).to(dev)
+            batch_losses = []
+            for start in range(0, X.shape[0], batch_size):
+                idx = perm[start : start + batch_size]
+                value = adapt_loss(adapter.call(block, param.params(), X[idx]), Y[idx], loss)
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                opt.step()
+                batch_losses.append(float(value.detach()))
+            step_losses += batch_losses
+            epoch_losses.append(sum(batch_losses) / len(batch_losses))
+            bar.set_postfix(loss=epoch_losses[-1])
+    final = pooled_loss()
+    prefix = adapter.block_prefix(block)
+    with torch.no_grad():
+        out = {prefix + k: v.detach().clone() for k, v in param.params().items()}
+    log = AdaptLog(torch.tensor(step_losses), torch.tensor(epoch_losses), initial, final)
+    return AdaptResult(block, out, log)

@@ -1,0 +1,375 @@
+"""FDA stage 1: anchor initialisation and construction (one block, many experts at once).
+
+Objective, exactly as the official code (reference §2.2), for expert i and block l:
+
+* ``S(X) = mean_j cos(flat(block_θ0(x_j)), flat(block_θi(x_j)))`` (``similarity="cos"``), or
+  ``-mean (out0 - outi)^2`` (``"mse"``), or ``-mean |out0 - outi|`` (``"l1"``);
+* ``g_p = dS/dθ0[p]`` for every parameter tensor p of the block, with ``create_graph=True``;
+* ``L(X) = Σ_p (1 - cos(g_p, τ_p))``, minimised over X with AdamW (PyTorch defaults, wd 0.01);
+* the best X seen is returned (the loss is evaluated before the step, so it belongs to that X).
+
+Speed-ups over the official loop, none of which changes the result:
+
+* all experts of a block are optimised together: anchors are stacked ``[E, n, ...]`` and the
+  per-expert losses are summed. The losses are independent, so the sum's gradient wrt ``X[e]``
+  is expert e's own gradient, and AdamW is elementwise, so one optimiser on the stack equals E
+  optimisers. With ``batching="vmap"`` the E block calls are one vectorised call;
+* only X is differentiated in the outer backward (``autograd.grad(loss, X)``): the finetuned
+  parameters never require grad and the pretrained ones get no second-order gradient;
+* the block's tensors are taken once, for the whole run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import vmap
+from tqdm.auto import tqdm
+
+from fda.blocks import BlockAdapter
+
+StateDict = dict[str, torch.Tensor]
+
+SIMILARITIES = ("cos", "mse", "l1")
+ANCHOR_INITS = ("gauss", "weight")
+# cosine of a zero vector: 0 instead of NaN (same eps as torch's cosine_similarity default)
+COS_EPS = 1e-8
+# what to do with tensors whose induced gradient is identically zero (attention key biases):
+# "keep" (official) differentiates their round-off-level gradient like any other tensor;
+# "constant" treats their (1 - cos) as the constant 1 it is in exact arithmetic
+ZERO_GRAD_POLICIES = ("keep", "constant")
+
+
+# ------------------------------------------------------------------------------------------------
+# Seeds and layouts
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A deterministic 63-bit seed for one (block, expert, stream): fan-out jobs need no shared RNG."""
+    digest = hashlib.sha256("/".join(str(p) for p in (seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def official_to_canonical(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """Official anchor layout -> canonical batch-first (``TND`` [T,n,d] -> [n,T,d]; others unchanged)."""
+    return x.permute(1, 0, 2).contiguous() if layout == "TND" else x
+
+
+def canonical_to_official(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """Inverse of :func:`official_to_canonical` (for files meant for the official scripts)."""
+    return x.permute(1, 0, 2).contiguous() if layout == "TND" else x
+
+
+def _official_shape(layout: str, n: int, tokens: int, d: int) -> tuple[int, ...]:
+    return {"TND": (tokens, n, d), "NTD": (n, tokens, d), "ND": (n, d)}[layout]
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisation
+
+
+def gauss_anchors(adapter: BlockAdapter, n: int, tokens: int, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """``σ·N(0, 1)`` anchors, canonical shape.
+
+    Drawn in the official layout and then permuted, so a generator seeded with 0 reproduces the
+    official vision draw (``torch.manual_seed(0); randn(T, n, d)``) bit for bit on CPU.
+    """
+    shape = _official_shape(adapter.official_layout, n, tokens, adapter.width)
+    x = torch.randn(shape, generator=generator, dtype=torch.float32)
+    return official_to_canonical(x * sigma, adapter.official_layout)
+
+
+def weight_row_pool(adapter: BlockAdapter, block: int, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Rows of the block's 2-D weights with input width d, stacked in parameter order: ``[R, d]``."""
+    names = adapter.weight_row_names(block)
+    if not names:
+        raise ValueError(f"{adapter.family} block {block}: no 2-D weight with input width {adapter.width} for the 'weight' init")
+    return torch.cat([params[nm].detach().float() for nm in names], dim=0)
+
+
+def weight_anchors(
+    adapter: BlockAdapter, block: int, finetuned: Mapping[str, torch.Tensor], n: int, tokens: int, generator: torch.Generator
+) -> torch.Tensor:
+    """The official ``weight`` init from the FINETUNED block's weight rows, canonical shape.
+
+    ``need = n·T`` rows. Pool ≥ need: a random subset without replacement (``randperm``).
+    Pool < need: every pool row in natural order, then ``need - R`` rows that are each the mean of
+    two uniformly drawn pool rows. The rows are reshaped row-major to the official layout (vision
+    ``[T, n, d]``: row r is token ``r // n`` of anchor ``r % n``) and converted to canonical.
+    No scaling.
+    """
+    pool = weight_row_pool(adapter, block, finetuned)
+    rows, d = pool.shape
+    need = n * (1 if adapter.official_layout == "ND" else tokens)
+    if rows >= need:
+        chosen = pool[torch.randperm(rows, generator=generator)[:need]]
+    else:
+        pairs = torch.randint(0, rows, (need - rows, 2), generator=generator)
+        chosen = torch.cat([pool, (pool[pairs[:, 0]] + pool[pairs[:, 1]]) / 2], dim=0)
+    return official_to_canonical(chosen.reshape(_official_shape(adapter.official_layout, n, tokens, d)), adapter.official_layout)
+
+
+def init_anchors(
+    kind: str,
+    adapter: BlockAdapter,
+    block: int,
+    finetuned: Mapping[str, torch.Tensor],
+    *,
+    n: int,
+    tokens: int,
+    sigma: float,
+    seed: int,
+) -> torch.Tensor:
+    """Initial anchors for one (block, expert); ``seed`` seeds a private ``torch.Generator``."""
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "gauss":
+        return gauss_anchors(adapter, n, tokens, sigma, gen)
+    if kind == "weight":
+        return weight_anchors(adapter, block, finetuned, n, tokens, gen)
+    raise ValueError(f"unknown anchor init {kind!r}; expected one of {ANCHOR_INITS}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Objective
+
+
+def similarity(out0: torch.Tensor, outi: torch.Tensor, kind: str) -> torch.Tensor:
+    """S between the pretrained and finetuned block outputs ``[n, ...]`` (scalar; higher = closer)."""
+    if kind == "cos":
+        return F.cosine_similarity(out0.flatten(1), outi.flatten(1), dim=-1).mean()
+    if kind == "mse":
+        return -F.mse_loss(out0, outi)
+    if kind == "l1":
+        return -F.l1_loss(out0, outi)
+    raise ValueError(f"unknown similarity {kind!r}; expected one of {SIMILARITIES}")
+
+
+def _flat_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine of two tensors as flat vectors; 0 (not NaN) when one of them is zero."""
+    return F.cosine_similarity(a.reshape(-1), b.reshape(-1), dim=0, eps=COS_EPS)
+
+
+@contextlib.contextmanager
+def module_mode(module: nn.Module, train: bool) -> Iterator[None]:
+    """Temporarily set ``module.train(train)`` (dropout), restoring the previous flags after."""
+    saved = [(m, m.training) for m in module.modules()]
+    module.train(train)
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+class _Objective:
+    """Per-expert construction losses for stacked anchors ``X [E, ...]``: returns (loss [E], cos [E,P], gnorm [E,P])."""
+
+    def __init__(
+        self,
+        adapter: BlockAdapter,
+        block: int,
+        theta0: Mapping[str, torch.Tensor],
+        experts: Sequence[Mapping[str, torch.Tensor]],
+        kind: str,
+        batching: str,
+        zero_grad: str = "keep",
+    ):
+        self.adapter, self.block, self.kind, self.batching = adapter, block, kind, batching
+        self.names = adapter.param_names(block)
+        if zero_grad not in ZERO_GRAD_POLICIES:
+            raise ValueError(f"zero_grad must be one of {ZERO_GRAD_POLICIES}, got {zero_grad!r}")
+        self.unalignable = adapter.zero_gradient_names(block)
+        # 1 where the tensor's cosine counts, 0 where it is held at its exact value 0
+        self.mask = torch.tensor([0.0 if zero_grad == "constant" and n in self.unalignable else 1.0 for n in self.names])
+        E = len(experts)
+        self.theta0 = {k: theta0[k].detach() for k in self.names}
+        # finetuned params: plain tensors, never leaves needing grad
+        self.thetas = [{k: ex[k].detach() for k in self.names} for ex in experts]
+        self.taus = [[ex[k] - self.theta0[k] for k in self.names] for ex in self.thetas]
+        if batching == "vmap":
+            # θ0 replicated per expert: d(Σ_e S_e)/dθ0_rep[e] is expert e's own gradient
+            self.theta0_rep = {k: v.unsqueeze(0).expand(E, *v.shape).clone().requires_grad_(True) for k, v in self.theta0.items()}
+            self.theta_stack = {k: torch.stack([t[k] for t in self.thetas]) for k in self.names}
+            self.tau_stack = [torch.stack([t[p] for t in self.taus]) for p in range(len(self.names))]
+        elif batching == "loop":
+            self.theta0_leaf = {k: v.clone().requires_grad_(True) for k, v in self.theta0.items()}
+        else:
+            raise ValueError(f"unknown batching {batching!r}; expected 'vmap' or 'loop'")
+
+    def _sim(self, p0: Mapping[str, torch.Tensor], pi: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        out0 = self.adapter.call(self.block, p0, x)
+        outi = self.adapter.call(self.block, pi, x)
+        return similarity(out0, outi, self.kind)
+
+    def __call__(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.batching == "vmap":
+            S = vmap(self._sim)(self.theta0_rep, self.theta_stack, X)  # [E]
+            grads = torch.autograd.grad(S.sum(), [self.theta0_rep[k] for k in self.names], create_graph=True)
+            cos = torch.stack([vmap(_flat_cos)(g, t) for g, t in zip(grads, self.tau_stack)], dim=1)  # [E, P]
+            gnorm = torch.stack([g.detach().flatten(1).norm(dim=1) for g in grads], dim=1)
+        else:
+            cos_rows, norm_rows = [], []
+            leaves = [self.theta0_leaf[k] for k in self.names]
+            for e, theta in enumerate(self.thetas):
+                S = self._sim(self.theta0_leaf, theta, X[e])
+                grads = torch.autograd.grad(S, leaves, create_graph=True)
+                cos_rows.append(torch.stack([_flat_cos(g, t) for g, t in zip(grads, self.taus[e])]))
+                norm_rows.append(torch.stack([g.detach().norm() for g in grads]))
+            cos, gnorm = torch.stack(cos_rows), torch.stack(norm_rows)
+        cos = cos * self.mask.to(cos.device)
+        loss = (1 - cos).sum(dim=1)
+        return loss, cos, gnorm
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class ConstructLog:
+    """Per-step record of one expert's construction.
+
+    ``loss [steps]`` and ``cos [steps, P]`` / ``grad_norm [steps, P]`` belong to the anchors
+    *before* that step; ``param_names`` gives the P columns. ``unalignable`` names the tensors
+    whose induced gradient is identically zero (attention key biases): their cosine is round-off
+    (or 0 with ``zero_grad="constant"``) and caps the mean cosine at (P - u)/P — not a failure.
+    ``sv`` holds normalised singular values (divided by the largest) of the anchors reshaped
+    ``[n·T, d]`` at ``sv_steps``.
+    """
+
+    param_names: list[str]
+    loss: torch.Tensor
+    cos: torch.Tensor
+    grad_norm: torch.Tensor
+    unalignable: list[str] = field(default_factory=list)
+    sv_steps: list[int] = field(default_factory=list)
+    sv: list[torch.Tensor] = field(default_factory=list)
+
+    def mean_cos(self, alignable_only: bool = True) -> torch.Tensor:
+        """Per-step mean cosine over the tensors (by default leaving out the unalignable ones): ``[steps]``."""
+        keep = [i for i, n in enumerate(self.param_names) if not (alignable_only and n in self.unalignable)]
+        return self.cos[:, keep].mean(dim=1)
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-friendly digest (for anchor file metadata)."""
+        out: dict[str, object] = {"steps": int(self.loss.numel()), "unalignable": self.unalignable}
+        if self.loss.numel():
+            out.update(
+                initial_loss=float(self.loss[0]),
+                final_loss=float(self.loss[-1]),
+                initial_mean_cos=float(self.mean_cos()[0]),
+                best_mean_cos=float(self.mean_cos().max()),
+            )
+        return out
+
+
+@dataclass
+class ConstructResult:
+    """Constructed anchors of one (block, expert).
+
+    ``anchors``: canonical ``[n, T, d]`` (``[n, d]`` for MLP-only blocks), the best X seen;
+    ``initial``: the starting anchors (for the "unconstructed anchors" control);
+    ``best_loss`` / ``best_step``: its loss and the step at which it was evaluated (-1: no steps).
+    """
+
+    block: int
+    expert: int
+    anchors: torch.Tensor
+    initial: torch.Tensor
+    best_loss: float
+    best_step: int
+    log: ConstructLog
+
+
+def _normalised_sv(x: torch.Tensor) -> torch.Tensor:
+    s = torch.linalg.svdvals(x.detach().reshape(-1, x.shape[-1]).float())
+    return s / s[0].clamp_min(torch.finfo(s.dtype).tiny)
+
+
+def construct_anchors(
+    adapter: BlockAdapter,
+    block: int,
+    theta0: Mapping[str, torch.Tensor],
+    experts: Sequence[Mapping[str, torch.Tensor]],
+    init: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    similarity_kind: str = "cos",
+    batching: str = "vmap",
+    sv_every: int = 0,
+    progress: bool = True,
+    expert_ids: Sequence[int] | None = None,
+    zero_grad: str = "keep",
+) -> list[ConstructResult]:
+    """Construct the anchors of E experts of one block together.
+
+    ``theta0`` / ``experts[e]``: the block's tensors by local name (``adapter.param_names``);
+    ``init``: stacked initial anchors ``[E, *anchor_shape]``. Runs on ``init``'s device and dtype,
+    with the block in eval mode (no dropout, as the official construction). Returns one
+    :class:`ConstructResult` per expert, in order.
+    """
+    E = len(experts)
+    if init.shape[0] != E:
+        raise ValueError(f"init has {init.shape[0]} anchor sets for {E} experts")
+    ids = list(expert_ids) if expert_ids is not None else list(range(E))
+    dev = init.device
+    to_dev = lambda sd: {k: v.to(dev, init.dtype) for k, v in sd.items()}  # noqa: E731
+    objective = _Objective(adapter, block, to_dev(theta0), [to_dev(e) for e in experts], similarity_kind, batching, zero_grad)
+    X = init.detach().clone().requires_grad_(True)
+    opt = torch.optim.AdamW([X], lr=lr)  # PyTorch defaults, weight_decay=0.01, as the official code
+    best = X.detach().clone()
+    best_loss = torch.full((E,), math.inf, device=dev)
+    best_step = torch.full((E,), -1, dtype=torch.long, device=dev)
+    losses, coss, norms = [], [], []
+    sv_steps: list[int] = []
+    svs: list[list[torch.Tensor]] = [[] for _ in range(E)]
+
+    def snapshot(step: int) -> None:
+        sv_steps.append(step)
+        for e in range(E):
+            svs[e].append(_normalised_sv(X[e]).cpu())
+
+    bar = tqdm(range(steps), desc=f"construct block {block}", disable=not progress, leave=False)
+    with module_mode(adapter.block_module(block), False):
+        for step in bar:
+            if sv_every and step % sv_every == 0:
+                snapshot(step)
+            loss, cos, gnorm = objective(X)
+            (X.grad,) = torch.autograd.grad(loss.sum(), [X])
+            with torch.no_grad():
+                improved = loss.detach() < best_loss
+                best_loss = torch.where(improved, loss.detach(), best_loss)
+                best_step = torch.where(improved, torch.full_like(best_step, step), best_step)
+                best[improved] = X.detach()[improved]
+            losses.append(loss.detach().cpu())
+            coss.append(cos.detach().cpu())
+            norms.append(gnorm.cpu())
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=float(loss.detach().mean()), cos=float(cos.detach().mean()))
+    if sv_every:
+        snapshot(steps)
+    P = len(objective.names)
+    L = torch.stack(losses, dim=1) if losses else torch.empty(E, 0)
+    C = torch.stack(coss, dim=1) if coss else torch.empty(E, 0, P)
+    N = torch.stack(norms, dim=1) if norms else torch.empty(E, 0, P)
+    return [
+        ConstructResult(
+            block=block,
+            expert=ids[e],
+            anchors=best[e].detach().clone(),
+            initial=init[e].detach().clone(),
+            best_loss=float(best_loss[e]) if steps else math.nan,
+            best_step=int(best_step[e]),
+            log=ConstructLog(list(objective.names), L[e], C[e], N[e], list(objective.unalignable), list(sv_steps), svs[e]),
+        )
+        for e in range(E)
+    ]

@@ -1,0 +1,543 @@
+"""``fda-bench``: the command line the Snakemake rules call. Each subcommand is a thin wrapper:
+parse arguments, load inputs, call the library, write outputs atomically.
+
+Subcommands (``fda-bench <cmd> -h`` for arguments):
+
+  validate-config  check config files (+ KEY=VALUE overrides) against the workflow schema
+  cells            list the result cells a config asks for
+  prepare-data     write a suite's datasets
+  prepare-base     write a suite's pretrained encoder
+  prepare-expert   fetch, copy or fine-tune one task's expert
+  merge            merge experts with a baseline (ta, tsvm, wudi, average, ties)
+  fda-construct    construct FDA anchors for some blocks (and experts)
+  fda-adapt        adapt some blocks on the anchors (per-block cache), optionally assemble
+  fda-assemble     assemble adapted blocks into the merged encoder
+  evaluate         evaluate an encoder (or each expert on its own task) -> raw rows
+  cell             raw rows -> one tidy result cell
+  aggregate        result cells -> paper-shaped tables (CSV, Markdown, LaTeX)
+  figures          result cells -> method comparison and heatmap (PNG, PDF)
+  construction-figures  construction logs -> curves and singular value spectra
+
+Heavy imports (torch, transformers, the suites) happen inside the commands that need them, so
+``validate-config`` and ``cells`` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: commands that may put tensors on a GPU (they lease a GPU slot, see fda.gpu)
+GPU_COMMANDS = {"prepare-base", "prepare-expert", "merge", "fda-construct", "fda-adapt", "fda-assemble", "evaluate"}
+
+
+# -------------------------------------------------------------------------------- helpers
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+
+
+def _task_dir(text: str) -> tuple[str, Path]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected TASK=DIR, got {text!r}")
+    task, path = text.split("=", 1)
+    return task, Path(path)
+
+
+def _log(msg: str) -> None:
+    print(f"[fda-bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _suite(args: argparse.Namespace):
+    from fda.suites import get_suite
+
+    return get_suite(args.suite, args.settings)
+
+
+def _experts(pairs: Sequence[tuple[str, Path]]):
+    from fda.checkpoints import load_state_dict
+
+    return [t for t, _ in pairs], [load_state_dict(d) for _, d in pairs]
+
+
+def _fda_config(family: str, hparams: dict[str, Any], seed: int):
+    """``FDAConfig.for_family(family)`` with the configured hyperparameters and the seed."""
+    from fda import FDAConfig
+
+    cfg = FDAConfig.for_family(family)
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(hparams) - fields)
+    if unknown:
+        raise SystemExit(f"unknown FDA hyperparameter(s) {unknown}; FDAConfig fields: {', '.join(sorted(fields))}")
+    extra = {"seed": seed} if "seed" in fields else {}
+    return dataclasses.replace(cfg, **hparams, **extra)
+
+
+def _count_blocks(model) -> int | None:
+    """Number of blocks the block adapter lists, when it says so (checked against ``n_blocks``)."""
+    from fda.blocks import adapter_for
+
+    adapter = adapter_for(model)
+    for name in ("num_blocks", "n_blocks"):
+        v = getattr(adapter, name, None)
+        if v is not None:
+            return int(v(model) if callable(v) else v)
+    blocks = getattr(adapter, "blocks", None)
+    if callable(blocks):
+        return len(list(blocks(model)))
+    return None
+
+
+def _check_blocks(model, n_blocks: int | None, blocks: Sequence[int]) -> None:
+    if n_blocks is None:
+        return
+    actual = _count_blocks(model)
+    if actual is not None and actual != n_blocks:
+        raise SystemExit(f"config says fda.n_blocks={n_blocks} but the model has {actual} blocks; fix the config")
+    bad = [b for b in blocks if not 0 <= b < n_blocks]
+    if bad:
+        raise SystemExit(f"block(s) {bad} out of range 0..{n_blocks - 1}")
+
+
+def _to_list(x: Any) -> Any:
+    """Tensors / arrays / nested containers -> JSON-able lists and floats."""
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu().tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, dict):
+        return {str(k): _to_list(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_list(v) for v in x]
+    return x
+
+
+def construct_log_record(result: Any, **meta: Any) -> dict[str, Any]:
+    """The JSON log written next to each anchors file (format: fda.figures.read_construct_log).
+
+    Accepts the per-step log of ``ConstructResult.log`` as a list of per-step dicts (keys
+    ``step``, ``loss``, ``cos`` / ``cosines`` mapping tensor -> cosine) or as a dict of lists.
+    """
+    log = getattr(result, "log", None) or {}
+    steps: list[int] = []
+    loss: list[float] = []
+    cos: dict[str, list[float]] = {}
+    if isinstance(log, dict):
+        loss = [float(v) for v in _to_list(log.get("loss", []))]
+        steps = [int(s) for s in _to_list(log.get("step", log.get("steps", list(range(len(loss))))))]
+        raw = log.get("cos", log.get("cosines", {})) or {}
+        if isinstance(raw, dict):
+            cos = {str(k): [float(v) for v in _to_list(vs)] for k, vs in raw.items()}
+        else:  # list over steps of dicts
+            for rec in raw:
+                for k, v in rec.items():
+                    cos.setdefault(str(k), []).append(float(v))
+    else:
+        for i, rec in enumerate(log):
+            rec = dict(rec) if not isinstance(rec, dict) else rec
+            steps.append(int(rec.get("step", i)))
+            loss.append(float(rec.get("loss", float("nan"))))
+            for k, v in (rec.get("cos") or rec.get("cosines") or {}).items():
+                cos.setdefault(str(k), []).append(float(v))
+    cos_mean = [sum(vals) / len(vals) for vals in zip(*cos.values())] if cos else []
+    sv = getattr(result, "singular_values", None) or getattr(result, "sv_snapshots", None) or {}
+    if isinstance(sv, dict):
+        sv_steps = sorted(int(k) for k in sv)
+        sv_vals = [_to_list(sv[k] if k in sv else sv[str(k)]) for k in sv_steps]
+    else:  # list of (step, values)
+        sv_steps = [int(s) for s, _ in sv]
+        sv_vals = [_to_list(v) for _, v in sv]
+    return {**meta, "best_step": _to_list(getattr(result, "best_step", None)),
+            "best_loss": _to_list(getattr(result, "best_loss", None)), "steps": steps, "loss": loss,
+            "cos_mean": cos_mean, "cos": cos, "sv_steps": sv_steps, "singular_values": sv_vals}
+
+
+def _inputs_key(paths: Sequence[Path], extra: Any) -> str:
+    """Cache key of an adapted block: settings plus (path, size, mtime) of every input file."""
+    from fda.workflow_config import config_hash
+
+    stats = []
+    for p in paths:
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        stats += [(str(q), q.stat().st_size, q.stat().st_mtime_ns) for q in files]
+    return config_hash({"extra": extra, "files": stats})
+
+
+# -------------------------------------------------------------------------------- commands
+
+
+def cmd_validate_config(args: argparse.Namespace) -> int:
+    from fda.workflow_config import ConfigError, cells, load_config
+
+    try:
+        config = load_config(args.configfile, args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    n = len(cells(config))
+    print(f"ok: {', '.join(args.configfile)} ({len(config['suites'])} suites, {n} result cells, smoke={config['smoke']})")
+    return 0
+
+
+def cmd_cells(args: argparse.Namespace) -> int:
+    from fda.workflow_config import ConfigError, cells, load_config
+
+    try:
+        config = load_config(args.configfile, args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print("\n".join(cells(config)))
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")  # build under a temporary name, then rename
+    shutil.rmtree(tmp, ignore_errors=True)
+    _suite(args).prepare_data(tmp, args.seed)
+    _replace_dir(tmp, out)
+    return 0
+
+
+def cmd_prepare_base(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _suite(args).prepare_base(tmp, Path(args.data), args.seed)
+    _replace_dir(tmp, out)
+    return 0
+
+
+def cmd_prepare_expert(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    source = args.source or {}
+    if "path" in source:  # a local expert directory: copy it (encoder + head.safetensors)
+        src = Path(source["path"])
+        if not (src / "head.safetensors").is_file():
+            raise SystemExit(f"expert for task {args.task}: {src} must be an HF encoder directory with head.safetensors")
+        shutil.copytree(src, tmp)
+    else:
+        _suite(args).prepare_expert(args.task, Path(args.base), Path(args.data), tmp, args.seed)
+    _replace_dir(tmp, out)
+    return 0
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished directory into place (rename is atomic on one file system)."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    import baselines
+
+    from fda.checkpoints import load_state_dict, save_state_dict
+
+    pre = load_state_dict(args.base)
+    tasks, experts = _experts(args.expert)
+    _log(f"merge {args.method} over {tasks} with {args.hparams}")
+    merged = baselines.merge(args.method, pre, experts, **args.hparams)
+    save_state_dict(merged, args.out, {"method": args.method, "hparams": json.dumps(args.hparams, sort_keys=True),
+                                       "tasks": ",".join(tasks)})
+    return 0
+
+
+def cmd_fda_construct(args: argparse.Namespace) -> int:
+    import fda as F
+    from fda.checkpoints import load_state_dict, write_json_atomic
+
+    suite = _suite(args)
+    model = suite.load_encoder(Path(args.base))
+    _check_blocks(model, args.n_blocks, args.block)
+    pre = load_state_dict(args.base)
+    tasks, experts = _experts(args.expert)
+    want = args.task or tasks
+    subset = [tasks.index(t) for t in want]
+    cfg = _fda_config(args.family, args.fda, args.seed)
+    out_dir = Path(args.out_dir)
+    for block in args.block:
+        _log(f"construct block {block} for {want} ({args.anchor_init} anchors)")
+        results = F.construct_block(model, pre, experts, block, args.anchor_init, cfg, experts_subset=subset)
+        for task, res in zip(want, results, strict=True):
+            meta = {"suite": args.suite, "block": str(block), "task": task, "anchor_init": args.anchor_init,
+                    "seed": str(args.seed), "fda": json.dumps(args.fda, sort_keys=True)}
+            F.save_anchors(res, out_dir / f"block{block}" / f"{task}.safetensors", meta)
+            record = construct_log_record(res, suite=args.suite, block=block, task=task,
+                                          anchor_init=args.anchor_init, seed=args.seed)
+            write_json_atomic(record, out_dir / f"block{block}" / f"{task}.json")
+    return 0
+
+
+def cmd_fda_adapt(args: argparse.Namespace) -> int:
+    import fda as F
+    from fda.checkpoints import load_state_dict, read_metadata, save_state_dict, write_json_atomic
+
+    suite = _suite(args)
+    model = suite.load_encoder(Path(args.base))
+    _check_blocks(model, args.n_blocks, args.block)
+    pre = load_state_dict(args.base)
+    tasks, experts = _experts(args.expert)
+    init_state = load_state_dict(args.init_model) if args.init_model else pre
+    cfg = _fda_config(args.family, args.fda, args.seed)
+    blocks_dir, anchors_dir = Path(args.blocks_dir), Path(args.anchors_dir)
+    for block in args.block:
+        path = blocks_dir / f"block{block}.safetensors"
+        anchor_files = [anchors_dir / f"block{block}" / f"{t}.safetensors" for t in tasks]
+        inputs = anchor_files + [Path(args.base)] + ([Path(args.init_model)] if args.init_model else [])
+        key = _inputs_key(inputs, {"fda": args.fda, "init": args.init, "seed": args.seed, "tasks": tasks})
+        if path.is_file() and read_metadata(path).get("cache_key") == key:
+            _log(f"block {block}: cached ({path})")  # a killed coarse job resumes here
+            continue
+        anchors = [F.load_anchors(f)[0] for f in anchor_files]
+        _log(f"adapt block {block} from {args.init} on {args.anchor_init} anchors")
+        result = F.adapt_block(model, pre, experts, block, anchors, args.init, init_state, cfg)
+        save_state_dict(result.params, path, {"cache_key": key, "block": str(block), "init": args.init,
+                                              "anchor_init": args.anchor_init, "seed": str(args.seed)})
+        write_json_atomic({"block": block, "init": args.init, "anchor_init": args.anchor_init,
+                           "log": _to_list(getattr(result, "log", None))}, blocks_dir / f"block{block}.json")
+    if args.assemble:
+        _assemble(args, model, pre, init_state, cfg)
+    return 0
+
+
+def _assemble(args: argparse.Namespace, model, pre, init_state, cfg) -> None:
+    import fda as F
+    from fda.checkpoints import load_state_dict, save_state_dict
+
+    blocks_dir = Path(args.blocks_dir)
+    adapted = {b: load_state_dict(blocks_dir / f"block{b}.safetensors") for b in range(args.n_blocks)}
+    merged = F.assemble(pre, init_state, adapted, model, cfg)
+    save_state_dict(merged, args.assemble, {"method": "fda", "init": args.init, "anchor_init": args.anchor_init,
+                                            "seed": str(args.seed), "fda": json.dumps(args.fda, sort_keys=True)})
+
+
+def cmd_fda_assemble(args: argparse.Namespace) -> int:
+    from fda.checkpoints import load_state_dict
+
+    suite = _suite(args)
+    model = suite.load_encoder(Path(args.base))
+    pre = load_state_dict(args.base)
+    init_state = load_state_dict(args.init_model) if args.init_model else pre
+    _assemble(args, model, pre, init_state, _fda_config(args.family, args.fda, args.seed))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fda.checkpoints import load_state_dict
+    from fda.results import raw_frame, write_csv
+
+    suite = _suite(args)
+    experts = dict(args.expert)
+    rows: list[dict[str, Any]] = []
+    shared = load_state_dict(args.model) if args.model else None
+    for task in args.tasks:
+        # `individual`: each task's own expert; otherwise the one merged encoder on every task
+        state = shared if shared is not None else load_state_dict(experts[task])
+        _log(f"evaluate {args.method} {args.init} {args.anchor_init} on {task}")
+        rows += suite.evaluate(state, task, Path(args.base), Path(args.data), experts[task], limit=args.limit)
+    df = raw_frame(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed)
+    write_csv(df, args.out)
+    return 0
+
+
+def cmd_cell(args: argparse.Namespace) -> int:
+    from fda.results import build_cell, read_raw, write_cell
+
+    raw = [read_raw(p) for p in args.raw]
+    cell = build_cell(raw, read_raw(args.individual), suite=args.suite, expert_source=args.expert_source,
+                      config_hash=args.config_hash)
+    write_cell(cell, args.out)
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from fda.results import read_cells
+    from fda.tables import write_tables
+
+    paths = write_tables(read_cells(args.cells), args.suite, args.tasks, args.out_dir, args.paper)
+    _log(f"wrote {len(paths)} table files to {args.out_dir}")
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from fda.figures import write_cell_figures
+    from fda.results import read_cells
+
+    paths = write_cell_figures(read_cells(args.cells), args.suite, args.tasks, args.out_dir)
+    _log(f"wrote {len(paths)} figure files to {args.out_dir}")
+    return 0
+
+
+def cmd_construction_figures(args: argparse.Namespace) -> int:
+    from fda.figures import write_construction_figures
+
+    paths = write_construction_figures(args.suite, args.anchor_init, args.logs, args.out_dir)
+    _log(f"wrote {len(paths)} figure files to {args.out_dir}")
+    return 0
+
+
+# -------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fda-bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from fda import __version__
+
+    p.add_argument("--version", action="version", version=f"fda-bench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=fn)
+        return sp
+
+    def suite_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--suite", required=True, help="suite name (config key)")
+        sp.add_argument("--settings", type=_json_arg, default={}, help="the suite's settings (JSON)")
+
+    def config_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("configfile", nargs="+", help="config YAML file(s); later ones update earlier ones")
+        sp.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. smoke=true")
+
+    config_args(add("validate-config", cmd_validate_config, "check config files against the workflow schema"))
+    config_args(add("cells", cmd_cells, "list the result cells a config asks for"))
+
+    sp = add("prepare-data", cmd_prepare_data, "write a suite's datasets")
+    suite_args(sp)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True)
+
+    sp = add("prepare-base", cmd_prepare_base, "write a suite's pretrained encoder (HF directory)")
+    suite_args(sp)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True)
+
+    sp = add("prepare-expert", cmd_prepare_expert, "fetch, copy or fine-tune one task's expert")
+    suite_args(sp)
+    sp.add_argument("--task", required=True)
+    sp.add_argument("--source", type=_json_arg, default={}, help='expert spec (JSON): {"path": DIR}, {"hub": ID} or {"recipe": ...}')
+    sp.add_argument("--base", required=True)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True)
+
+    sp = add("merge", cmd_merge, "merge experts with a baseline method")
+    sp.add_argument("--method", required=True)
+    sp.add_argument("--hparams", type=_json_arg, default={}, help="method hyperparameters (JSON)")
+    sp.add_argument("--base", required=True)
+    sp.add_argument("--expert", type=_task_dir, action="append", required=True, metavar="TASK=DIR")
+    sp.add_argument("--out", required=True)
+
+    def fda_args(sp: argparse.ArgumentParser) -> None:
+        suite_args(sp)
+        sp.add_argument("--family", required=True)
+        sp.add_argument("--fda", type=_json_arg, default={}, help="FDAConfig overrides (JSON)")
+        sp.add_argument("--anchor-init", required=True, choices=["gauss", "weight"])
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--n-blocks", type=int, help="expected number of blocks (checked against the model)")
+        sp.add_argument("--base", required=True)
+        sp.add_argument("--expert", type=_task_dir, action="append", required=True, metavar="TASK=DIR")
+
+    sp = add("fda-construct", cmd_fda_construct, "construct FDA anchors for some blocks (and experts)")
+    fda_args(sp)
+    sp.add_argument("--block", type=int, action="append", required=True)
+    sp.add_argument("--task", action="append", help="only these experts (default: all)")
+    sp.add_argument("--out-dir", required=True, help="writes OUT_DIR/block{b}/{task}.safetensors and .json")
+
+    sp = add("fda-adapt", cmd_fda_adapt, "adapt blocks on the anchors; each finished block is cached")
+    fda_args(sp)
+    sp.add_argument("--init", required=True, choices=["pretrained", "ta", "tsvm", "wudi"])
+    sp.add_argument("--init-model", help="the init's merged encoder (not for pretrained)")
+    sp.add_argument("--anchors-dir", required=True)
+    sp.add_argument("--block", type=int, action="append", required=True)
+    sp.add_argument("--blocks-dir", required=True, help="writes BLOCKS_DIR/block{b}.safetensors and .json")
+    sp.add_argument("--assemble", help="then assemble all n-blocks blocks into this merged file")
+
+    sp = add("fda-assemble", cmd_fda_assemble, "assemble adapted blocks into the merged encoder")
+    fda_args(sp)
+    sp.add_argument("--init", required=True, choices=["pretrained", "ta", "tsvm", "wudi"])
+    sp.add_argument("--init-model")
+    sp.add_argument("--blocks-dir", required=True)
+    sp.add_argument("--assemble", required=True, metavar="OUT")
+
+    sp = add("evaluate", cmd_evaluate, "evaluate an encoder on the suite's tasks -> raw rows CSV")
+    suite_args(sp)
+    sp.add_argument("--model", help="merged encoder (safetensors/HF dir); omit for `individual`")
+    sp.add_argument("--tasks", nargs="+", required=True)
+    sp.add_argument("--base", required=True)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--expert", type=_task_dir, action="append", required=True, metavar="TASK=DIR")
+    sp.add_argument("--limit", type=int)
+    sp.add_argument("--method", required=True)
+    sp.add_argument("--init", default="")
+    sp.add_argument("--anchor-init", default="")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True)
+
+    sp = add("cell", cmd_cell, "raw evaluation rows -> one tidy result cell")
+    sp.add_argument("--suite", required=True)
+    sp.add_argument("--raw", action="append", required=True)
+    sp.add_argument("--individual", required=True, help="raw rows of the individual experts (for `normalized`)")
+    sp.add_argument("--expert-source", required=True)
+    sp.add_argument("--config-hash", required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = add("aggregate", cmd_aggregate, "result cells -> paper-shaped tables")
+    sp.add_argument("--suite", required=True)
+    sp.add_argument("--tasks", nargs="+", required=True, help="column order")
+    sp.add_argument("--cells", nargs="+", required=True)
+    sp.add_argument("--paper", help="paper numbers CSV (default: the packaged paper_tables.csv)")
+    sp.add_argument("--out-dir", required=True)
+
+    sp = add("figures", cmd_figures, "result cells -> method comparison and per-task heatmap")
+    sp.add_argument("--suite", required=True)
+    sp.add_argument("--tasks", nargs="+", required=True)
+    sp.add_argument("--cells", nargs="+", required=True)
+    sp.add_argument("--out-dir", required=True)
+
+    sp = add("construction-figures", cmd_construction_figures,
+             "construction logs -> loss/cosine curves and anchor singular value spectra")
+    sp.add_argument("--suite", required=True)
+    sp.add_argument("--anchor-init", required=True)
+    sp.add_argument("--logs", nargs="+", required=True, help="construction logs (JSON next to the anchors)")
+    sp.add_argument("--out-dir", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in GPU_COMMANDS:
+        from fda.gpu import gpu_slot
+
+        with gpu_slot() as slot:
+            if slot is not None:
+                _log(f"pinned to GPU {slot}")
+            return int(args.func(args) or 0)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

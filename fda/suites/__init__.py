@@ -1,0 +1,55 @@
+"""Task suites behind one registry: ``get_suite(name, settings) -> Suite``.
+
+``SUITES`` lists the suite names; ``suite_settings_schema(name)`` gives each allowed settings key
+with its type, default and help, so the workflow can document and validate its config.
+An unknown suite name or settings key is a ``SettingsError`` (a ``ValueError``) listing the valid ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fda.suites.assets import MissingAssetError
+from fda.suites.base import Row, StateDict, Suite
+from fda.suites.minitext import MinitextSettings, MinitextSuite
+from fda.suites.minivision import MinivisionSettings, MinivisionSuite
+from fda.suites.settings import SettingsError, schema
+
+_REGISTRY: dict[str, type[Suite]] = {"minitext": MinitextSuite, "minivision": MinivisionSuite}
+_SETTINGS: dict[str, type] = {"minitext": MinitextSettings, "minivision": MinivisionSettings}
+SUITES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def _check_name(name: str) -> None:
+    if name not in _REGISTRY:
+        raise SettingsError(f"unknown suite {name!r}; valid suites: {list(SUITES)}")
+
+
+def get_suite(name: str, settings: dict[str, Any] | None = None) -> Suite:
+    """The suite ``name`` configured by ``settings`` (missing keys take their defaults).
+
+    ``settings`` may also be ``{"preset": "smoke", ...overrides}`` for the tiny variant.
+    """
+    _check_name(name)
+    settings = dict(settings or {})
+    preset = settings.pop("preset", "default")
+    if preset == "smoke":
+        from fda.suites.settings import parse  # noqa: PLC0415
+
+        parse(_SETTINGS[name], settings, suite=name)  # validate the override keys first
+        return _REGISTRY[name](_SETTINGS[name].smoke(**settings))
+    if preset != "default":
+        raise SettingsError(f"suite {name!r}: unknown preset {preset!r}; valid presets: ['default', 'smoke']")
+    return _REGISTRY[name](settings)
+
+
+def suite_settings_schema(name: str) -> dict[str, dict[str, Any]]:
+    """``{key: {"type", "default", "help"}}`` of suite ``name`` (plus the ``preset`` key)."""
+    _check_name(name)
+    out = schema(_SETTINGS[name])
+    out["preset"] = {"type": "str", "default": "default", "help": "'default' or 'smoke' (tiny variant; other keys override it)"}
+    return out
+
+
+__all__ = ["SUITES", "MissingAssetError", "Row", "SettingsError", "StateDict", "Suite", "get_suite",
+           "suite_settings_schema", "MinitextSettings", "MinivisionSettings", "MinitextSuite", "MinivisionSuite"]

@@ -1,0 +1,76 @@
+"""Typed suite settings: a dataclass per suite, validated from the workflow config's dict.
+
+An unknown key or a value of the wrong type is a ``SettingsError`` (a ``ValueError``) that lists
+the valid keys with their types and defaults, so a typo in ``config.yaml`` fails at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+
+class SettingsError(ValueError):
+    """Unknown suite, unknown settings key, or a value of the wrong type."""
+
+
+T = TypeVar("T")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:  # tuple[X, ...] is a list in YAML/JSON
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if origin is None:
+        return getattr(tp, "__name__", str(tp))
+    args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+    return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+
+
+def schema(cls: type) -> dict[str, dict[str, Any]]:
+    """``{key: {"type": "int", "default": 3, "help": "..."}}`` for a settings dataclass."""
+    hints = _field_types(cls)
+    out: dict[str, dict[str, Any]] = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, tuple):
+            default = list(default)
+        out[f.name] = {"type": _type_name(hints[f.name]), "default": default, "help": f.metadata.get("help", "")}
+    return out
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against ``tp`` (int, float, str, bool, tuple[str, ...]); ints pass as floats."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"setting '{name}': expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(name, v, item_tp) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise SettingsError(f"setting '{name}': expected bool, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise SettingsError(f"setting '{name}': expected {tp.__name__}, got bool {value!r}")
+    if not isinstance(value, tp):
+        raise SettingsError(f"setting '{name}': expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse(cls: type[T], values: dict[str, Any] | None, *, suite: str) -> T:
+    """Build the settings dataclass ``cls`` from ``values`` (missing keys take their defaults)."""
+    values = dict(values or {})
+    hints = _field_types(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        listing = ", ".join(f"{k} ({v['type']}, default {v['default']!r})" for k, v in schema(cls).items())
+        raise SettingsError(f"suite '{suite}': unknown settings key(s) {unknown}; valid keys: {listing}")
+    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)

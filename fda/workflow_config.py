@@ -1,0 +1,382 @@
+"""Workflow configuration: loading, schema validation with readable errors, smoke overrides,
+config slices and their hashes.
+
+The Snakefile and the ``fda-bench`` CLI share this module, so both accept and reject exactly the
+same configs and both see the same defaults. A config slice is the part of the config one job
+depends on; it is passed to the job as a rule ``params`` (so changing a hyperparameter reruns only
+the jobs that read it) and its hash is recorded in every result row (``config_hash``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: result-cell and file-name vocabulary (see docs/ARCHITECTURE.md); no underscores anywhere
+REFERENCE_METHODS = ("pretrained", "individual")
+BASELINE_METHODS = ("ta", "tsvm", "wudi", "average", "ties")
+METHODS = REFERENCE_METHODS + BASELINE_METHODS
+FDA_INITS = ("pretrained", "ta", "tsvm", "wudi")
+ANCHOR_INITS = ("gauss", "weight")
+SUITES = ("minitext", "minivision", "vitb32", "vitb16", "vitl14", "robertab", "robertal", "llama13b")
+
+SCHEMA_RELPATH = Path("workflow") / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The workflow config is invalid; the message names every offending key and what is allowed."""
+
+
+# -------------------------------------------------------------------------------- loading
+
+
+def schema_path() -> Path:
+    """The config JSON schema: ``$FDA_BENCH_SCHEMA``, else the repository's
+    ``workflow/schemas/config.schema.yaml`` next to the package (editable install), else the one
+    under the current directory."""
+    env = os.environ.get("FDA_BENCH_SCHEMA")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[1] / SCHEMA_RELPATH, Path.cwd() / SCHEMA_RELPATH]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(f"config schema not found (looked at {', '.join(map(str, candidates))}); "
+                      "run from the repository root or set FDA_BENCH_SCHEMA")
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(schema_path().read_text())
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], yaml-parsed value), like ``snakemake --config a=value``."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like KEY=VALUE (e.g. smoke=true)")
+    key, value = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def load_config(paths: Iterable[str | os.PathLike], overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read YAML config files (later ones update earlier ones key by key, as ``--configfile``
+    does), apply ``KEY=VALUE`` overrides and return the validated config with defaults filled."""
+    config: dict[str, Any] = {}
+    for p in paths:
+        data = yaml.safe_load(Path(p).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping, found {type(data).__name__}")
+        config = deep_update(config, data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = config
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return validate_config(config)
+
+
+def deep_update(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``update`` merged in recursively (mappings merge, the rest replaces)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# -------------------------------------------------------------------------------- validation
+
+
+def _path(error_path: Iterable[Any]) -> str:
+    parts = [str(p) for p in error_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        assert ref.startswith("#/"), ref
+        node: Any = root
+        for part in ref[2:].split("/"):
+            node = node[part]
+        schema = node
+    return schema
+
+
+def _allowed(schema: Mapping[str, Any], root: Mapping[str, Any]) -> list[str]:
+    """Names/values a subschema accepts, for error messages."""
+    schema = _resolve(schema, root)
+    if "enum" in schema:
+        return [str(v) for v in schema["enum"]]
+    out: list[str] = []
+    for key in ("oneOf", "anyOf"):
+        for sub in schema.get(key, []):
+            sub = _resolve(sub, root)
+            out += _allowed(sub, root) or [f"<{sub.get('type', 'value')}>"]
+    return out
+
+
+def _message(err: Any, root: Mapping[str, Any]) -> str:
+    where = _path(err.absolute_path)
+    v = err.validator
+    if v == "additionalProperties" and err.validator_value is False:
+        known = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(known))
+        return f"{where}: unknown key(s) {', '.join(repr(e) for e in extra)}; allowed keys: {', '.join(known)}"
+    if v == "enum":
+        return f"{where}: {err.instance!r} is not allowed; allowed values: {', '.join(map(str, err.validator_value))}"
+    if v == "propertyNames":
+        allowed = _allowed(err.validator_value, root)
+        return f"{where}: key {err.instance!r} is not allowed; allowed keys: {', '.join(allowed)}"
+    if v == "type":
+        want = err.validator_value if isinstance(err.validator_value, str) else " or ".join(err.validator_value)
+        return f"{where}: expected {want}, got {type(err.instance).__name__} {err.instance!r}"
+    if v in ("oneOf", "anyOf"):
+        allowed = _allowed(err.schema, root)
+        return f"{where}: {err.instance!r} is not valid; allowed: {', '.join(allowed)}"
+    if v == "required":
+        return f"{where}: {err.message}"
+    if v == "pattern":
+        return f"{where}: {err.instance!r} is not a valid name (letters, digits, '.', '+', '-'; no underscores)"
+    return f"{where}: {err.message}"
+
+
+def _validator(schema: Mapping[str, Any]):
+    """A Draft 2020-12 validator that fills ``default`` values, as snakemake.utils.validate does."""
+    from jsonschema import Draft202012Validator, validators
+
+    base = Draft202012Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                sub_r = _resolve(sub, schema_root)
+                if "default" in sub_r and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub_r["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    schema_root = schema
+    cls = validators.extend(base, {"properties": set_defaults})
+    return cls(schema)
+
+
+def validate_config(config: Mapping[str, Any], *, semantic: bool = True) -> dict[str, Any]:
+    """Validate ``config`` against the schema (defaults filled in) and, with ``semantic``, check
+    what a schema cannot: FDA inits need their baseline, hyperparameter names exist in the
+    method's dataclass, suite settings keys exist, expert tasks are configured tasks.
+
+    Returns the completed config; raises ``ConfigError`` listing every problem.
+    """
+    schema = load_schema()
+    data = copy.deepcopy(dict(config))
+    # `--config smoke=true` arrives as a bool from YAML; accept the strings snakemake may pass.
+    if isinstance(data.get("smoke"), str) and data["smoke"].lower() in ("true", "false"):
+        data["smoke"] = data["smoke"].lower() == "true"
+    validator = _validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    problems = [_message(e, schema) for e in errors]
+    if not problems and semantic:
+        problems = semantic_problems(data)
+    if problems:
+        uniq = list(dict.fromkeys(problems))
+        raise ConfigError("invalid workflow config:\n  - " + "\n  - ".join(uniq))
+    return data
+
+
+def semantic_problems(config: Mapping[str, Any]) -> list[str]:
+    """Checks beyond the schema; each problem names the key and the allowed values."""
+    problems: list[str] = []
+    for name, raw in config["suites"].items():
+        for smoke in (False, True):
+            if smoke and "smoke_overrides" not in raw:
+                continue
+            section = effective_suite({"smoke": smoke, "suites": config["suites"]}, name)
+            where = f"suites.{name}" + (".smoke_overrides" if smoke else "")
+            problems += _suite_problems(name, section, where)
+    return problems
+
+
+def _suite_problems(name: str, s: Mapping[str, Any], where: str) -> list[str]:
+    out: list[str] = []
+    tasks = list(s["tasks"])
+    extra = sorted(set(s.get("experts", {})) - set(tasks))
+    if extra:
+        out.append(f"{where}.experts: task(s) {extra} are not in tasks; allowed: {', '.join(tasks)}")
+    fda = s.get("fda")
+    if fda:
+        for init in fda["inits"]:
+            if init != "pretrained" and init not in s["methods"]:
+                out.append(f"{where}.fda.inits: init '{init}' needs the baseline '{init}' under "
+                           f"{where}.methods (configured methods: {', '.join(s['methods'])})")
+    out += _hparam_problems(s, where)
+    out += _settings_problems(name, s.get("settings", {}), where)
+    return out
+
+
+def _dataclass_fields(cls: Any) -> list[str] | None:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else None
+
+
+def _hparam_problems(s: Mapping[str, Any], where: str) -> list[str]:
+    """Hyperparameter names against baselines.METHODS[m].hparams and fda.FDAConfig, when those
+    are importable (the workflow config must validate before every part of the code exists)."""
+    out: list[str] = []
+    try:
+        import baselines  # type: ignore[import-not-found]
+
+        registry = getattr(baselines, "METHODS", None)
+    except ImportError:
+        registry = None
+    if registry:
+        for method, hp in s["methods"].items():
+            if method in REFERENCE_METHODS or method not in registry:
+                continue
+            valid = _dataclass_fields(getattr(registry[method], "hparams", None))
+            if valid is None:
+                continue
+            bad = sorted(set(hp) - set(valid))
+            if bad:
+                out.append(f"{where}.methods.{method}: unknown hyperparameter(s) {bad}; allowed: {', '.join(valid)}")
+    fda = s.get("fda")
+    if fda and fda.get("hparams"):
+        try:
+            from fda import FDAConfig  # type: ignore[attr-defined]
+        except ImportError:
+            FDAConfig = None  # noqa: N806 - FDA not built yet: the schema check stands alone
+        valid = _dataclass_fields(FDAConfig) if FDAConfig is not None else None
+        if valid is not None:
+            bad = sorted(set(fda["hparams"]) - set(valid))
+            if bad:
+                out.append(f"{where}.fda.hparams: unknown FDAConfig field(s) {bad}; allowed: {', '.join(valid)}")
+    return out
+
+
+def _settings_problems(name: str, settings: Mapping[str, Any], where: str) -> list[str]:
+    try:
+        from fda.suites import suite_settings_schema  # type: ignore[attr-defined]
+    except ImportError:
+        return []
+    try:
+        valid = suite_settings_schema(name)
+    except (KeyError, ValueError, NotImplementedError):
+        return []  # a paper suite that is not implemented yet: nothing to check against
+    keys = list(valid.get("properties", valid)) if isinstance(valid, Mapping) else list(valid)
+    bad = sorted(set(settings) - set(keys))
+    if bad:
+        return [f"{where}.settings: unknown key(s) {bad}; allowed keys: {', '.join(sorted(keys))}"]
+    return []
+
+
+# -------------------------------------------------------------------------------- views
+
+
+def effective_suite(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
+    """The suite's section as jobs see it: with ``smoke`` on, ``smoke_overrides`` merged in."""
+    try:
+        raw = config["suites"][suite]
+    except KeyError:
+        raise ConfigError(f"suite '{suite}' is not configured; configured: {', '.join(config['suites'])}") from None
+    section = {k: copy.deepcopy(v) for k, v in raw.items() if k != "smoke_overrides"}
+    if config.get("smoke") and raw.get("smoke_overrides"):
+        section = deep_update(section, raw["smoke_overrides"])
+    return section
+
+
+def fda_granularity(config: Mapping[str, Any], stage: str) -> str:
+    """``fine`` or ``coarse`` for ``stage`` (``construct`` or ``adapt``)."""
+    jobs = config.get("fda_jobs", "coarse")
+    return jobs if isinstance(jobs, str) else jobs.get(stage, "coarse")
+
+
+def config_hash(obj: Any) -> str:
+    """A short, stable hash of a JSON-able object (sorted keys, no whitespace)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+# Slices: what each kind of job depends on. Each later slice contains the earlier one, so a
+# change upstream changes every hash downstream.
+
+
+def data_slice(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
+    s = effective_suite(config, suite)
+    return {"suite": suite, "settings": s["settings"], "data_seed": s["data_seed"], "tasks": s["tasks"]}
+
+
+def base_slice(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
+    s = effective_suite(config, suite)
+    return {**data_slice(config, suite), "family": s["family"], "base": s.get("base", {})}
+
+
+def expert_slice(config: Mapping[str, Any], suite: str, task: str | None = None) -> dict[str, Any]:
+    s = effective_suite(config, suite)
+    experts = s.get("experts", {})
+    chosen = {t: experts.get(t, {"recipe": "suite-default"}) for t in ([task] if task else s["tasks"])}
+    return {**base_slice(config, suite), "expert_source": s["expert_source"], "experts": chosen}
+
+
+def merge_slice(config: Mapping[str, Any], suite: str, method: str) -> dict[str, Any]:
+    s = effective_suite(config, suite)
+    return {**expert_slice(config, suite), "method": method, "hparams": s["methods"].get(method, {})}
+
+
+def construct_slice(config: Mapping[str, Any], suite: str, anchor_init: str, seed: int) -> dict[str, Any]:
+    s = effective_suite(config, suite)
+    fda = s["fda"]
+    return {**expert_slice(config, suite), "anchor_init": anchor_init, "seed": int(seed),
+            "n_blocks": fda["n_blocks"], "fda": fda.get("hparams", {})}
+
+
+def adapt_slice(config: Mapping[str, Any], suite: str, init: str, anchor_init: str, seed: int) -> dict[str, Any]:
+    s = effective_suite(config, suite)
+    out = construct_slice(config, suite, anchor_init, seed)
+    out["init"] = init
+    out["init_hparams"] = s["methods"].get(init, {}) if init != "pretrained" else {}
+    return out
+
+
+def eval_slice(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
+    s = effective_suite(config, suite)
+    return {"eval_limit": s["eval_limit"], "tasks": s["tasks"]}
+
+
+def cell_slice(config: Mapping[str, Any], suite: str, method: str, init: str | None = None) -> dict[str, Any]:
+    """Everything a result cell depends on (its ``config_hash``)."""
+    s = effective_suite(config, suite)
+    out: dict[str, Any] = {"eval": eval_slice(config, suite), "experts": expert_slice(config, suite)}
+    if method == "fda":
+        assert init is not None
+        out["fda"] = {ai: {seed: adapt_slice(config, suite, init, ai, seed) for seed in s["seeds"]}
+                      for ai in s["fda"]["anchor_inits"]}
+        out["method"] = f"{init}-fda"
+    else:
+        out["method"] = merge_slice(config, suite, method) if method in BASELINE_METHODS else method
+    return out
+
+
+# -------------------------------------------------------------------------------- cells
+
+
+def cells(config: Mapping[str, Any]) -> list[str]:
+    """Every result cell the config asks for, in a stable order."""
+    out: list[str] = []
+    for suite in config["suites"]:
+        s = effective_suite(config, suite)
+        out += [f"results/{suite}_{m}.csv" for m in s["methods"]]
+        if s.get("fda"):
+            out += [f"results/{suite}_{init}_fda.csv" for init in s["fda"]["inits"]]
+    return out

@@ -1,0 +1,83 @@
+# Tables and figures per suite, derived only from result cells (and construction logs), marked
+# for `snakemake --report report.html`.
+
+
+rule tables:
+    input:
+        cells=suite_cells,
+    output:
+        csv=report("results/tables/{suite}.csv", caption="../report/table.rst", category="Tables", subcategory="{suite}", labels={"suite": "{suite}", "table": "absolute"}),
+        md="results/tables/{suite}.md",
+        tex="results/tables/{suite}.tex",
+        ncsv=report("results/tables/{suite}-normalized.csv", caption="../report/table-normalized.rst", category="Tables", subcategory="{suite}", labels={"suite": "{suite}", "table": "normalised"}),
+        nmd="results/tables/{suite}-normalized.md",
+        ntex="results/tables/{suite}-normalized.tex",
+        pcsv=report("results/tables/{suite}-paper.csv", caption="../report/table-paper.rst", category="Tables", subcategory="{suite}", labels={"suite": "{suite}", "table": "ours vs paper"}),
+        pmd="results/tables/{suite}-paper.md",
+        ptex="results/tables/{suite}-paper.tex",
+    params:
+        tasks=p_tasks,
+    log:
+        "logs/{suite}/tables.log",
+    benchmark:
+        "logs/benchmarks/{suite}/tables.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("aggregate"),
+        runtime=runtime("aggregate"),
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "fda-bench aggregate --suite {wildcards.suite} --tasks {params.tasks} --cells {input.cells}"
+        " --out-dir results/tables > {log} 2>&1"
+
+
+rule figures:
+    input:
+        cells=suite_cells,
+    output:
+        methods=report("results/figures/{suite}-methods.png", caption="../report/fig-methods.rst", category="Figures", subcategory="{suite}", labels={"suite": "{suite}", "figure": "methods"}),
+        methods_pdf="results/figures/{suite}-methods.pdf",
+        heatmap=report("results/figures/{suite}-heatmap.png", caption="../report/fig-heatmap.rst", category="Figures", subcategory="{suite}", labels={"suite": "{suite}", "figure": "heatmap"}),
+        heatmap_pdf="results/figures/{suite}-heatmap.pdf",
+    params:
+        tasks=p_tasks,
+    log:
+        "logs/{suite}/figures.log",
+    benchmark:
+        "logs/benchmarks/{suite}/figures.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("aggregate"),
+        runtime=runtime("aggregate"),
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "fda-bench figures --suite {wildcards.suite} --tasks {params.tasks} --cells {input.cells}"
+        " --out-dir results/figures > {log} 2>&1"
+
+
+rule construction_figures:
+    input:
+        logs=construction_logs,
+    output:
+        curves=report("results/figures/{suite}-construction-{anchorinit}.png", caption="../report/fig-construction.rst", category="FDA construction", subcategory="{suite}", labels={"suite": "{suite}", "anchors": "{anchorinit}", "figure": "curves"}),
+        curves_pdf="results/figures/{suite}-construction-{anchorinit}.pdf",
+        spectra=report("results/figures/{suite}-spectra-{anchorinit}.png", caption="../report/fig-spectra.rst", category="FDA construction", subcategory="{suite}", labels={"suite": "{suite}", "anchors": "{anchorinit}", "figure": "spectra"}),
+        spectra_pdf="results/figures/{suite}-spectra-{anchorinit}.pdf",
+    log:
+        "logs/{suite}/construction-figures-{anchorinit}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/construction-figures-{anchorinit}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("aggregate"),
+        runtime=runtime("aggregate"),
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "fda-bench construction-figures --suite {wildcards.suite} --anchor-init {wildcards.anchorinit}"
+        " --logs {input.logs} --out-dir results/figures > {log} 2>&1"

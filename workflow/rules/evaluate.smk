@@ -1,0 +1,150 @@
+# Evaluation (raw rows per evaluated model) and result cells (tidy rows with `normalized` and
+# provenance). Each task is scored with its own head on top of the evaluated encoder.
+
+
+rule evaluate_reference:
+    # `pretrained`: the base encoder on every task; `individual`: each expert on its own task.
+    input:
+        data=DATA,
+        base=BASE,
+        experts=expert_dirs,
+    output:
+        EVAL_REF,
+    params:
+        settings=p_settings,
+        tasks=p_tasks,
+        limit=p_limit,
+        experts=expert_args,
+        model=p_reference_model,
+        seed=p_data_seed,
+        key=p_eval_key,
+    log:
+        "logs/{suite}/evaluate/{reference}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/evaluate/{reference}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("evaluate"),
+        runtime=runtime("evaluate"),
+        gpu=gpu("evaluate"),
+    conda:
+        ENV
+    shell:
+        "fda-bench evaluate --suite {wildcards.suite} --settings {params.settings:q} {params.model}"
+        " --tasks {params.tasks} --base {input.base} --data {input.data} {params.experts} {params.limit}"
+        " --method {wildcards.reference} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule evaluate_baseline:
+    input:
+        data=DATA,
+        base=BASE,
+        experts=expert_dirs,
+        model=MERGED,
+    output:
+        EVAL_BASELINE,
+    params:
+        settings=p_settings,
+        tasks=p_tasks,
+        limit=p_limit,
+        experts=expert_args,
+        seed=p_data_seed,
+        key=p_eval_key,
+    log:
+        "logs/{suite}/evaluate/{baseline}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/evaluate/{baseline}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("evaluate"),
+        runtime=runtime("evaluate"),
+        gpu=gpu("evaluate"),
+    conda:
+        ENV
+    shell:
+        "fda-bench evaluate --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
+        " --tasks {params.tasks} --base {input.base} --data {input.data} {params.experts} {params.limit}"
+        " --method {wildcards.baseline} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule evaluate_fda:
+    input:
+        data=DATA,
+        base=BASE,
+        experts=expert_dirs,
+        model=FDA_MERGED,
+    output:
+        EVAL_FDA,
+    params:
+        settings=p_settings,
+        tasks=p_tasks,
+        limit=p_limit,
+        experts=expert_args,
+        key=p_eval_key,
+    log:
+        "logs/{suite}/evaluate/fda-seed{seed}-{init}-{anchorinit}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/evaluate/fda-seed{seed}-{init}-{anchorinit}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("evaluate"),
+        runtime=runtime("evaluate"),
+        gpu=gpu("evaluate"),
+    conda:
+        ENV
+    shell:
+        "fda-bench evaluate --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
+        " --tasks {params.tasks} --base {input.base} --data {input.data} {params.experts} {params.limit}"
+        " --method fda --init {wildcards.init} --anchor-init {wildcards.anchorinit} --seed {wildcards.seed}"
+        " --out {output} > {log} 2>&1"
+
+
+rule cell:
+    input:
+        raw="work/{suite}/eval/{method}.csv",
+        individual="work/{suite}/eval/individual.csv",
+    output:
+        CELL,
+    params:
+        source=p_expert_source_name,
+        config_hash=p_cell_hash,
+    log:
+        "logs/{suite}/cell/{method}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/cell/{method}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("aggregate"),
+        runtime=runtime("aggregate"),
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "fda-bench cell --suite {wildcards.suite} --raw {input.raw} --individual {input.individual}"
+        " --expert-source {params.source} --config-hash {params.config_hash} --out {output} > {log} 2>&1"
+
+
+rule cell_fda:
+    input:
+        raw=fda_evals,
+        individual="work/{suite}/eval/individual.csv",
+    output:
+        CELL_FDA,
+    params:
+        raw=p_raw_args,
+        source=p_expert_source_name,
+        config_hash=p_cell_fda_hash,
+    log:
+        "logs/{suite}/cell/{init}-fda.log",
+    benchmark:
+        "logs/benchmarks/{suite}/cell/{init}-fda.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("aggregate"),
+        runtime=runtime("aggregate"),
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "fda-bench cell --suite {wildcards.suite} {params.raw} --individual {input.individual}"
+        " --expert-source {params.source} --config-hash {params.config_hash} --out {output} > {log} 2>&1"

@@ -1,0 +1,80 @@
+# Data, base model and experts of each suite (download, copy or fine-tune: the suite decides).
+# Task vectors are not cached as files: every merge computes them on the fly from the base and
+# the experts (one pass, cheaper than writing and reading them back).
+
+
+rule prepare_data:
+    output:
+        directory(DATA),
+    params:
+        settings=p_settings,
+        seed=p_data_seed,
+        key=p_data_key,
+    log:
+        "logs/{suite}/prepare_data.log",
+    benchmark:
+        "logs/benchmarks/{suite}/prepare_data.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("data"),
+        runtime=runtime("data"),
+        gpu=gpu("data"),
+    conda:
+        ENV
+    shell:
+        "fda-bench prepare-data --suite {wildcards.suite} --settings {params.settings:q}"
+        " --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule prepare_base:
+    input:
+        data=DATA,
+    output:
+        directory(BASE),
+    params:
+        settings=p_settings,
+        seed=p_data_seed,
+        key=p_base_key,
+    log:
+        "logs/{suite}/prepare_base.log",
+    benchmark:
+        "logs/benchmarks/{suite}/prepare_base.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("base"),
+        runtime=runtime("base"),
+        gpu=gpu("base"),
+    conda:
+        ENV
+    shell:
+        "fda-bench prepare-base --suite {wildcards.suite} --settings {params.settings:q}"
+        " --data {input.data} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule prepare_expert:
+    input:
+        data=DATA,
+        base=BASE,
+    output:
+        directory(EXPERT),
+    params:
+        settings=p_settings,
+        seed=p_data_seed,
+        source=p_expert_source,
+        key=p_expert_key,
+    log:
+        "logs/{suite}/prepare_expert/{task}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/prepare_expert/{task}.tsv"
+    threads: 1
+    retries: 1  # hub downloads are flaky; a fine-tune that fails twice is a real error
+    resources:
+        mem_mb=mem("expert"),
+        runtime=runtime("expert"),
+        gpu=gpu("expert"),
+    conda:
+        ENV
+    shell:
+        "fda-bench prepare-expert --suite {wildcards.suite} --settings {params.settings:q}"
+        " --task {wildcards.task} --source {params.source:q} --base {input.base} --data {input.data}"
+        " --seed {params.seed} --out {output} > {log} 2>&1"

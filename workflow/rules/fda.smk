@@ -1,0 +1,202 @@
+# FDA: anchors are constructed per (suite, seed, anchor init, block, expert) and shared by every
+# init; adaptation is per (suite, seed, init, anchor init, block). `fda_jobs` chooses the job
+# granularity of each stage (see workflow/schemas/config.schema.yaml):
+#   construct fine:   one job per (block, expert)         construct coarse: one job per block
+#   adapt fine:       one job per block + assembly job     adapt coarse: one job per (init, anchor
+#                                                          init), caching each finished block
+
+
+if wc_.fda_granularity(config, "construct") == "fine":
+
+    rule fda_construct:
+        input:
+            base=BASE,
+            experts=expert_dirs,
+        output:
+            anchors=ANCHORS,
+            log=ANCHOR_LOG,
+        params:
+            settings=p_settings,
+            family=p_family,
+            fda=p_fda,
+            n_blocks=p_n_blocks,
+            experts=expert_args,
+            key=p_construct_key,
+        log:
+            "logs/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.log",
+        benchmark:
+            "logs/benchmarks/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.tsv"
+        threads: 1
+        resources:
+            mem_mb=mem("construct"),
+            runtime=runtime("construct"),
+            gpu=gpu("construct"),
+        conda:
+            ENV
+        shell:
+            "fda-bench fda-construct --suite {wildcards.suite} --settings {params.settings:q}"
+            " --family {params.family} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
+            " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
+            " --block {wildcards.block} --task {wildcards.task}"
+            " --out-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
+            " > {log} 2>&1"
+
+else:
+    # One job per block with all experts. Its outputs list the suite's tasks, which differ per
+    # suite, so there is one such rule per suite.
+    for _suite in SUITES:
+        if not S(_suite).get("fda"):
+            continue
+
+        rule:
+            name:
+                f"fda_construct_{_suite}"
+            wildcard_constraints:
+                suite=_suite,
+            input:
+                base=BASE,
+                experts=expert_dirs,
+            output:
+                anchors=expand(ANCHORS, task=tasks_of(_suite), allow_missing=True),
+                logs=expand(ANCHOR_LOG, task=tasks_of(_suite), allow_missing=True),
+            params:
+                settings=p_settings,
+                family=p_family,
+                fda=p_fda,
+                n_blocks=p_n_blocks,
+                experts=expert_args,
+                key=p_construct_key,
+            log:
+                "logs/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}.log",
+            benchmark:
+                "logs/benchmarks/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}.tsv"
+            threads: 1
+            resources:
+                mem_mb=mem("construct"),
+                runtime=runtime("construct"),
+                gpu=gpu("construct"),
+            conda:
+                ENV
+            shell:
+                "fda-bench fda-construct --suite {wildcards.suite} --settings {params.settings:q}"
+                " --family {params.family} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
+                " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
+                " --block {wildcards.block}"
+                " --out-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
+                " > {log} 2>&1"
+
+
+if wc_.fda_granularity(config, "adapt") == "fine":
+
+    rule fda_adapt_block:
+        input:
+            base=BASE,
+            experts=expert_dirs,
+            anchors=block_anchors,
+            init_model=init_model,
+        output:
+            ADAPTED,
+        params:
+            settings=p_settings,
+            family=p_family,
+            fda=p_fda,
+            n_blocks=p_n_blocks,
+            experts=expert_args,
+            init_model=p_init_model,
+            key=p_adapt_key,
+        log:
+            "logs/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
+        benchmark:
+            "logs/benchmarks/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.tsv"
+        threads: 1
+        resources:
+            mem_mb=mem("adapt"),
+            runtime=runtime("adapt"),
+            gpu=gpu("adapt"),
+        conda:
+            ENV
+        shell:
+            "fda-bench fda-adapt --suite {wildcards.suite} --settings {params.settings:q}"
+            " --family {params.family} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
+            " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
+            " --init {wildcards.init} {params.init_model} --block {wildcards.block}"
+            " --anchors-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
+            " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
+            " > {log} 2>&1"
+
+    rule fda_assemble:
+        input:
+            base=BASE,
+            experts=expert_dirs,
+            blocks=adapted_blocks,
+            init_model=init_model,
+        output:
+            FDA_MERGED,
+        params:
+            settings=p_settings,
+            family=p_family,
+            fda=p_fda,
+            n_blocks=p_n_blocks,
+            experts=expert_args,
+            init_model=p_init_model,
+            key=p_adapt_key,
+        log:
+            "logs/{suite}/fda/seed{seed}/assemble-{init}-{anchorinit}.log",
+        benchmark:
+            "logs/benchmarks/{suite}/fda/seed{seed}/assemble-{init}-{anchorinit}.tsv"
+        threads: 1
+        resources:
+            mem_mb=mem("assemble"),
+            runtime=runtime("assemble"),
+            gpu=gpu("assemble"),
+        conda:
+            ENV
+        shell:
+            "fda-bench fda-assemble --suite {wildcards.suite} --settings {params.settings:q}"
+            " --family {params.family} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
+            " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
+            " --init {wildcards.init} {params.init_model}"
+            " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
+            " --assemble {output} > {log} 2>&1"
+
+else:
+
+    rule fda_adapt:
+        # All blocks in one job. Finished blocks are cached as blocks/block{b}.safetensors (not
+        # declared outputs, so snakemake does not delete them when the job is killed); a rerun
+        # skips every block whose cache key (settings + input files) still matches.
+        input:
+            base=BASE,
+            experts=expert_dirs,
+            anchors=all_anchors,
+            init_model=init_model,
+        output:
+            FDA_MERGED,
+        params:
+            settings=p_settings,
+            family=p_family,
+            fda=p_fda,
+            n_blocks=p_n_blocks,
+            blocks=p_blocks,
+            experts=expert_args,
+            init_model=p_init_model,
+            key=p_adapt_key,
+        log:
+            "logs/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}.log",
+        benchmark:
+            "logs/benchmarks/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}.tsv"
+        threads: 1
+        resources:
+            mem_mb=mem("adapt"),
+            runtime=runtime("adapt"),
+            gpu=gpu("adapt"),
+        conda:
+            ENV
+        shell:
+            "fda-bench fda-adapt --suite {wildcards.suite} --settings {params.settings:q}"
+            " --family {params.family} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
+            " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
+            " --init {wildcards.init} {params.init_model} {params.blocks}"
+            " --anchors-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
+            " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
+            " --assemble {output} > {log} 2>&1"
