@@ -82,6 +82,8 @@ def validate(pretrained: object, experts: object, names: object = None) -> Merge
 
     float_keys = [k for k, t in pretrained.items() if t.is_floating_point()]
     other_keys = [k for k, t in pretrained.items() if not t.is_floating_point()]
+    for key in float_keys:
+        _check_finite("pretrained model", key, pretrained[key])
 
     for i, expert in enumerate(experts):
         who = expert_label(i, names)
@@ -99,7 +101,7 @@ def validate(pretrained: object, experts: object, names: object = None) -> Merge
             more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
             raise MergeInputError(f"{who} has tensor {extra[0]!r}{more} that the pretrained model lacks: {_ENCODER_FIX}")
         for key, base in pretrained.items():
-            t = expert[key]
+            t = expert[key]  # read once: experts may be lazy (each access loads or generates the tensor)
             if not isinstance(t, torch.Tensor):
                 raise MergeInputError(f"{who}: tensor {key!r} is a {type(t).__name__}, not a torch.Tensor")
             if t.shape != base.shape:
@@ -113,19 +115,15 @@ def validate(pretrained: object, experts: object, names: object = None) -> Merge
                     f"{who}: tensor {key!r} is {t.dtype} but the pretrained model's is {base.dtype}: load all "
                     f"checkpoints in one dtype (e.g. expert = {{k: v.to(pretrained[k].dtype) for k, v in expert.items()}})"
                 )
-    # NaN/inf last: the cheap structural checks above give the clearer message first.
-    _check_finite("pretrained model", pretrained, float_keys)
-    for i, expert in enumerate(experts):
-        _check_finite(expert_label(i, names), expert, float_keys)
+            if t.is_floating_point():
+                _check_finite(who, key, t)
     return MergeInputs(pretrained, experts, names, float_keys, other_keys)
 
 
-def _check_finite(who: str, state: Mapping[str, torch.Tensor], keys: list[str]) -> None:
-    for key in keys:
-        t = state[key]
-        if not bool(torch.isfinite(t).all()):
-            n_bad = int((~torch.isfinite(t)).sum())
-            raise MergeInputError(
-                f"{who}: tensor {key!r} has {n_bad} non-finite value(s) (NaN/inf): the checkpoint is corrupt or "
-                f"training diverged; re-export or re-download it"
-            )
+def _check_finite(who: str, key: str, t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise MergeInputError(
+            f"{who}: tensor {key!r} has {n_bad} non-finite value(s) (NaN/inf): the checkpoint is corrupt or "
+            f"training diverged; re-export or re-download it"
+        )

@@ -133,6 +133,9 @@ class SyntheticExpert(Mapping):
         tau = task_vector(key, tuple(base.shape), self._index, seed=self._seed, dtype=torch.float32, **self._kw)
         return (base.float() + tau).to(base.dtype) if base.is_floating_point() else base.clone()
 
+    def __contains__(self, key: object) -> bool:  # Mapping's default would generate the tensor
+        return key in self._pre
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._pre)
 

@@ -10,7 +10,8 @@ part of its definition: 300 and 1e-5 (vision), 2e-5 in the official RoBERTa scri
 
 Two exact forms of the same gradient:
 - ``gram`` (default): ∇L = 2(τ_m A − B) with A = Σ w_i τ_iᵀτ_i [n, n], B = Σ w_i τ_i τ_iᵀτ_i [m, n]
-  precomputed once; one [m, n]×[n, n] matmul per step (2mn² FLOPs) instead of ≈4Tm²n.
+  precomputed once (4Tmn² FLOPs); one [m, n]×[n, n] matmul per step (2mn² FLOPs) instead of the
+  direct form's ≈4Tm²n (forward + backward): ≈2Tm/n times fewer, e.g. 64× for c_fc, 4× for c_proj.
 - ``direct``: autograd through the loss as written (the official code's shape), for checks.
 They agree to rounding (≈1e-15 relative in float64). In float32 the different rounding can flip
 Adam's step on entries whose gradient is ~0, moving them by up to ~lr per step.
@@ -95,35 +96,44 @@ def wudi_solve(
     raise ValueError(f"unknown WUDI form {form!r}; expected 'gram' or 'direct'")
 
 
-def gram_terms(taus: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A = Σ w_i τ_iᵀτ_i [n, n], B = Σ w_i τ_i τ_iᵀτ_i [m, n], C = Σ w_i ‖τ_iᵀτ_i‖_F² (so L = ⟨τA, τ⟩ − 2⟨B, τ⟩ + C)."""
+def gram_terms(taus: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = Σ w_i τ_iᵀτ_i [n, n] and B = Σ w_i τ_i τ_iᵀτ_i [m, n], w_i = 1/‖τ_i‖_F², so ∇L(τ) = 2(τA − B).
+
+    B is accumulated as Σ τ_i·(w_i τ_iᵀτ_i) so that with one expert B and τ_1·A are the same
+    floating-point product and the gradient at τ_1 is exactly zero (Adam would otherwise turn
+    rounding noise into steps of size lr).
+    """
     m, n = taus[0].shape
     a = taus[0].new_zeros(n, n)
     b = taus[0].new_zeros(m, n)
-    c = taus[0].new_zeros(())
     for t in taus:
-        w = 1.0 / t.pow(2).sum()
-        g = t.T @ t
-        a += w * g
-        b += w * (t @ g)
-        c += w * g.pow(2).sum()
-    return a, b, c
+        wg = (t.T @ t) / t.pow(2).sum()
+        a += wg
+        b += t @ wg
+    return a, b
 
 
 def _solve_gram(init: torch.Tensor, taus: list[torch.Tensor], steps: int, lr: float, record: bool) -> WudiResult:
-    a, b, c = gram_terms(taus)
+    a, b = gram_terms(taus)
+    # ∇L(init + Δ) = 2(Δ·A + c0) with c0 = init·A − B fixed: the per-step product acts on the small
+    # Δ (≈ steps·lr), which avoids re-subtracting two large terms every step.
+    c0 = init @ a - b
+    del b
     param = init.clone()
     opt = _adam(param, lr)
+    loss0 = float(wudi_loss(init, taus)) if record else 0.0
     losses: list[float] = []
     with torch.no_grad():
         for _ in range(steps):
-            pa = param @ a
-            if record:
-                losses.append(float((pa * param).sum() - 2 * (b * param).sum() + c))
-            param.grad = 2 * (pa - b)
+            d_a = (param - init) @ a
+            if record:  # L(init + Δ) = L0 + 2⟨c0, Δ⟩ + ⟨ΔA, Δ⟩ (exact quadratic expansion)
+                delta = param - init
+                losses.append(loss0 + float(2 * (c0 * delta).sum() + (d_a * delta).sum()))
+            param.grad = 2 * (d_a + c0)
             opt.step()
         if record:
-            losses.append(float(((param @ a) * param).sum() - 2 * (b * param).sum() + c))
+            delta = param - init
+            losses.append(loss0 + float(2 * (c0 * delta).sum() + ((delta @ a) * delta).sum()))
     param.grad = None
     return WudiResult(param, losses)
 
@@ -136,7 +146,7 @@ def _solve_direct(init: torch.Tensor, taus: list[torch.Tensor], steps: int, lr: 
         opt.zero_grad(set_to_none=True)
         loss = wudi_loss(param, taus)
         if record:
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         loss.backward()
         opt.step()
     if record:

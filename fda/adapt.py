@@ -151,8 +151,8 @@ def adapt(
             return float(adapt_loss(adapter.call(block, param.params(), X), Y, loss))
 
     initial = pooled_loss()
-    step_losses: list[float] = []
-    epoch_losses: list[float] = []
+    step_losses: list[torch.Tensor] = []
+    epoch_losses: list[torch.Tensor] = []
     bar = tqdm(range(epochs), desc=f"adapt block {block}", disable=not progress, leave=False)
     # dropout (train_mode) draws from the global RNG: fork it and seed it, so runs repeat exactly
     devices = [dev] if dev.type == "cuda" else []
@@ -167,13 +167,15 @@ def adapt(
                 opt.zero_grad(set_to_none=True)
                 value.backward()
                 opt.step()
-                batch_losses.append(float(value.detach()))
+                batch_losses.append(value.detach())  # no float(): it would synchronise a GPU per batch
             step_losses += batch_losses
-            epoch_losses.append(sum(batch_losses) / len(batch_losses))
-            bar.set_postfix(loss=epoch_losses[-1])
+            epoch_losses.append(torch.stack(batch_losses).mean())
+            if progress:
+                bar.set_postfix(loss=float(epoch_losses[-1]))
     final = pooled_loss()
     prefix = adapter.block_prefix(block)
     with torch.no_grad():
         out = {prefix + k: v.detach().clone() for k, v in param.params().items()}
-    log = AdaptLog(torch.tensor(step_losses), torch.tensor(epoch_losses), initial, final)
+    as_tensor = lambda xs: torch.stack(xs).cpu() if xs else torch.empty(0)  # noqa: E731
+    log = AdaptLog(as_tensor(step_losses), as_tensor(epoch_losses), initial, final)
     return AdaptResult(block, out, log)

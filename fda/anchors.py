@@ -201,7 +201,7 @@ class _Objective:
         elif batching == "loop":
             self.theta0_leaf = {k: v.clone().requires_grad_(True) for k, v in self.theta0.items()}
         else:
-            raise ValueError(f"unknown batching {batching!r}; expected 'vmap' or 'loop'")
+            raise ValueError(f"unknown batching {batching!r}; expected 'auto', 'vmap' or 'loop'")
 
     def _sim(self, p0: Mapping[str, torch.Tensor], pi: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         out0 = self.adapter.call(self.block, p0, x)
@@ -303,7 +303,7 @@ def construct_anchors(
     steps: int,
     lr: float,
     similarity_kind: str = "cos",
-    batching: str = "vmap",
+    batching: str = "auto",
     sv_every: int = 0,
     progress: bool = True,
     expert_ids: Sequence[int] | None = None,
@@ -312,13 +312,18 @@ def construct_anchors(
     """Construct the anchors of E experts of one block together.
 
     ``theta0`` / ``experts[e]``: the block's tensors by local name (``adapter.param_names``);
-    ``init``: stacked initial anchors ``[E, *anchor_shape]``. Runs on ``init``'s device and dtype,
+    ``init``: stacked initial anchors ``[E, *anchor_shape]``. ``batching``: ``vmap`` (one vectorised
+    call for all experts), ``loop`` (a Python loop inside each step) or ``auto`` (vmap for E > 1);
+    all give the same anchors up to float round-off. Runs on ``init``'s device and dtype,
     with the block in eval mode (no dropout, as the official construction). Returns one
     :class:`ConstructResult` per expert, in order.
     """
     E = len(experts)
     if init.shape[0] != E:
         raise ValueError(f"init has {init.shape[0]} anchor sets for {E} experts")
+    if batching == "auto":
+        # one expert: plain calls keep mm/addmm kernels (vmap turns every matmul into bmm)
+        batching = "vmap" if E > 1 else "loop"
     ids = list(expert_ids) if expert_ids is not None else list(range(E))
     dev = init.device
     to_dev = lambda sd: {k: v.to(dev, init.dtype) for k, v in sd.items()}  # noqa: E731
@@ -354,7 +359,8 @@ def construct_anchors(
             norms.append(gnorm.cpu())
             opt.step()
             opt.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=float(loss.detach().mean()), cos=float(cos.detach().mean()))
+            if progress:  # float() would synchronise a GPU every step
+                bar.set_postfix(loss=float(loss.detach().mean()), cos=float(cos.detach().mean()))
     if sv_every:
         snapshot(steps)
     P = len(objective.names)

@@ -71,17 +71,17 @@ def _experts(pairs: Sequence[tuple[str, Path]]):
     return [t for t, _ in pairs], [load_state_dict(d) for _, d in pairs]
 
 
-def _fda_config(family: str, hparams: dict[str, Any], seed: int):
-    """``FDAConfig.for_family(family)`` with the configured hyperparameters and the seed."""
+def _fda_config(args: argparse.Namespace, init: str = "pretrained"):
+    """``FDAConfig.for_family(family, init, size)`` (the paper's values) with the configured
+    overrides and the seed. Construction uses ``init="pretrained"``: its settings do not depend
+    on the init, and the anchors are shared by every init."""
     from fda import FDAConfig
 
-    cfg = FDAConfig.for_family(family)
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    unknown = sorted(set(hparams) - fields)
+    fields = {f.name for f in dataclasses.fields(FDAConfig)}
+    unknown = sorted(set(args.fda) - fields)
     if unknown:
         raise SystemExit(f"unknown FDA hyperparameter(s) {unknown}; FDAConfig fields: {', '.join(sorted(fields))}")
-    extra = {"seed": seed} if "seed" in fields else {}
-    return dataclasses.replace(cfg, **hparams, **extra)
+    return FDAConfig.for_family(args.family, init=init, size=args.size, **{**args.fda, "seed": args.seed})
 
 
 def _count_blocks(model) -> int | None:
@@ -92,7 +92,7 @@ def _count_blocks(model) -> int | None:
     for name in ("num_blocks", "n_blocks"):
         v = getattr(adapter, name, None)
         if v is not None:
-            return int(v(model) if callable(v) else v)
+            return int(v() if callable(v) else v)
     blocks = getattr(adapter, "blocks", None)
     if callable(blocks):
         return len(list(blocks(model)))
@@ -129,43 +129,18 @@ def _to_list(x: Any) -> Any:
 
 
 def construct_log_record(result: Any, **meta: Any) -> dict[str, Any]:
-    """The JSON log written next to each anchors file (format: fda.figures.read_construct_log).
-
-    Accepts the per-step log of ``ConstructResult.log`` as a list of per-step dicts (keys
-    ``step``, ``loss``, ``cos`` / ``cosines`` mapping tensor -> cosine) or as a dict of lists.
-    """
-    log = getattr(result, "log", None) or {}
-    steps: list[int] = []
-    loss: list[float] = []
-    cos: dict[str, list[float]] = {}
-    if isinstance(log, dict):
-        loss = [float(v) for v in _to_list(log.get("loss", []))]
-        steps = [int(s) for s in _to_list(log.get("step", log.get("steps", list(range(len(loss))))))]
-        raw = log.get("cos", log.get("cosines", {})) or {}
-        if isinstance(raw, dict):
-            cos = {str(k): [float(v) for v in _to_list(vs)] for k, vs in raw.items()}
-        else:  # list over steps of dicts
-            for rec in raw:
-                for k, v in rec.items():
-                    cos.setdefault(str(k), []).append(float(v))
-    else:
-        for i, rec in enumerate(log):
-            rec = dict(rec) if not isinstance(rec, dict) else rec
-            steps.append(int(rec.get("step", i)))
-            loss.append(float(rec.get("loss", float("nan"))))
-            for k, v in (rec.get("cos") or rec.get("cosines") or {}).items():
-                cos.setdefault(str(k), []).append(float(v))
-    cos_mean = [sum(vals) / len(vals) for vals in zip(*cos.values())] if cos else []
-    sv = getattr(result, "singular_values", None) or getattr(result, "sv_snapshots", None) or {}
-    if isinstance(sv, dict):
-        sv_steps = sorted(int(k) for k in sv)
-        sv_vals = [_to_list(sv[k] if k in sv else sv[str(k)]) for k in sv_steps]
-    else:  # list of (step, values)
-        sv_steps = [int(s) for s, _ in sv]
-        sv_vals = [_to_list(v) for _, v in sv]
-    return {**meta, "best_step": _to_list(getattr(result, "best_step", None)),
-            "best_loss": _to_list(getattr(result, "best_loss", None)), "steps": steps, "loss": loss,
-            "cos_mean": cos_mean, "cos": cos, "sv_steps": sv_steps, "singular_values": sv_vals}
+    """The JSON log written next to each anchors file (format: fda.figures.read_construct_log),
+    from a ``fda.ConstructResult`` and its ``ConstructLog``."""
+    log = result.log
+    loss = [float(v) for v in _to_list(log.loss)]
+    cos_rows = _to_list(log.cos)  # [steps, P]
+    names = list(log.param_names)
+    cos = {n: [float(r[k]) for r in cos_rows] for k, n in enumerate(names)}
+    cos_mean = [float(v) for v in _to_list(log.mean_cos())] if loss else []
+    return {**meta, "best_step": int(result.best_step), "best_loss": float(result.best_loss),
+            "steps": list(range(len(loss))), "loss": loss, "cos_mean": cos_mean, "cos": cos,
+            "unalignable": list(log.unalignable), "sv_steps": [int(x) for x in log.sv_steps],
+            "singular_values": [_to_list(v) for v in log.sv]}
 
 
 def _inputs_key(paths: Sequence[Path], extra: Any) -> str:
@@ -265,7 +240,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_fda_construct(args: argparse.Namespace) -> int:
     import fda as F
-    from fda.checkpoints import load_state_dict, write_json_atomic
+    from fda.checkpoints import load_state_dict, read_metadata, write_json_atomic
 
     suite = _suite(args)
     model = suite.load_encoder(Path(args.base))
@@ -274,19 +249,45 @@ def cmd_fda_construct(args: argparse.Namespace) -> int:
     tasks, experts = _experts(args.expert)
     want = args.task or tasks
     subset = [tasks.index(t) for t in want]
-    cfg = _fda_config(args.family, args.fda, args.seed)
+    cfg = _fda_config(args)
     out_dir = Path(args.out_dir)
+    # With --cache-dir, finished blocks are kept outside the job's declared outputs (snakemake
+    # deletes those before a rerun), so a killed coarse job redoes no finished block.
+    work_dir = Path(args.cache_dir) if args.cache_dir else out_dir
+    key = _inputs_key([Path(args.base)] + [d for _, d in args.expert],
+                      {"fda": args.fda, "size": args.size, "family": args.family, "seed": args.seed,
+                       "anchor_init": args.anchor_init})
     for block in args.block:
-        _log(f"construct block {block} for {want} ({args.anchor_init} anchors)")
-        results = F.construct_block(model, pre, experts, block, args.anchor_init, cfg, experts_subset=subset)
-        for task, res in zip(want, results, strict=True):
-            meta = {"suite": args.suite, "block": str(block), "task": task, "anchor_init": args.anchor_init,
-                    "seed": str(args.seed), "fda": json.dumps(args.fda, sort_keys=True)}
-            F.save_anchors(res, out_dir / f"block{block}" / f"{task}.safetensors", meta)
-            record = construct_log_record(res, suite=args.suite, block=block, task=task,
-                                          anchor_init=args.anchor_init, seed=args.seed)
-            write_json_atomic(record, out_dir / f"block{block}" / f"{task}.json")
+        files = {t: work_dir / f"block{block}" / f"{t}.safetensors" for t in want}
+        if all(f.is_file() and read_metadata(f).get("cache_key") == json.dumps(key) for f in files.values()):
+            _log(f"block {block}: cached anchors in {work_dir}")
+        else:
+            _log(f"construct block {block} for {want} ({args.anchor_init} anchors)")
+            results = F.construct_block(model, pre, experts, block, args.anchor_init, cfg, experts_subset=subset)
+            for task, res in zip(want, results, strict=True):
+                meta = {"suite": args.suite, "task": task, "anchor_init": args.anchor_init, "seed": args.seed,
+                        "fda": args.fda, "cache_key": key}
+                record = construct_log_record(res, suite=args.suite, block=block, task=task,
+                                              anchor_init=args.anchor_init, seed=args.seed)
+                write_json_atomic(record, files[task].with_suffix(".json"))
+                F.save_anchors(res, files[task], meta)  # last: its presence marks the pair complete
+        if work_dir != out_dir:
+            for task, f in files.items():
+                for src in (f.with_suffix(".json"), f):
+                    _link_or_copy(src, out_dir / f"block{block}" / src.name)
     return 0
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Put ``src`` at ``dst`` atomically: a hard link where possible, else a copy."""
+    from fda.checkpoints import atomic_path
+
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def cmd_fda_adapt(args: argparse.Namespace) -> int:
@@ -299,7 +300,7 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
     pre = load_state_dict(args.base)
     tasks, experts = _experts(args.expert)
     init_state = load_state_dict(args.init_model) if args.init_model else pre
-    cfg = _fda_config(args.family, args.fda, args.seed)
+    cfg = _fda_config(args, args.init)
     blocks_dir, anchors_dir = Path(args.blocks_dir), Path(args.anchors_dir)
     for block in args.block:
         path = blocks_dir / f"block{block}.safetensors"
@@ -339,7 +340,7 @@ def cmd_fda_assemble(args: argparse.Namespace) -> int:
     model = suite.load_encoder(Path(args.base))
     pre = load_state_dict(args.base)
     init_state = load_state_dict(args.init_model) if args.init_model else pre
-    _assemble(args, model, pre, init_state, _fda_config(args.family, args.fda, args.seed))
+    _assemble(args, model, pre, init_state, _fda_config(args, args.init))
     return 0
 
 
@@ -454,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     def fda_args(sp: argparse.ArgumentParser) -> None:
         suite_args(sp)
         sp.add_argument("--family", required=True)
+        sp.add_argument("--size", default="base", choices=["base", "large"], help="FDAConfig.for_family size")
         sp.add_argument("--fda", type=_json_arg, default={}, help="FDAConfig overrides (JSON)")
         sp.add_argument("--anchor-init", required=True, choices=["gauss", "weight"])
         sp.add_argument("--seed", type=int, default=0)
@@ -466,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--block", type=int, action="append", required=True)
     sp.add_argument("--task", action="append", help="only these experts (default: all)")
     sp.add_argument("--out-dir", required=True, help="writes OUT_DIR/block{b}/{task}.safetensors and .json")
+    sp.add_argument("--cache-dir", help="build (and resume) blocks here, then link them into OUT_DIR")
 
     sp = add("fda-adapt", cmd_fda_adapt, "adapt blocks on the anchors; each finished block is cached")
     fda_args(sp)

@@ -47,8 +47,8 @@ class FDAConfig:
     adaptation; None: official per family and init), ``non_block`` (``pretrained``|``init``; None:
     official per family).
 
-    Engineering: ``seed``, ``part`` (Llama ``mlp``|``layer``), ``batching`` (``vmap``|``loop``:
-    how the experts of one block are batched; same result), ``device``, ``progress``,
+    Engineering: ``seed``, ``part`` (Llama ``mlp``|``layer``), ``batching`` (``auto``|``vmap``|
+    ``loop``: how the experts of one block are batched; same result; auto = vmap for >1 expert), ``device``, ``progress``,
     ``sv_every`` (anchor singular values every k construction steps; 0 = off),
     ``zero_grad`` (tensors with an identically zero induced gradient, i.e. attention key biases:
     ``keep`` leaves them in the loss with their round-off gradient, as the official RoBERTa code;
@@ -76,7 +76,7 @@ class FDAConfig:
     non_block: Literal["pretrained", "init"] | None = None
     seed: int = 0
     part: str | None = None
-    batching: Literal["vmap", "loop"] = "vmap"
+    batching: Literal["auto", "vmap", "loop"] = "auto"
     device: str | None = None
     progress: bool = True
     sv_every: int = 0
@@ -142,8 +142,8 @@ class FDAConfig:
             raise ValueError(f"non_block must be 'pretrained' or 'init', got {self.non_block!r}")
         if self.zero_grad not in (None, "keep", "constant"):
             raise ValueError(f"zero_grad must be 'keep' or 'constant', got {self.zero_grad!r}")
-        if self.batching not in ("vmap", "loop"):
-            raise ValueError(f"batching must be 'vmap' or 'loop', got {self.batching!r}")
+        if self.batching not in ("auto", "vmap", "loop"):
+            raise ValueError(f"batching must be 'auto', 'vmap' or 'loop', got {self.batching!r}")
         for name in ("n_anchors", "adapt_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -320,16 +320,21 @@ def assemble(
     return out
 
 
+#: family -> the baselines coverage preset of the official FDA scripts
+_COVERAGE = {"clip-vision": "fda-vision", "openclip": "fda-vision", "bert": "fda-nlu", "roberta": "fda-nlu", "llama": "fda-llm"}
+
+
 def _baseline_init(init: str, pretrained: StateLike, experts: list[StateLike], cfg: FDAConfig) -> StateDict:
+    """``baselines.merge(init, ...)`` with λ = ``cfg.ta_lambda`` for TA and the family's official
+    coverage preset, unless ``cfg.init_hparams`` says otherwise."""
     import baselines  # lazy: FDA from pretrained needs no baselines
 
     hparams = dict(cfg.init_hparams)
-    if init == "ta":
-        names = {f.name for f in dataclasses.fields(baselines.method_spec("ta").hparams)}
-        for cand in ("alpha", "lam", "lambda_", "scaling"):
-            if cand in names:
-                hparams.setdefault(cand, cfg.ta_lambda)
-                break
+    fields = {f.name for f in dataclasses.fields(baselines.method_spec(init).hparams)}
+    if init == "ta" and "alpha" in fields:
+        hparams.setdefault("alpha", cfg.ta_lambda)
+    if "coverage" in fields and cfg.family in _COVERAGE:
+        hparams.setdefault("coverage", _COVERAGE[cfg.family])
     load = lambda s: {k: s.tensor(k) for k in s.keys()} if isinstance(s, LazyCheckpoint) else dict(s)  # noqa: E731
     return baselines.merge(init, load(pretrained), [load(e) for e in experts], **hparams)
 

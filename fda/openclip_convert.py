@@ -366,3 +366,32 @@ def openclip_available() -> bool:
     except Exception:  # noqa: BLE001 - ImportError or torchvision's RuntimeError
         return False
     return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fda.openclip_convert ROOT OUT [--trust-pickle] [--tasks mnist dtd ...]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m fda.openclip_convert",
+        description="Convert a task_vectors model folder (zeroshot.pt, <Task>/finetuned.pt, head_<Task>.pt) to safetensors "
+        "in the HF CLIPVisionModelWithProjection layout, once.",
+    )
+    ap.add_argument("root", help="the task_vectors folder of one model, e.g. checkpoints/ViT-B-32")
+    ap.add_argument("out", help="output folder (same file names, .safetensors)")
+    ap.add_argument("--tasks", nargs="*", default=None, help=f"suite task names (default all: {' '.join(TASKVECTORS_NAMES)})")
+    ap.add_argument("--trust-pickle", action="store_true",
+                    help="allow unpickling pickled nn.Modules (runs pickle code: only for files you trust)")
+    args = ap.parse_args(argv)
+    try:
+        done = convert_taskvectors_dir(args.root, args.out, tasks=args.tasks, trust_pickle=args.trust_pickle)
+    except CheckpointError as err:
+        print(f"error: {err}")
+        return 2
+    for name, path in done.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

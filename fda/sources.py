@@ -180,6 +180,23 @@ def _resolve_hub(src: Source, repo_type: str, allow_patterns: list[str] | None, 
     return path
 
 
+MODEL_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
+
+
+def resolve_model_dir(spec: str | os.PathLike | Source, *, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Like :func:`resolve_source` for model repositories, without fetching every framework's
+    weights: configs, tokenizer files and safetensors first; pickled ``.bin`` weights only when a
+    repository has no safetensors (TF/Flax/ONNX files are never fetched)."""
+    src = spec if isinstance(spec, Source) else parse_source(spec)
+    if src.kind != "hub":
+        return resolve_source(src)
+    path = resolve_source(src, allow_patterns=MODEL_PATTERNS, cache_dir=cache_dir)
+    if path.is_dir() and not any(path.glob("*.safetensors")):
+        path = resolve_source(src, allow_patterns=MODEL_PATTERNS + PICKLE_PATTERNS, cache_dir=cache_dir)
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # Verification
 
@@ -201,6 +218,27 @@ def verify_sha256(path: str | os.PathLike, expected: str) -> None:
             f"{path}: sha256 mismatch (expected {expected.strip().lower()}, got {got}); the file is corrupt or a "
             "different version: re-download it, or update the sha256 in the config if the new file is intended"
         )
+
+
+def verify_source_sha256(path: str | os.PathLike, want: str | Mapping[str, str] | None) -> None:
+    """Check a resolved source against the config's sha256: one hash (the file itself, or the
+    weights file of an HF directory) or ``{file name inside the directory: hash}``."""
+    if not want:
+        return
+    p = Path(path)
+    if isinstance(want, str):
+        if p.is_dir():
+            files = [f for f in resolve_weight_files(p) if f.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+            if len(files) != 1:
+                raise SourceError(f"{p}: one sha256 given but the directory has {len(files)} weight files; give {{file name: sha256}}")
+            p = files[0]
+        verify_sha256(p, want)
+        return
+    for name, digest in want.items():
+        f = p / name if p.is_dir() else p
+        if not f.is_file():
+            raise SourceError(f"{p}: file '{name}' listed with a sha256 in the config is missing")
+        verify_sha256(f, digest)
 
 
 TensorSpec = tuple[tuple[int, ...], torch.dtype | str]

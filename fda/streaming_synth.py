@@ -77,3 +77,79 @@ def write_expert(base_dir: str | os.PathLike, out_dir: str | os.PathLike, *, see
     w.finish(metadata={"format": "pt"})
     copy_model_files(base_dir, out_dir)
     return Path(out_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Peak-RSS probe: the merge runs in a fresh subprocess, which reports its own ru_maxrss.
+
+_RSS_CHILD = r"""
+import json, resource, sys, time
+mode, base, out, shard = sys.argv[1:5]
+experts = sys.argv[5:]
+import torch
+import baselines
+from fda import streaming
+from fda.checkpoints import load_state_dict, save_state_dict
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return None
+
+# imports done: reset the kernel's peak-RSS mark (VmHWM) so the peak below is the merge's own
+try:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    reset = True
+except OSError:
+    reset = False
+start = status("VmRSS")
+t0 = time.perf_counter()
+if mode == "stream":
+    streaming.stream_merge("ta", base, experts, out, hparams={"alpha": 0.5}, shard_size=shard)
+elif mode == "inmemory":
+    merged = baselines.merge("ta", load_state_dict(base), [load_state_dict(e) for e in experts], alpha=0.5)
+    save_state_dict(merged, out + ".safetensors")
+elif mode == "headers":
+    [streaming.StreamSource(p) for p in [base, *experts]]
+else:
+    raise SystemExit(f"unknown mode {mode}")
+dt = time.perf_counter() - t0
+hwm = status("VmHWM") if reset else None
+print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": dt,
+                  "rss_after_imports_mb": start, "work_peak_mb": None if hwm is None else hwm - start}))
+"""
+
+
+def make_merge_inputs(root: str | os.PathLike, layers: int, *, hidden: int, intermediate: int, vocab: int = 256,
+                      experts: int = 2, shard_size: int | str = "50MB") -> tuple[Path, list[Path], int]:
+    """Write a synthetic base and ``experts`` experts under ``root``; returns (base, experts, bytes per model)."""
+    root = Path(root)
+    cfg = llama_config(layers, hidden=hidden, intermediate=intermediate, vocab=vocab)
+    base = write_synthetic_llama(root / "base", cfg, shard_size=shard_size)
+    exps = [write_expert(base, root / f"expert{i}", seed=i + 1, shard_size=shard_size) for i in range(experts)]
+    import json
+
+    total = json.loads((base / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
+    return base, exps, int(total)
+
+
+def rss_probe(mode: str, base: str | os.PathLike, experts: list, out: str | os.PathLike, *, shard_size: int | str = "8MB",
+              repo_root: str | os.PathLike | None = None) -> dict:
+    """Run one merge (``stream``, ``inmemory``) or the import-only baseline (``headers``) in a fresh
+    interpreter; returns what the child measured itself: ``maxrss_mb`` (ru_maxrss, whole process,
+    imports included), ``rss_after_imports_mb``, ``work_peak_mb`` (peak RSS of the merge above the
+    post-import RSS, from VmHWM after resetting it via ``/proc/self/clear_refs``; ``None`` where the
+    kernel does not allow that) and ``seconds``."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(repo_root) if repo_root else Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cmd = [sys.executable, "-c", _RSS_CHILD, mode, str(base), str(out), str(shard_size), *map(str, experts)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    if proc.returncode != 0:
+        raise RuntimeError(f"rss probe ({mode}) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

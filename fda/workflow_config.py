@@ -10,6 +10,7 @@ the jobs that read it) and its hash is recorded in every result row (``config_ha
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -217,7 +218,7 @@ def _suite_problems(name: str, s: Mapping[str, Any], where: str) -> list[str]:
                 out.append(f"{where}.fda.inits: init '{init}' needs the baseline '{init}' under "
                            f"{where}.methods (configured methods: {', '.join(s['methods'])})")
     out += _hparam_problems(s, where)
-    out += _settings_problems(name, s.get("settings", {}), where)
+    out += _settings_problems(name, s, where)
     return out
 
 
@@ -247,6 +248,8 @@ def _hparam_problems(s: Mapping[str, Any], where: str) -> list[str]:
             bad = sorted(set(hp) - set(valid))
             if bad:
                 out.append(f"{where}.methods.{method}: unknown hyperparameter(s) {bad}; allowed: {', '.join(valid)}")
+            elif hp:
+                out += _hparam_type_problems(registry[method], hp, f"{where}.methods.{method}")
     fda = s.get("fda")
     if fda and fda.get("hparams"):
         try:
@@ -261,19 +264,30 @@ def _hparam_problems(s: Mapping[str, Any], where: str) -> list[str]:
     return out
 
 
-def _settings_problems(name: str, settings: Mapping[str, Any], where: str) -> list[str]:
+def _hparam_type_problems(spec: Any, given: Mapping[str, Any], where: str) -> list[str]:
+    """Types and ranges through the registry's own check (``baselines.registry.build_hparams``)."""
     try:
-        from fda.suites import suite_settings_schema  # type: ignore[attr-defined]
+        from baselines.registry import build_hparams  # type: ignore[import-not-found]
     except ImportError:
         return []
     try:
-        valid = suite_settings_schema(name)
-    except (KeyError, ValueError, NotImplementedError):
+        build_hparams(spec, dict(given))
+    except (TypeError, ValueError) as err:
+        return [f"{where}: {err}"]
+    return []
+
+
+def _settings_problems(name: str, section: Mapping[str, Any], where: str) -> list[str]:
+    keys = _suite_setting_keys(name)
+    if not keys:
         return []  # a paper suite that is not implemented yet: nothing to check against
-    keys = list(valid.get("properties", valid)) if isinstance(valid, Mapping) else list(valid)
-    bad = sorted(set(settings) - set(keys))
+    settings = section.get("settings", {})
+    bad = sorted(set(settings) - keys)
     if bad:
         return [f"{where}.settings: unknown key(s) {bad}; allowed keys: {', '.join(sorted(keys))}"]
+    if "tasks" in settings and list(settings["tasks"]) != list(section["tasks"]):
+        return [f"{where}.settings.tasks {list(settings['tasks'])} differs from {where}.tasks "
+                f"{list(section['tasks'])}; set the tasks once, under {where}.tasks"]
     return []
 
 
@@ -289,7 +303,35 @@ def effective_suite(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
     section = {k: copy.deepcopy(v) for k, v in raw.items() if k != "smoke_overrides"}
     if config.get("smoke") and raw.get("smoke_overrides"):
         section = deep_update(section, raw["smoke_overrides"])
+    # One source of truth for the task list: a suite whose settings take `tasks` gets the
+    # section's tasks (so the suite and the DAG cannot disagree).
+    settings = section.setdefault("settings", {})
+    if "tasks" in _suite_setting_keys(suite) and "tasks" not in settings and "tasks" in section:
+        settings["tasks"] = list(section["tasks"])
     return section
+
+
+@functools.lru_cache(maxsize=None)
+def _suite_setting_keys(suite: str) -> frozenset[str]:
+    """Keys of the suite's settings dataclass; empty if the suite is not implemented (yet)."""
+    try:
+        from fda.suites import suite_settings_schema
+    except ImportError:
+        return frozenset()
+    try:
+        valid = suite_settings_schema(suite)
+    except (KeyError, ValueError, NotImplementedError):
+        return frozenset()
+    return frozenset(valid.get("properties", valid) if isinstance(valid, Mapping) else valid)
+
+
+def fda_hparams(section: Mapping[str, Any], init: str | None = None) -> dict[str, Any]:
+    """FDAConfig overrides: the suite's ``fda.hparams`` plus, for adaptation, ``fda.per_init[init]``."""
+    fda = section["fda"]
+    out = dict(fda.get("hparams", {}))
+    if init is not None:
+        out.update(fda.get("per_init", {}).get(init, {}))
+    return out
 
 
 def fda_granularity(config: Mapping[str, Any], stage: str) -> str:
@@ -338,13 +380,14 @@ def construct_slice(config: Mapping[str, Any], suite: str, anchor_init: str, see
     s = effective_suite(config, suite)
     fda = s["fda"]
     return {**expert_slice(config, suite), "anchor_init": anchor_init, "seed": int(seed),
-            "n_blocks": fda["n_blocks"], "fda": fda.get("hparams", {})}
+            "n_blocks": fda["n_blocks"], "size": fda["size"], "fda": fda_hparams(s)}
 
 
 def adapt_slice(config: Mapping[str, Any], suite: str, init: str, anchor_init: str, seed: int) -> dict[str, Any]:
     s = effective_suite(config, suite)
     out = construct_slice(config, suite, anchor_init, seed)
     out["init"] = init
+    out["fda"] = fda_hparams(s, init)
     out["init_hparams"] = s["methods"].get(init, {}) if init != "pretrained" else {}
     return out
 

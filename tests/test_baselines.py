@@ -444,3 +444,13 @@ def test_ties_election_ties_take_the_majority_sign():
     trimmed = torch.tensor([[1.0, 2.0, 0.0], [-1.0, 0.0, -3.0]])  # entry 0 sums to exactly 0
     torch.testing.assert_close(ties_tensor(trimmed, 1.0, "sum"), torch.tensor([1.0, 2.0, -3.0]))
     torch.testing.assert_close(ties_tensor(trimmed, -1.0, "sum"), torch.tensor([-1.0, 2.0, -3.0]))
+
+
+def test_ties_merge_resolves_zero_sum_elections_with_the_global_majority():
+    pre = {"w": torch.zeros(3, dtype=torch.float64)}
+    ex = [{"w": torch.tensor(v, dtype=torch.float64)} for v in ([1.0, 5.0, 6.0], [-1.0, 3.0, 2.0])]
+    # nothing trimmed; sums [0, 8, 8] -> signs [0, +, +]; the majority (+) decides entry 0 -> expert 0's +1
+    out = baselines.merge("ties", pre, ex, topk=100, alpha=1.0)
+    assert out["w"].tolist() == [1.0, 8.0, 8.0]
+    ex = [{"w": -e["w"]} for e in ex]  # mirrored: majority (-) picks expert 0's -1
+    assert baselines.merge("ties", pre, ex, topk=100, alpha=1.0)["w"].tolist() == [-1.0, -8.0, -8.0]

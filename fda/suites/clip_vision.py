@@ -19,6 +19,7 @@ output), L2-normalised, times the task's head; images preprocessed by ``CLIPImag
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -49,9 +50,9 @@ from fda.sources import (
     parse_source,
     prepare_task_data,
     resolve_device,
-    resolve_source,
+    resolve_model_dir,
     tensor_specs,
-    verify_sha256,
+    verify_source_sha256,
     verify_specs,
 )
 from fda.suites.base import Row, StateDict, Suite
@@ -122,6 +123,8 @@ class ClipVisionSuite(Suite):
         if self.cfg.expert_source == "taskvectors" and not self.cfg.taskvectors_dir and len(self.cfg.experts) < len(self.tasks):
             raise ValueError(f"suite '{self.name}': expert_source taskvectors needs `taskvectors_dir` (the folder holding "
                              f"zeroshot.pt and <Task>/finetuned.pt) or an `experts` entry for every task")
+        if self.cfg.heads == "stored" and not self.cfg.taskvectors_dir:
+            raise ValueError(f"suite '{self.name}': heads: stored reads head_<Task> files from `taskvectors_dir`; set it")
 
     # ------------------------------------------------------------------ names and provenance
     @property
@@ -163,9 +166,10 @@ class ClipVisionSuite(Suite):
 
     def dataset_spec(self, task: str) -> DatasetSpec:
         info = VISION_TASKS[task]
-        config = self.cfg.dataset_configs.get(task, info.config) if task in self.cfg.dataset_configs else info.config
-        if task in self.cfg.datasets and task not in self.cfg.dataset_configs:
-            config = None if parse_source(self.cfg.datasets[task]).kind == "local" else info.config
+        if task in self.cfg.dataset_configs:
+            config = self.cfg.dataset_configs[task]
+        else:  # the built-in config belongs to the built-in dataset id only
+            config = None if task in self.cfg.datasets else info.config
         return DatasetSpec(self.cfg.datasets.get(task, info.dataset), config, self.cfg.splits.get(task, info.split))
 
     def _tv_file(self, stem_dir: str | None, stem: str) -> Path:
@@ -192,7 +196,7 @@ class ClipVisionSuite(Suite):
         and, for tasks that use them, zero-shot heads under ``heads/{task}.safetensors``."""
         from transformers import CLIPModel, CLIPVisionModelWithProjection  # noqa: PLC0415
 
-        clip_dir = resolve_source(self.base_source)
+        clip_dir = resolve_model_dir(self.base_source)
         self._check_sha(clip_dir, "base")
         clip = CLIPModel.from_pretrained(str(clip_dir))
         vcfg = self._vision_config(clip.config)
@@ -200,7 +204,7 @@ class ClipVisionSuite(Suite):
         encoder, enc_src = tower, self.base_source
         if self.cfg.base_encoder or self.cfg.expert_source == "taskvectors":
             enc_src = self.cfg.base_encoder or str(self._tv_file(None, "zeroshot"))
-            encoder = self._load_tower(enc_src, "base", out_dir)
+            encoder = self._load_tower(enc_src, "zeroshot", out_dir)
             verify_specs(tensor_specs(encoder), tensor_specs(tower), where=enc_src, check_dtype=False)
         with atomic_dir(out_dir) as tmp:
             model = CLIPVisionModelWithProjection(vcfg)
@@ -284,7 +288,7 @@ class ClipVisionSuite(Suite):
 
     def _load_tower(self, spec: str, label: str, out_dir: Path) -> StateDict:
         """Image tower state in canonical HF keys from a hub id, HF dir, safetensors or task_vectors file."""
-        path = resolve_source(spec)
+        path = resolve_model_dir(spec)
         self._check_sha(path, label)
         if path.is_file() and path.suffix in (".pt", ".pth", ".bin"):
             # task_vectors file: convert next to the output once (needs trust_pickle for pickled modules)
@@ -298,6 +302,10 @@ class ClipVisionSuite(Suite):
             state = openclip_visual_to_hf(state, prefix=find_visual_prefix(state))
         if any(k.startswith("text_model.") for k in state):  # a full CLIPModel: keep the image tower
             state = {k: v for k, v in state.items() if k.startswith(("vision_model.", "visual_projection."))}
+        if any(k.startswith(_V5_VISION_TOP) for k in state):
+            # transformers v5 saves CLIPVisionModel without the `vision_model.` prefix that v4 files
+            # (FusionBench's hub experts) and CLIPVisionModelWithProjection use: add it.
+            state = {("vision_model." + k if k.startswith(_V5_VISION_TOP) else k): v for k, v in state.items()}
         state.pop("vision_model.embeddings.position_ids", None)  # non-persistent buffer in older exports
         return split_qkv(state)
 
@@ -320,15 +328,7 @@ class ClipVisionSuite(Suite):
         return {"kind": "zeroshot", "source": str(src)}
 
     def _check_sha(self, path: Path, label: str) -> None:
-        want = self.cfg.sha256.get(label)
-        if not want:
-            return
-        if isinstance(want, str):
-            f = path if path.is_file() else next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), path)
-            verify_sha256(f, want)
-        else:
-            for name, digest in want.items():
-                verify_sha256(path / name if path.is_dir() else path, digest)
+        verify_source_sha256(path, self.cfg.sha256.get(label))
 
     def _check_task(self, task: str) -> None:
         if task not in self.tasks:
@@ -345,39 +345,53 @@ class ClipVisionSuite(Suite):
                  *, limit: int | None = None) -> list[Row]:
         """Top-1 accuracy (headline) and mean cross-entropy of ``encoder_state`` (either q/k/v
         layout) with ``expert_dir/head.safetensors`` on the task's test split."""
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection, CLIPVisionConfig  # noqa: PLC0415
+        preds, labels, loss = self._run(encoder_state, task, base_dir, data_dir, expert_dir, limit=limit)
+        acc = float((preds == labels).float().mean())
+        return [{"task": task, "metric": "accuracy", "value": acc},
+                {"task": task, "metric": "loss", "value": loss / len(labels)}]
+
+    def predict(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, head_dir: Path,
+                *, limit: int | None = None) -> tuple[list[int], list[int]]:
+        """Predicted and true class ids on ``task``'s split with the head in ``head_dir``."""
+        preds, labels, _ = self._run(encoder_state, task, base_dir, data_dir, head_dir, limit=limit)
+        return preds.tolist(), labels.tolist()
+
+    def _run(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, head_dir: Path,
+             *, limit: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: PLC0415
 
         self._check_task(task)
         device = resolve_device(self.cfg.device)
         model = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(str(base_dir)))
         _load_strict(model, split_qkv(encoder_state), where=f"{self.name}/{task} encoder state")
         model = model.to(device).eval()
-        weight, bias, _ = load_head(Path(expert_dir) / "head.safetensors")
+        weight, bias, _ = load_head(Path(head_dir) / "head.safetensors")
         processor = CLIPImageProcessor.from_pretrained(str(base_dir))
         ds = self._eval_split(data_dir, task)
         limit = limit if limit is not None else self.cfg.limit
         if limit is not None:
             ds = ds.select(range(min(limit, len(ds))))
+        if len(ds) == 0:
+            raise ValueError(f"task '{task}': the evaluation split is empty")
         img_col, label_col = _image_column(ds, task), _label_column(ds, task)
-        if weight.shape[0] <= max(ds[label_col], default=0):
-            raise ValueError(f"{expert_dir}/head.safetensors has {weight.shape[0]} classes but task '{task}' has labels up to {max(ds[label_col])}")
+        if weight.shape[0] <= max(ds[label_col]):
+            raise ValueError(f"{head_dir}/head.safetensors has {weight.shape[0]} classes but task '{task}' has labels up to {max(ds[label_col])}")
         loader = torch.utils.data.DataLoader(
             ds, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers, shuffle=False,
-            collate_fn=lambda rows: _collate(rows, processor, img_col, label_col),
+            collate_fn=functools.partial(_collate, processor=processor, img_col=img_col, label_col=label_col),
         )
-        correct, total, loss = 0, 0, 0.0
+        preds, labels, loss = [], [], 0.0
         with torch.inference_mode():
-            for pixels, labels in tqdm(loader, desc=f"{self.name}/{task}", disable=not self.cfg.progress, leave=False):
+            for pixels, y in tqdm(loader, desc=f"{self.name}/{task}", disable=not self.cfg.progress, leave=False):
                 embeds = model(pixel_values=pixels.to(device)).image_embeds
                 logits = zeroshot_logits(embeds, weight.to(device), None if bias is None else bias.to(device))
-                labels = labels.to(device)
-                correct += int((logits.argmax(dim=-1) == labels).sum())
-                loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-                total += len(labels)
-        if total == 0:
-            raise ValueError(f"task '{task}': the evaluation split is empty")
-        return [{"task": task, "metric": "accuracy", "value": correct / total},
-                {"task": task, "metric": "loss", "value": loss / total}]
+                loss += float(F.cross_entropy(logits, y.to(device), reduction="sum"))
+                preds.append(logits.argmax(dim=-1).cpu())
+                labels.append(y)
+        return torch.cat(preds), torch.cat(labels), loss
+
+
+_V5_VISION_TOP = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")
 
 
 def _load_strict(model: nn.Module, state: StateDict, *, where: str) -> None:

@@ -82,7 +82,8 @@ def expert_dirs(wildcards):
 
 def expert_args(wildcards, input):
     """`--expert TASK=DIR` for every expert, in task order."""
-    return " ".join(f"--expert {shlex.quote(t + '=' + d)}" for t, d in zip(tasks_of(wildcards.suite), input.experts))
+    pairs = zip(tasks_of(wildcards.suite), input.experts)
+    return " ".join(f"--expert {shlex.quote(f'{t}={d}')}" for t, d in pairs)
 
 
 def blocks_of(suite):
@@ -131,7 +132,13 @@ def p_hparams(wildcards):
 
 
 def p_fda(wildcards):
-    return wc_.canonical_json(S(wildcards.suite)["fda"].get("hparams", {}))
+    """FDAConfig overrides; adaptation jobs (with an `init` wildcard) add fda.per_init[init]."""
+    init = getattr(wildcards, "init", None)
+    return wc_.canonical_json(wc_.fda_hparams(S(wildcards.suite), init))
+
+
+def p_size(wildcards):
+    return S(wildcards.suite)["fda"]["size"]
 
 
 def p_construct_key(wildcards):

@@ -1,7 +1,8 @@
 # FDA: anchors are constructed per (suite, seed, anchor init, block, expert) and shared by every
 # init; adaptation is per (suite, seed, init, anchor init, block). `fda_jobs` chooses the job
 # granularity of each stage (see workflow/schemas/config.schema.yaml):
-#   construct fine:   one job per (block, expert)         construct coarse: one job per block
+#   construct fine:   one job per (block, expert)         construct coarse: one job per anchor
+#                                                          init, caching each finished block
 #   adapt fine:       one job per block + assembly job     adapt coarse: one job per (init, anchor
 #                                                          init), caching each finished block
 
@@ -19,6 +20,7 @@ if wc_.fda_granularity(config, "construct") == "fine":
             settings=p_settings,
             family=p_family,
             fda=p_fda,
+            size=p_size,
             n_blocks=p_n_blocks,
             experts=expert_args,
             key=p_construct_key,
@@ -35,15 +37,16 @@ if wc_.fda_granularity(config, "construct") == "fine":
             ENV
         shell:
             "fda-bench fda-construct --suite {wildcards.suite} --settings {params.settings:q}"
-            " --family {params.family} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
+            " --family {params.family} --size {params.size} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --block {wildcards.block} --task {wildcards.task}"
             " --out-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
             " > {log} 2>&1"
 
 else:
-    # One job per block with all experts. Its outputs list the suite's tasks, which differ per
-    # suite, so there is one such rule per suite.
+    # One job per (suite, seed, anchor init) doing every block and expert. Its outputs list the
+    # suite's blocks and tasks, so there is one such rule per suite. Finished blocks are cached in
+    # anchors-cache/ (not declared, so not deleted before a rerun): a killed job resumes there.
     for _suite in SUITES:
         if not S(_suite).get("fda"):
             continue
@@ -57,19 +60,21 @@ else:
                 base=BASE,
                 experts=expert_dirs,
             output:
-                anchors=expand(ANCHORS, task=tasks_of(_suite), allow_missing=True),
-                logs=expand(ANCHOR_LOG, task=tasks_of(_suite), allow_missing=True),
+                anchors=expand(ANCHORS, task=tasks_of(_suite), block=blocks_of(_suite), allow_missing=True),
+                logs=expand(ANCHOR_LOG, task=tasks_of(_suite), block=blocks_of(_suite), allow_missing=True),
             params:
                 settings=p_settings,
                 family=p_family,
                 fda=p_fda,
+                size=p_size,
                 n_blocks=p_n_blocks,
+                blocks=p_blocks,
                 experts=expert_args,
                 key=p_construct_key,
             log:
-                "logs/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}.log",
+                "logs/{suite}/fda/seed{seed}/construct-{anchorinit}.log",
             benchmark:
-                "logs/benchmarks/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}.tsv"
+                "logs/benchmarks/{suite}/fda/seed{seed}/construct-{anchorinit}.tsv"
             threads: 1
             resources:
                 mem_mb=mem("construct"),
@@ -79,10 +84,11 @@ else:
                 ENV
             shell:
                 "fda-bench fda-construct --suite {wildcards.suite} --settings {params.settings:q}"
-                " --family {params.family} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
+                " --family {params.family} --size {params.size} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
                 " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
-                " --block {wildcards.block}"
+                " {params.blocks}"
                 " --out-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
+                " --cache-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors-cache/{wildcards.anchorinit}"
                 " > {log} 2>&1"
 
 
@@ -100,6 +106,7 @@ if wc_.fda_granularity(config, "adapt") == "fine":
             settings=p_settings,
             family=p_family,
             fda=p_fda,
+            size=p_size,
             n_blocks=p_n_blocks,
             experts=expert_args,
             init_model=p_init_model,
@@ -117,7 +124,7 @@ if wc_.fda_granularity(config, "adapt") == "fine":
             ENV
         shell:
             "fda-bench fda-adapt --suite {wildcards.suite} --settings {params.settings:q}"
-            " --family {params.family} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
+            " --family {params.family} --size {params.size} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --init {wildcards.init} {params.init_model} --block {wildcards.block}"
             " --anchors-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
@@ -136,6 +143,7 @@ if wc_.fda_granularity(config, "adapt") == "fine":
             settings=p_settings,
             family=p_family,
             fda=p_fda,
+            size=p_size,
             n_blocks=p_n_blocks,
             experts=expert_args,
             init_model=p_init_model,
@@ -153,7 +161,7 @@ if wc_.fda_granularity(config, "adapt") == "fine":
             ENV
         shell:
             "fda-bench fda-assemble --suite {wildcards.suite} --settings {params.settings:q}"
-            " --family {params.family} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
+            " --family {params.family} --size {params.size} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --init {wildcards.init} {params.init_model}"
             " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
@@ -176,6 +184,7 @@ else:
             settings=p_settings,
             family=p_family,
             fda=p_fda,
+            size=p_size,
             n_blocks=p_n_blocks,
             blocks=p_blocks,
             experts=expert_args,
@@ -194,7 +203,7 @@ else:
             ENV
         shell:
             "fda-bench fda-adapt --suite {wildcards.suite} --settings {params.settings:q}"
-            " --family {params.family} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
+            " --family {params.family} --size {params.size} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --init {wildcards.init} {params.init_model} {params.blocks}"
             " --anchors-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"

@@ -1,0 +1,263 @@
+"""Workflow config: schema validation with readable errors, smoke overrides, slices and hashes."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fda import workflow_config as wc
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "config" / "config.yaml"
+PAPER = ROOT / "config" / "paper.yaml"
+
+
+def _raw(path: Path = DEFAULT) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _error(config: dict) -> str:
+    with pytest.raises(wc.ConfigError) as info:
+        wc.validate_config(config)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("path", [DEFAULT, PAPER], ids=["default", "paper"])
+def test_shipped_configs_validate(path):
+    config = wc.load_config([path])
+    assert config["smoke"] is False
+    assert config["fda_jobs"] in ("fine", "coarse")
+    for suite, section in config["suites"].items():
+        assert section["methods"], suite
+        assert section["seeds"] == [0]
+        assert "n_blocks" in section["fda"]
+
+
+def test_default_config_has_every_method_and_fda_variant():
+    config = wc.load_config([DEFAULT])
+    assert set(config["suites"]) == {"minitext", "minivision"}
+    for section in config["suites"].values():
+        assert list(section["methods"]) == list(wc.METHODS)
+        assert section["fda"]["inits"] == list(wc.FDA_INITS)
+        assert section["fda"]["anchor_inits"] == list(wc.ANCHOR_INITS)
+    assert len(wc.cells(config)) == 2 * (7 + 4)
+
+
+def test_paper_config_uses_the_papers_hyperparameters():
+    config = wc.load_config([PAPER])
+    s = config["suites"]
+    assert set(s) == {"vitb32", "vitb16", "vitl14", "robertab", "robertal", "llama13b"}
+    assert [s[n]["methods"]["ta"]["alpha"] for n in ("vitb16", "robertab", "robertal", "llama13b")] == [0.3, 0.3, 0.2, 0.5]
+    assert s["vitb32"]["methods"]["wudi"]["lr"] == 1e-5 and s["robertab"]["methods"]["wudi"]["lr"] == 2e-5
+    assert s["vitb16"]["fda"]["hparams"]["construct_steps"] == 1200
+    assert s["llama13b"]["fda"]["hparams"]["construct_steps"] == 200
+    assert s["robertal"]["fda"]["hparams"]["adapt_epochs"] == 25
+    assert s["robertal"]["fda"]["per_init"]["ta"]["adapt_epochs"] == 15
+    assert s["vitl14"]["fda"]["n_blocks"] == 24 and s["llama13b"]["fda"]["n_blocks"] == 40
+    assert s["vitb16"]["tasks"] == ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
+
+
+def test_typo_key_names_the_key_and_allowed_keys():
+    cfg = _raw()
+    cfg["suites"]["minitext"]["sedds"] = cfg["suites"]["minitext"].pop("seeds")
+    msg = _error(cfg)
+    assert "suites.minitext" in msg and "'sedds'" in msg
+    assert "allowed keys:" in msg and "seeds" in msg and "methods" in msg
+
+
+def test_top_level_typo():
+    cfg = _raw()
+    cfg["smokee"] = True
+    msg = _error(cfg)
+    assert "'smokee'" in msg and "smoke" in msg.split("allowed keys:")[1]
+
+
+def test_wrong_type_names_key_and_expected_type():
+    cfg = _raw()
+    cfg["suites"]["minitext"]["fda"]["n_blocks"] = "six"
+    msg = _error(cfg)
+    assert "suites.minitext.fda.n_blocks" in msg and "expected integer" in msg and "'six'" in msg
+
+
+def test_smoke_must_be_a_bool():
+    cfg = _raw()
+    cfg["smoke"] = 3
+    assert "smoke: expected boolean" in _error(cfg)
+
+
+def test_unknown_method_lists_the_methods():
+    cfg = _raw()
+    cfg["suites"]["minivision"]["methods"]["fisher"] = {}
+    msg = _error(cfg)
+    assert "suites.minivision.methods" in msg and "'fisher'" in msg
+    for m in wc.METHODS:
+        assert m in msg
+
+
+def test_unknown_suite_lists_the_suites():
+    cfg = _raw()
+    cfg["suites"]["vitb99"] = copy.deepcopy(cfg["suites"]["minitext"])
+    msg = _error(cfg)
+    assert "'vitb99'" in msg and "vitb16" in msg and "minitext" in msg
+
+
+@pytest.mark.parametrize(
+    "path, value, allowed",
+    [
+        (("fda", "anchor_inits"), ["gauss", "uniform"], "gauss, weight"),
+        (("fda", "inits"), ["pretrained", "iso"], "pretrained, ta, tsvm, wudi"),
+        (("family",), "gpt2", "bert, roberta, clip-vision, openclip, llama"),
+        (("expert_source",), "gdrive", "finetuned-here"),
+    ],
+)
+def test_enums_list_allowed_values(path, value, allowed):
+    cfg = _raw()
+    node = cfg["suites"]["minitext"]
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    msg = _error(cfg)
+    assert "allowed values:" in msg and allowed in msg
+
+
+def test_fda_jobs_lists_allowed_values():
+    cfg = _raw()
+    cfg["fda_jobs"] = "medium"
+    msg = _error(cfg)
+    assert "fda_jobs" in msg and "fine" in msg and "coarse" in msg
+
+
+def test_unknown_fda_hparam_lists_fields():
+    cfg = _raw()
+    cfg["suites"]["minitext"]["fda"]["hparams"]["n_anchor"] = 8
+    msg = _error(cfg)
+    assert "'n_anchor'" in msg and "n_anchors" in msg
+
+
+def test_per_init_refuses_construction_settings():
+    cfg = _raw()
+    cfg["suites"]["minitext"]["fda"]["per_init"] = {"ta": {"construct_steps": 5}}
+    msg = _error(cfg)
+    assert "per_init.ta" in msg and "'construct_steps'" in msg and "adapt_epochs" in msg
+
+
+def test_unknown_baseline_hparam_lists_the_methods_fields():
+    pytest.importorskip("baselines")
+    cfg = _raw()
+    cfg["suites"]["minitext"]["methods"]["ta"] = {"lam": 0.3}
+    msg = _error(cfg)
+    assert "suites.minitext.methods.ta" in msg and "'lam'" in msg and "alpha" in msg
+
+
+def test_bad_baseline_hparam_type_is_reported():
+    pytest.importorskip("baselines")
+    cfg = _raw()
+    cfg["suites"]["minitext"]["methods"]["wudi"] = {"steps": "many"}
+    msg = _error(cfg)
+    assert "suites.minitext.methods.wudi" in msg and "steps" in msg
+
+
+def test_fda_init_needs_its_baseline():
+    cfg = _raw()
+    del cfg["suites"]["minitext"]["methods"]["tsvm"]
+    msg = _error(cfg)
+    assert "fda.inits" in msg and "'tsvm'" in msg
+
+
+def test_unknown_suite_setting_lists_the_settings():
+    pytest.importorskip("fda.suites")
+    cfg = _raw()
+    cfg["suites"]["minitext"]["settings"] = {"stepz": 3}
+    msg = _error(cfg)
+    assert "suites.minitext.settings" in msg and "'stepz'" in msg and "steps" in msg
+
+
+def test_names_with_underscores_are_refused():
+    cfg = _raw()
+    cfg["suites"]["minitext"]["tasks"] = ["tech_news"]
+    assert "no underscores" in _error(cfg)
+
+
+def test_every_problem_is_reported_at_once():
+    cfg = _raw()
+    cfg["suites"]["minitext"]["seedz"] = [0]
+    cfg["suites"]["minivision"]["fda"]["n_blocks"] = -1
+    msg = _error(cfg)
+    assert "seedz" in msg and "minivision.fda.n_blocks" in msg
+
+
+def test_overrides_like_snakemake_config():
+    config = wc.load_config([DEFAULT], ["smoke=true"])
+    assert config["smoke"] is True
+    with pytest.raises(wc.ConfigError, match="KEY=VALUE"):
+        wc.load_config([DEFAULT], ["smoke"])
+
+
+def test_smoke_overrides_apply_only_with_smoke():
+    config = wc.load_config([DEFAULT])
+    full = wc.effective_suite(config, "minivision")
+    smoke = wc.effective_suite({**config, "smoke": True}, "minivision")
+    assert full["fda"]["n_blocks"] == 4 and smoke["fda"]["n_blocks"] == 2
+    assert smoke["tasks"] == ["fashionrot", "fashionpairs", "digits"]
+    assert smoke["settings"]["preset"] == "smoke"
+    assert smoke["fda"]["hparams"]["construct_steps"] == 5
+    assert smoke["fda"]["hparams"]["adapt_lr"] == full["fda"]["hparams"]["adapt_lr"]  # deep merge keeps the rest
+    assert "smoke_overrides" not in smoke
+
+
+def test_tasks_are_injected_into_suite_settings():
+    pytest.importorskip("fda.suites")
+    config = wc.load_config([DEFAULT])
+    assert wc.effective_suite(config, "minitext")["settings"]["tasks"] == config["suites"]["minitext"]["tasks"]
+
+
+def test_config_hash_is_stable_and_order_free():
+    assert wc.config_hash({"a": 1, "b": [1, 2]}) == wc.config_hash({"b": [1, 2], "a": 1})
+    assert wc.config_hash({"a": 1}) != wc.config_hash({"a": 2})
+    assert len(wc.config_hash({})) == 12
+
+
+def _with(cfg: dict, path: tuple, value) -> dict:
+    cfg = copy.deepcopy(cfg)
+    node = cfg
+    for k in path[:-1]:
+        node = node.setdefault(k, {})
+    node[path[-1]] = value
+    return wc.validate_config(cfg)
+
+
+def test_slices_change_only_where_a_setting_is_read():
+    base = wc.load_config([DEFAULT])
+    s = ("suites", "minitext")
+    wudi_lr = _with(base, s + ("methods", "wudi", "lr"), 3e-5)
+    assert wc.merge_slice(wudi_lr, "minitext", "wudi") != wc.merge_slice(base, "minitext", "wudi")
+    assert wc.merge_slice(wudi_lr, "minitext", "ta") == wc.merge_slice(base, "minitext", "ta")
+    assert wc.adapt_slice(wudi_lr, "minitext", "wudi", "gauss", 0) != wc.adapt_slice(base, "minitext", "wudi", "gauss", 0)
+    assert wc.adapt_slice(wudi_lr, "minitext", "ta", "gauss", 0) == wc.adapt_slice(base, "minitext", "ta", "gauss", 0)
+    assert wc.construct_slice(wudi_lr, "minitext", "gauss", 0) == wc.construct_slice(base, "minitext", "gauss", 0)
+
+    epochs = _with(base, s + ("fda", "hparams", "adapt_epochs"), 7)
+    assert wc.construct_slice(epochs, "minitext", "gauss", 0) == wc.construct_slice(base, "minitext", "gauss", 0)
+    assert wc.adapt_slice(epochs, "minitext", "ta", "gauss", 0) != wc.adapt_slice(base, "minitext", "ta", "gauss", 0)
+
+    per_init = _with(base, s + ("fda", "per_init", "tsvm"), {"adapt_epochs": 9})
+    assert wc.adapt_slice(per_init, "minitext", "tsvm", "weight", 0)["fda"]["adapt_epochs"] == 9
+    assert wc.adapt_slice(per_init, "minitext", "ta", "weight", 0) == wc.adapt_slice(base, "minitext", "ta", "weight", 0)
+
+    steps = _with(base, s + ("fda", "hparams", "construct_steps"), 11)
+    assert wc.construct_slice(steps, "minitext", "gauss", 0) != wc.construct_slice(base, "minitext", "gauss", 0)
+    h = lambda c, m, i=None: wc.config_hash(wc.cell_slice(c, "minitext", m, i))  # noqa: E731
+    assert h(steps, "fda", "ta") != h(base, "fda", "ta") and h(steps, "ta") == h(base, "ta")
+    assert h(base, "minivision" if False else "ta") != h(base, "tsvm")
+
+
+def test_cells_follow_the_config():
+    config = wc.load_config([PAPER])
+    cells = wc.cells(config)
+    assert "results/vitb16_wudi_fda.csv" in cells and "results/llama13b_individual.csv" in cells
+    assert len(cells) == len(set(cells)) == 6 * 11
+    for c in cells:
+        assert Path(c).stem.count("_") in (1, 2)
