@@ -33,7 +33,7 @@ from .registry import METHODS, MethodSpec, build_hparams, list_methods, method_s
 # Importing the method modules registers them (each calls registry.register once).
 from . import average, ta, ties, tsvm, wudi  # noqa: E402,F401  isort: skip
 from .tsvm import combine_factors, polar_factor, tsvm_bases, tsvm_matrix  # noqa: E402
-from .wudi import gram_terms, wudi_loss, wudi_solve  # noqa: E402
+from .wudi import gram_adam, gram_terms, wudi_loss, wudi_solve  # noqa: E402
 
 _FAMILY = {"tsvm": "tsvm", "wudi": "wudi"}  # every other method is elementwise
 
@@ -47,10 +47,12 @@ __all__ = [
     "RegistrationError",
     "Role",
     "StateDict",
+    "build_hparams",
     "UnknownMethodError",
     "combine_factors",
     "coverage",
     "coverage_plan",
+    "gram_adam",
     "gram_terms",
     "list_methods",
     "merge",
@@ -93,7 +95,8 @@ def merge(
     spec = method_spec(method)
     hp = build_hparams(spec, hparams)  # hyperparameters first: cheap, and a typo should not wait for input checks
     inputs = validate(pretrained, experts, names)
-    return spec.fn(inputs, hp, progress)
+    with torch.no_grad():  # inputs may be nn.Parameters; the result must not carry autograd history
+        return spec.fn(inputs, hp, progress)
 
 
 def coverage_plan(method: str, pretrained: Mapping[str, torch.Tensor], **hparams: Any) -> dict[str, Role]:

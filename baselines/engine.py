@@ -3,16 +3,17 @@
 For each key of the pretrained model, in order:
   non-float buffer            -> copied from θ0 (never merged, like the reference implementations)
   role KEEP (coverage/exclude) -> copied from θ0
-  all task vectors exactly 0   -> copied from θ0 (every method maps zero inputs to a zero delta)
   role MEAN                    -> θ0 + α·(1/T)·Σ τ_i
   role MERGE                   -> θ0 + α·method(τ_1..τ_T)
-Results are cast back to the pretrained dtype and device. Only one key's task vectors live at a time.
+Results are cast back to the pretrained dtype and device. Task vectors are computed per key, lazily
+(``TaskVectors``), so methods that can stream over experts hold one τ_i at a time.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +22,7 @@ import torch
 from . import coverage as cov
 from .coverage import Role
 from .errors import HyperparameterError
-from .inputs import MergeInputs, StateDict
+from .inputs import MergeInputs, StateDict, TaskVectors
 from .registry import hparam
 
 Progress = Callable[[int, int, str], None]
@@ -49,6 +50,26 @@ class CommonHparams:
     @property
     def exclude_patterns(self) -> list[re.Pattern]:
         return self._exclude
+
+
+def check_alpha(alpha: float) -> None:
+    """A scaling coefficient must be finite (NaN or inf would silently poison every merged tensor)."""
+    if not math.isfinite(alpha):
+        raise HyperparameterError(f"alpha must be a finite number, got {alpha}")
+
+
+def sum_task_vectors(taus: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Σ_i τ_i, summed left to right holding one τ_i at a time (reproducible term by term in float64)."""
+    it = iter(taus)
+    total = next(it).clone()
+    for t in it:
+        total += t
+    return total
+
+
+def mean_task_vector(taus: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(1/T)·Σ_i τ_i."""
+    return sum_task_vectors(taus) / len(taus)
 
 
 def compute_dtype(name: str, stored: torch.dtype) -> torch.dtype:
@@ -82,11 +103,14 @@ def run_per_key(
     inputs: MergeInputs,
     hp: CommonHparams,
     plan_: dict[str, Role],
-    merge_key: Callable[[list[torch.Tensor], str], torch.Tensor],
+    merge_key: Callable[[TaskVectors, str], torch.Tensor],
     alpha: float,
     progress: Progress | None = None,
 ) -> StateDict:
-    """Apply the key loop described in the module docstring; ``merge_key(taus, key) -> delta``."""
+    """Apply the key loop described in the module docstring; ``merge_key(taus, key) -> delta``.
+
+    ``taus`` is a lazy ``TaskVectors`` sequence: iterate it to hold one task vector at a time.
+    """
     out: StateDict = {}
     keys = list(inputs.pretrained)
     for n, key in enumerate(keys):
@@ -98,13 +122,10 @@ def run_per_key(
             cdt = compute_dtype(hp.dtype, base.dtype)
             dev = hp.device if hp.device is not None else base.device
             taus = inputs.task_vectors(key, cdt, dev)
-            if not any(bool(t.any()) for t in taus):
-                out[key] = base.clone()  # zero in, zero out: skip the work (e.g. open_clip text leftovers)
-            else:
-                delta = torch.stack(taus).mean(0) if r is Role.MEAN else merge_key(taus, key)
-                del taus
-                merged = base.to(device=dev, dtype=cdt) + alpha * delta
-                out[key] = merged.to(device=base.device, dtype=base.dtype)
+            delta = mean_task_vector(taus) if r is Role.MEAN else merge_key(taus, key)
+            merged = base.to(device=dev, dtype=cdt) + alpha * delta
+            out[key] = merged.to(device=base.device, dtype=base.dtype)
+            del taus, delta, merged
         if progress is not None:
             progress(n + 1, len(keys), key)
     return out

@@ -44,14 +44,38 @@ class MergeInputs:
     def label(self, i: int) -> str:
         return expert_label(i, self.names)
 
-    def task_vectors(self, key: str, dtype: torch.dtype, device: torch.device | str | None = None) -> list[torch.Tensor]:
-        """τ_i[key] = θ_i[key] − θ0[key] for every expert, in ``dtype`` on ``device``.
+    def task_vectors(self, key: str, dtype: torch.dtype, device: torch.device | str | None = None) -> "TaskVectors":
+        """τ_i[key] = θ_i[key] − θ0[key] for every expert, in ``dtype`` on ``device``, computed on access."""
+        return TaskVectors(self, key, dtype, device if device is not None else self.pretrained[key].device)
 
-        Shapes: T tensors of ``pretrained[key].shape``.
-        """
-        dev = device if device is not None else self.pretrained[key].device
-        base = self.pretrained[key].to(device=dev, dtype=dtype)
-        return [e[key].to(device=dev, dtype=dtype) - base for e in self.experts]
+
+class TaskVectors(Sequence):
+    """The T task vectors of one key, each computed when indexed or iterated (nothing cached).
+
+    Methods that can work one expert at a time (sums, per-task SVDs, Gram accumulation) iterate and
+    hold one τ_i at a time; the others take ``list(taus)``. Shapes: each item is [*shape of the key].
+    """
+
+    def __init__(self, inputs: MergeInputs, key: str, dtype: torch.dtype, device: torch.device | str):
+        self._inputs, self.key, self.dtype, self.device = inputs, key, dtype, device
+        self._base = inputs.pretrained[key].to(device=device, dtype=dtype)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._base.shape
+
+    def __len__(self) -> int:
+        return len(self._inputs.experts)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._inputs.experts[i][self.key].to(device=self.device, dtype=self.dtype) - self._base
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 def expert_label(i: int, names: Sequence[str] | None) -> str:

@@ -41,7 +41,9 @@ class MethodSpec:
     def describe(self) -> str:
         """Multi-line human-readable list of the hyperparameters (type, default, help)."""
         lines = [f"{self.name}: {self.summary}"]
-        for f in dataclasses.fields(self.hparams):
+        fields = dataclasses.fields(self.hparams)
+        own = [f for f in fields if f.name in self.hparams.__dict__.get("__annotations__", {})]
+        for f in own + [f for f in fields if f not in own]:  # the method's own hyperparameters first
             lines.append(f"  {f.name}: {_type_name(_hints(self.hparams)[f.name])} = {f.default!r}  -- {f.metadata['help']}")
         return "\n".join(lines)
 

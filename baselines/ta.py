@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from . import engine
-from .errors import HyperparameterError
 from .inputs import MergeInputs, StateDict
 from .registry import hparam, register
 
@@ -18,22 +15,13 @@ class TAHparams(engine.CommonHparams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.alpha == self.alpha:  # NaN
-            raise HyperparameterError("alpha must be a number, got NaN")
-
-
-def sum_task_vectors(taus: list[torch.Tensor]) -> torch.Tensor:
-    """Σ_i τ_i, summed left to right (so float64 results are reproducible term by term)."""
-    total = taus[0].clone()
-    for t in taus[1:]:
-        total += t
-    return total
+        engine.check_alpha(self.alpha)
 
 
 def merge_ta(inputs: MergeInputs, hp: TAHparams, progress: engine.Progress | None = None) -> StateDict:
     plan = engine.plan(inputs, "elementwise", hp)
     engine.check_plan_selects(plan, "ta", hp)
-    return engine.run_per_key(inputs, hp, plan, lambda taus, key: sum_task_vectors(taus), hp.alpha, progress)
+    return engine.run_per_key(inputs, hp, plan, lambda taus, key: engine.sum_task_vectors(taus), hp.alpha, progress)
 
 
 register("ta", merge_ta, TAHparams, "Task Arithmetic: θ0 + α·Σ τ_i")

@@ -41,8 +41,7 @@ class TIESHparams(engine.CommonHparams):
         super().__post_init__()
         if not (0.0 < self.topk <= 100.0):
             raise HyperparameterError(f"topk is a percentage in (0, 100], got {self.topk}")
-        if not self.alpha == self.alpha:
-            raise HyperparameterError("alpha must be a number, got NaN")
+        engine.check_alpha(self.alpha)
 
 
 def trim_threshold(abs_flat: torch.Tensor, topk: float) -> float:
@@ -102,7 +101,7 @@ def merge_ties(inputs: MergeInputs, hp: TIESHparams, progress: engine.Progress |
 
     # Pass 3: merge key by key.
     return engine.run_per_key(
-        inputs, hp, plan, lambda taus, key: ties_tensor(trimmed(taus), majority, hp.merge_func), hp.alpha, progress
+        inputs, hp, plan, lambda taus, key: ties_tensor(trimmed(list(taus)), majority, hp.merge_func), hp.alpha, progress
     )
 
 

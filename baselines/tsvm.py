@@ -16,12 +16,12 @@ floor(r/T) with T the total number of experts, as in the official rank budget.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from . import engine
-from .errors import HyperparameterError
 from .inputs import MergeInputs, StateDict
 from .registry import hparam, register
 
@@ -32,8 +32,7 @@ class TSVMHparams(engine.CommonHparams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.alpha == self.alpha:
-            raise HyperparameterError("alpha must be a number, got NaN")
+        engine.check_alpha(self.alpha)
 
 
 def polar_factor(x: torch.Tensor) -> torch.Tensor:
@@ -42,32 +41,38 @@ def polar_factor(x: torch.Tensor) -> torch.Tensor:
     return p @ qh
 
 
-def tsvm_bases(taus: list[torch.Tensor], num_tasks: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tsvm_bases(taus: Sequence[torch.Tensor], num_tasks: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Orthogonalised bases of one 2-D key: (U⊥ [m, c], S [c], V⊥ [n, c]) with merged = U⊥ diag(S) V⊥ᵀ.
 
-    ``taus``: T task matrices [m, n] (one dtype/device). ``num_tasks`` (default T) sets the per-task
-    rank k = floor(min(m, n) / num_tasks); c = k · (number of non-zero task matrices).
+    ``taus``: T task matrices [m, n] (a list, or a lazy sequence iterated once: one τ_i and the
+    kept factors are alive at a time). ``num_tasks`` (default T) sets the per-task rank
+    k = floor(min(m, n) / num_tasks); c = k · (number of non-zero task matrices).
     U⊥ and V⊥ have orthonormal columns.
     """
-    if not taus or any(t.ndim != 2 for t in taus):
-        raise ValueError("tsvm_bases needs a non-empty list of 2-D task matrices")
-    m, n = taus[0].shape
-    transpose = m < n  # SVDs of tall matrices are cheaper; TSVM(Δᵀ) = TSVM(Δ)ᵀ, so this changes nothing
-    mats = [t.T if transpose else t for t in taus]
-    rows, cols = mats[0].shape
-    k = min(rows, cols) // (num_tasks if num_tasks is not None else len(taus))
+    num_tasks = num_tasks if num_tasks is not None else len(taus)
     us, ss, vs = [], [], []
-    if k > 0:
-        for t in mats:
-            if not bool(t.any()):
-                continue
-            u, s, vh = torch.linalg.svd(t, full_matrices=False)
-            us.append(u[:, :k])
-            ss.append(s[:k])
-            vs.append(vh[:k].T)
+    shape = None
+    for t in taus:
+        if t.ndim != 2 or (shape is not None and t.shape != shape):
+            raise ValueError(f"tsvm_bases needs 2-D task matrices of one shape, got {tuple(t.shape)}")
+        shape, opts = t.shape, {"dtype": t.dtype, "device": t.device}
+        m, n = shape
+        transpose = m < n  # SVDs of tall matrices are cheaper; TSVM(Δᵀ) = TSVM(Δ)ᵀ, so this changes nothing
+        k = min(m, n) // num_tasks
+        if k == 0 or not bool(t.any()):
+            continue
+        u, s, vh = torch.linalg.svd(t.T if transpose else t, full_matrices=False)
+        us.append(u[:, :k])
+        ss.append(s[:k])
+        vs.append(vh[:k].T)
+        del t, u, vh
+    if shape is None:
+        raise ValueError("tsvm_bases needs at least one task matrix")
+    m, n = shape
+    transpose = m < n
+    rows, cols = (n, m) if transpose else (m, n)
     if not us:
-        z = mats[0].new_zeros
-        u_p, s_cat, v_p = z(rows, 0), z(0), z(cols, 0)
+        u_p, s_cat, v_p = torch.zeros(rows, 0, **opts), torch.zeros(0, **opts), torch.zeros(cols, 0, **opts)
     else:
         u_p, s_cat, v_p = combine_factors(us, ss, vs)
     return (v_p, s_cat, u_p) if transpose else (u_p, s_cat, v_p)
@@ -84,7 +89,7 @@ def combine_factors(
     return polar_factor(torch.cat(us, dim=1)), torch.cat(ss), polar_factor(torch.cat(vs, dim=1))
 
 
-def tsvm_matrix(taus: list[torch.Tensor], num_tasks: int | None = None) -> torch.Tensor:
+def tsvm_matrix(taus: Sequence[torch.Tensor], num_tasks: int | None = None) -> torch.Tensor:
     """The TSV-M merged delta [m, n] of one 2-D key (before α)."""
     u, s, v = tsvm_bases(taus, num_tasks)
     return (u * s) @ v.T

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import baselines  # noqa: E402
 from baselines import synthetic  # noqa: E402
-from baselines.wudi import gram_terms, wudi_solve  # noqa: E402
+from baselines.inputs import validate  # noqa: E402
+from baselines.wudi import gram_adam, gram_terms, wudi_solve  # noqa: E402
 
 # Task vectors at the scale of CLIP fine-tunes (mean |τ| ~ 1e-4..1e-3) on θ0 ~ N(0, 0.02²).
 TAU = {"rank": 16, "scale": 2e-3, "noise": 2e-4}
@@ -69,8 +70,12 @@ def child_merge(args: argparse.Namespace) -> dict:
         key_times[key] = now - last[0]
         last[0] = now
 
+    # merge() reads every expert tensor once to validate it before merging: time that part alone
     t0 = time.perf_counter()
-    last[0] = t0
+    validate(pre, experts)
+    validate_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    last[0] = t0 + validate_s  # the first key's time starts after merge()'s own validation
     out = baselines.merge(args.method, pre, experts, progress=progress, **hp)
     wall = time.perf_counter() - t0
     assert all(torch.isfinite(t).all() for t in out.values())
@@ -84,6 +89,7 @@ def child_merge(args: argparse.Namespace) -> dict:
         "keys": len(pre),
         "keys_merged": sum(r is baselines.Role.MERGE for r in plan.values()),
         "seconds": wall,
+        "validate_seconds": validate_s,
         "seconds_per_block_matrices": {
             m: sum(v for k, v in key_times.items() if k.endswith(m)) / max(args.blocks, 1) for m in BLOCK_MATRICES
         },
@@ -109,9 +115,13 @@ def child_wudiforms(args: argparse.Namespace) -> dict:
     for name in BLOCK_MATRICES:
         key = f"model.visual.transformer.resblocks.0.{name}"
         taus = [synthetic.task_vector(key, shapes[key], i, seed=args.seed, dtype=torch.float32, **TAU) for i in range(args.experts)]
-        pre_s = min(_timed(lambda: gram_terms(taus)) for _ in range(2))
+        init = torch.stack(taus).sum(0)
+        terms: list = []
+        pre_s = _timed(lambda: terms.append(gram_terms(init, taus)))
+        a, c0 = terms[0]
         n = args.gram_steps
-        gram_s = (min(_timed(lambda: wudi_solve(taus, steps=n, form="gram")) for _ in range(2)) - pre_s) / n
+        gram_s = min(_timed(lambda: gram_adam(init, a, c0, n, 1e-5)) for _ in range(2)) / n
+        del a, c0, terms
         d = args.direct_steps
         direct_s = _timed(lambda: wudi_solve(taus, steps=d, form="direct")) / d
         m, k = shapes[key]
@@ -125,6 +135,7 @@ def child_wudiforms(args: argparse.Namespace) -> dict:
             "speedup_300_steps": 300 * direct_s / (pre_s + 300 * gram_s),
             "direct_gflop_per_step": 4 * args.experts * m * m * k / 1e9,
             "gram_gflop_per_step": 2 * m * k * k / 1e9,
+            "gram_precompute_gflop": args.experts * (2 * m * k * k + min(2 * m * k * k, 4 * m * m * k)) / 1e9,
         })
     tot_d = sum(r["direct_s_per_step"] for r in rows)
     tot_g = sum(r["gram_s_per_step"] for r in rows)
@@ -156,11 +167,11 @@ def run_child(kind: str, args: argparse.Namespace, method: str = "") -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = ["| method | blocks | experts | params (M) | keys merged | seconds | peak RSS (MiB) | one model (MiB) | (peak − import) / model |",
+    lines = ["| method | blocks | experts | params (M) | keys merged | seconds (of which input checks) | peak RSS (MiB) | one model (MiB) | (peak − import) / model |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["merges"]:
         lines.append(
-            f"| {r['method']} | {r['blocks']} | {r['experts']} | {r['params'] / 1e6:.1f} | {r['keys_merged']} | {r['seconds']:.1f} "
+            f"| {r['method']} | {r['blocks']} | {r['experts']} | {r['params'] / 1e6:.1f} | {r['keys_merged']} | {r['seconds']:.1f} ({r['validate_seconds']:.1f}) "
             f"| {r['peak_rss_mib']:.0f} | {r['model_mib']:.0f} | {r['peak_over_import_in_models']:.2f} |"
         )
     w = report.get("wudi_forms")

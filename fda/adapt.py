@@ -53,6 +53,14 @@ class AdaptLog:
     initial_loss: float
     final_loss: float
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-friendly form."""
+        return {"loss": self.loss.tolist(), "epoch_loss": self.epoch_loss.tolist(),
+                "initial_loss": self.initial_loss, "final_loss": self.final_loss}  # fmt: skip
+
+    # generic converters (e.g. the CLI's) call ``.tolist()`` on anything that has it
+    tolist = to_dict
+
 
 @dataclass
 class AdaptResult:

@@ -313,7 +313,7 @@ def construct_anchors(
 
     ``theta0`` / ``experts[e]``: the block's tensors by local name (``adapter.param_names``);
     ``init``: stacked initial anchors ``[E, *anchor_shape]``. ``batching``: ``vmap`` (one vectorised
-    call for all experts), ``loop`` (a Python loop inside each step) or ``auto`` (vmap for E > 1);
+    call for all experts), ``loop`` (a Python loop inside each step) or ``auto`` (vmap for E > 1 on CUDA, else loop);
     all give the same anchors up to float round-off. Runs on ``init``'s device and dtype,
     with the block in eval mode (no dropout, as the official construction). Returns one
     :class:`ConstructResult` per expert, in order.
@@ -322,8 +322,9 @@ def construct_anchors(
     if init.shape[0] != E:
         raise ValueError(f"init has {init.shape[0]} anchor sets for {E} experts")
     if batching == "auto":
-        # one expert: plain calls keep mm/addmm kernels (vmap turns every matmul into bmm)
-        batching = "vmap" if E > 1 else "loop"
+        # vmap turns every matmul into bmm: on a GPU that saves E-fold kernel launches; on a CPU it
+        # saves nothing (same FLOPs, bmm no faster than mm), so plain per-expert calls are used
+        batching = "vmap" if E > 1 and init.device.type == "cuda" else "loop"
     ids = list(expert_ids) if expert_ids is not None else list(range(E))
     dev = init.device
     to_dev = lambda sd: {k: v.to(dev, init.dtype) for k, v in sd.items()}  # noqa: E731

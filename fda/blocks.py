@@ -60,8 +60,12 @@ class BlockAdapter(abc.ABC):
     vision: ClassVar[bool] = False
     #: layout of the official anchor tensor: "TND" (seq-first, vision), "NTD" (text), "ND" (MLP)
     official_layout: ClassVar[str] = "NTD"
+    #: sub-block choices (``part``) the family offers; empty: the block is the whole layer
+    parts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, part: str | None = None):
+        if part is not None and part not in self.parts:
+            raise ValueError(f"{self.family} adapter: part={part!r} is not available (choices: {list(self.parts) or 'none'})")
         self.model = model
         self.part = part
         prefix, blocks = self._find_blocks(model)
@@ -331,12 +335,10 @@ class LlamaAdapter(BlockAdapter):
     """
 
     family = "llama"
+    parts = ("mlp", "layer")
 
     def __init__(self, model: nn.Module, part: str | None = None):
-        part = part or "mlp"
-        if part not in ("mlp", "layer"):
-            raise ValueError(f"llama adapter: part must be 'mlp' or 'layer', got {part!r}")
-        super().__init__(model, part)
+        super().__init__(model, part or "mlp")
 
     @property
     def official_layout(self) -> str:  # type: ignore[override]

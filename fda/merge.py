@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -48,7 +47,7 @@ class FDAConfig:
     official per family).
 
     Engineering: ``seed``, ``part`` (Llama ``mlp``|``layer``), ``batching`` (``auto``|``vmap``|
-    ``loop``: how the experts of one block are batched; same result; auto = vmap for >1 expert), ``device``, ``progress``,
+    ``loop``: how the experts of one block are batched; same result; auto = vmap for >1 expert on CUDA, else loop), ``device``, ``progress``,
     ``sv_every`` (anchor singular values every k construction steps; 0 = off),
     ``zero_grad`` (tensors with an identically zero induced gradient, i.e. attention key biases:
     ``keep`` leaves them in the loss with their round-off gradient, as the official RoBERTa code;
@@ -118,7 +117,12 @@ class FDAConfig:
     def resolved(self, adapter: BlockAdapter) -> FDAConfig:
         """A copy with every ``None`` filled in from ``adapter`` and the family defaults."""
         family = self.family or adapter.family
-        ref = FDAConfig.for_family(family if family in _KIND else adapter.family, init=self.init)
+        # a registered family without official defaults: eval mode, θ0 outside the blocks, official zero_grad
+        ref = (
+            FDAConfig.for_family(family, init=self.init)
+            if family in _KIND
+            else FDAConfig(family=family, init=self.init, train_mode=False, non_block="pretrained", zero_grad="keep")
+        )
         cfg = dataclasses.replace(self, family=family)
         if cfg.tokens is None:
             cfg.tokens = adapter.default_tokens()
@@ -247,8 +251,6 @@ def load_anchors(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]
             meta[k] = json.loads(v)
         except json.JSONDecodeError:
             meta[k] = v
-    if isinstance(meta.get("best_loss"), str) and meta["best_loss"] in ("NaN", "nan"):
-        meta["best_loss"] = math.nan
     return tensor, meta
 
 
@@ -269,7 +271,8 @@ def adapt_block(
     """Adapt ``block`` on the pooled ``anchors`` (one canonical tensor per expert, same order).
 
     ``init="pretrained"`` trains the block's weights; ``"ta"`` trains one coefficient tensor per
-    expert and tensor (from ``config.ta_lambda``; ``init_state`` optional, it is the TA merge);
+    expert and tensor (from ``config.ta_lambda``; ``init_state`` optional, it is the TA merge and
+    the exact starting point; None or the ``pretrained`` object itself means θ0 + λ Σ τ_i);
     any other init needs ``init_state`` (the merged model) and trains one coefficient tensor over
     its delta. Returns :class:`~fda.adapt.AdaptResult` with the block's full keys.
     """
@@ -277,6 +280,12 @@ def adapt_block(
     adapter, cfg = _adapter(model, config)
     all_experts = _expert_list(experts)
     dev = _device(cfg)
+    if init_state is pretrained and init != "pretrained":
+        # callers pass the pretrained state as "no merged init": fine for TA (θ0 + λ Σ τ_i is
+        # rebuilt from the experts), meaningless for a delta init (δ = 0)
+        if init != "ta":
+            raise ValueError(f"adaptation from init {init!r} needs the merged model as init_state, got the pretrained state")
+        init_state = None
     init_block = _block_tensors(init_state, adapter, block) if init_state is not None and init != "pretrained" else None
     return adapt(
         adapter, block, _block_tensors(pretrained, adapter, block), [_block_tensors(e, adapter, block) for e in all_experts],
@@ -286,14 +295,40 @@ def adapt_block(
     )  # fmt: skip
 
 
+AdaptedLike = Union[Sequence[Union[AdaptResult, Mapping[str, torch.Tensor]]], Mapping[Any, Any]]
+
+
+def _adapted_tensors(adapted: AdaptedLike) -> StateDict:
+    """Flatten adapted blocks: AdaptResults, state dicts (full keys), a mapping block -> either,
+    or one flat state dict."""
+    if isinstance(adapted, Mapping):
+        values = list(adapted.values())
+        if all(isinstance(v, torch.Tensor) for v in values):
+            return dict(adapted)
+        items = values
+    else:
+        items = list(adapted)
+    out: StateDict = {}
+    for item in items:
+        part = item.params if isinstance(item, AdaptResult) else item
+        dup = out.keys() & part.keys()
+        if dup:
+            raise KeyError(f"adapted tensors given twice: {sorted(dup)[:3]}")
+        out.update(part)
+    return out
+
+
 def assemble(
     pretrained: StateLike,
     init_state: StateLike | None,
-    adapted_blocks: Sequence[AdaptResult] | Mapping[str, torch.Tensor],
+    adapted_blocks: AdaptedLike,
     model: nn.Module,
     config: FDAConfig | None = None,
 ) -> StateDict:
     """The merged state dict: adapted block tensors, everything else by ``config.non_block``.
+
+    ``adapted_blocks``: :class:`AdaptResult` objects, block state dicts (full keys), a mapping
+    block index -> either of those, or one flat state dict.
 
     ``non_block="pretrained"`` keeps θ0 outside the blocks (official vision/text); ``"init"`` takes
     the merged init's values (official LLM). Block keys without an adapted value fall back the
@@ -305,12 +340,7 @@ def assemble(
     keys = list(pretrained.keys())
     base = source.tensors(keys) if isinstance(source, LazyCheckpoint) else {k: source[k] for k in keys}
     out: StateDict = {k: v.detach().clone() for k, v in base.items()}
-    updates: dict[str, torch.Tensor] = {}
-    if isinstance(adapted_blocks, Mapping):
-        updates.update(adapted_blocks)
-    else:
-        for res in adapted_blocks:
-            updates.update(res.params)
+    updates = _adapted_tensors(adapted_blocks)
     unknown = [k for k in updates if k not in out]
     if unknown:
         raise KeyError(f"adapted tensors not in the pretrained state: {unknown[:3]}")

@@ -299,7 +299,8 @@ def load_taskvectors_object(path: str | os.PathLike, *, trust_pickle: bool = Fal
         raise CheckpointError(f"{p}: cannot unpickle ({type(err).__name__}: {err})") from err
 
 
-def _as_state_dict(obj: Any, path: Path) -> StateDict:
+def module_state_dict(obj: Any, path: str | os.PathLike) -> StateDict:
+    """The tensors of a loaded checkpoint object: ``nn.Module.state_dict()`` or a (nested ``state_dict``) mapping."""
     if isinstance(obj, nn.Module):
         return {k: v.detach() for k, v in obj.state_dict().items()}
     if isinstance(obj, Mapping):
@@ -313,7 +314,7 @@ def _as_state_dict(obj: Any, path: Path) -> StateDict:
 def convert_taskvectors_encoder(src: str | os.PathLike, out: str | os.PathLike, *, trust_pickle: bool = False) -> Path:
     """``zeroshot.pt`` / ``finetuned.pt`` → canonical HF-layout safetensors at ``out`` (atomic)."""
     p = Path(src)
-    state = openclip_visual_to_hf(_as_state_dict(load_taskvectors_object(p, trust_pickle=trust_pickle), p))
+    state = openclip_visual_to_hf(module_state_dict(load_taskvectors_object(p, trust_pickle=trust_pickle), p))
     return save_state_dict(state, out, metadata={"source": str(p), "layout": "hf-clip-vision", "converted_by": "fda.openclip_convert"})
 
 
@@ -321,7 +322,7 @@ def convert_taskvectors_head(src: str | os.PathLike, out: str | os.PathLike, *, 
     """``head_<Task>.pt`` (a ClassificationHead: Linear [C, D] on normalised features) →
     ``head.safetensors`` with ``weight`` [C, D] (and ``bias`` [C] when non-zero)."""
     p = Path(src)
-    state = _as_state_dict(load_taskvectors_object(p, trust_pickle=trust_pickle), p)
+    state = module_state_dict(load_taskvectors_object(p, trust_pickle=trust_pickle), p)
     w = [k for k in state if k.endswith("weight")]
     if len(w) != 1 or state[w[0]].ndim != 2:
         raise CheckpointError(f"{p}: expected one 2-D 'weight' tensor in a classification head, found keys {sorted(state)}")
@@ -330,6 +331,22 @@ def convert_taskvectors_head(src: str | os.PathLike, out: str | os.PathLike, *, 
     if b and bool(state[b[0]].abs().sum() > 0):
         head["bias"] = state[b[0]].float()
     return save_state_dict(head, out, metadata={"source": str(p), "kind": "zeroshot", "normalize_input": "true"})
+
+
+HEAD_SUFFIXES = ("", "Val", "ValfromTrain")  # task_vectors/FDA name heads after the dataset they were built for
+
+
+def find_taskvectors_head(root: str | os.PathLike, name: str) -> Path | None:
+    """``head_<Name>[Val|ValfromTrain].{safetensors,pt}`` in ``root`` or its parent (safetensors
+    first), or None."""
+    root = Path(root)
+    for folder in (root, root.parent):
+        for suffix in HEAD_SUFFIXES:
+            for ext in (".safetensors", ".pt"):
+                f = folder / f"head_{name}{suffix}{ext}"
+                if f.is_file():
+                    return f
+    return None
 
 
 def convert_taskvectors_dir(
@@ -341,16 +358,16 @@ def convert_taskvectors_dir(
 ) -> dict[str, Path]:
     """Convert a task_vectors model folder (e.g. ``.../ViT-B-32``) once:
     ``zeroshot.pt`` → ``zeroshot.safetensors``; ``<Task>/finetuned.pt`` → ``<Task>/finetuned.safetensors``;
-    ``head_<Task>.pt`` → ``head_<Task>.safetensors`` (when present, next to the model files or
-    one level up). Existing outputs are kept. Returns ``{name: output path}``."""
+    ``head_<Task>[Val|ValfromTrain].pt`` → ``head_<Task>.safetensors`` (when present, next to the
+    model files or one level up). Existing outputs are kept. Returns ``{name: output path}``."""
     root, out_dir = Path(root), Path(out_dir)
     done: dict[str, Path] = {}
     jobs: list[tuple[str, Path, Path, bool]] = [("zeroshot", root / "zeroshot.pt", out_dir / "zeroshot.safetensors", True)]
     for task in tasks or list(TASKVECTORS_NAMES):
         name = TASKVECTORS_NAMES.get(task, task)
         jobs.append((task, root / name / "finetuned.pt", out_dir / name / "finetuned.safetensors", True))
-        head = next((c for c in (root / f"head_{name}.pt", root.parent / f"head_{name}.pt") if c.is_file()), None)
-        if head is not None:
+        head = find_taskvectors_head(root, name)
+        if head is not None and head.suffix == ".pt":
             jobs.append((f"head:{task}", head, out_dir / f"head_{name}.safetensors", False))
     for label, src, dst, is_encoder in jobs:
         if not dst.exists():

@@ -336,10 +336,19 @@ def parse_settings(cls: type, mapping: Mapping[str, Any] | None, *, suite: str) 
     if unknown:
         raise SettingsError(f"suite '{suite}': unknown setting(s) {unknown}; valid settings: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    for key, value in mapping.items():
+    for key, value in list(mapping.items()):
+        if isinstance(value, str) and _accepts_float(hints[key]) and not _type_ok(value, hints[key]):
+            try:  # PyYAML reads `1e-5` (no dot) as a string
+                mapping[key] = value = float(value)
+            except ValueError:
+                pass
         if not _type_ok(value, hints[key]):
             raise SettingsError(f"suite '{suite}': setting '{key}' = {value!r} is not of type {_type_name(hints[key])}")
     return cls(**mapping)
+
+
+def _accepts_float(hint: Any) -> bool:
+    return hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint))
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -367,21 +376,6 @@ def _type_ok(value: Any, hint: Any) -> bool:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def settings_description(cls: type) -> dict[str, dict[str, Any]]:
-    """``{field: {"type", "default", "help"}}`` for a settings dataclass (for config schemas and docs)."""
-    out: dict[str, dict[str, Any]] = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            default = None
-        out[f.name] = {"type": _type_name(hints[f.name]), "default": default, "help": f.metadata.get("help", "")}
-    return out
 
 
 def resolve_device(setting: str | None) -> torch.device:
@@ -513,3 +507,18 @@ def open_task_split(task_dir: str | os.PathLike | None, split: str, fallback: Da
                 entry = splits[split]
                 return load_split(DatasetSpec(entry["source"], entry.get("config"), entry["split"]))
     return load_split(fallback)
+
+
+def torch_dtype(name: str) -> torch.dtype | str:
+    """``"float32"``/``"bfloat16"``/``"float16"`` → torch dtype; ``"auto"`` (the checkpoint's) passes through."""
+    if name == "auto":
+        return "auto"
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+        raise ValueError(f"dtype '{name}' is not a floating torch dtype (use float32, bfloat16, float16 or auto)")
+    return dt
+
+
+def cast_like(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors of ``state`` cast to the dtype of the same key in ``reference``."""
+    return {k: v.to(reference[k].dtype) if v.is_floating_point() and k in reference else v for k, v in state.items()}

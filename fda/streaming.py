@@ -21,6 +21,7 @@ task vectors, 2 × 65536 counters per task, no per-entry storage); see :func:`gl
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -123,7 +124,7 @@ class ShardRead:
 def plan_reads(sources: Sequence[StreamSource], keys_per_source: Sequence[Sequence[str]]) -> list[ShardRead]:
     """The shard openings that read a block: one per (source, shard), in shard order."""
     plan: list[ShardRead] = []
-    for i, (src, keys) in enumerate(zip(sources, keys_per_source)):
+    for i, (src, keys) in enumerate(zip(sources, keys_per_source, strict=True)):
         by_shard: dict[Path, list[str]] = {}
         for k in keys:
             by_shard.setdefault(src.shard_of(k), []).append(k)
@@ -170,7 +171,10 @@ def check_compatible(base: StreamSource, experts: Sequence[StreamSource], *, voc
     for i, e in enumerate(experts):
         missing = [k for k in base.keys() if k not in e]
         if missing:
-            raise StreamingError(f"expert {i} ({e.path}): missing {len(missing)} tensors of the base, e.g. '{missing[0]}'; experts must be fine-tunes of the base architecture")
+            raise StreamingError(
+                f"expert {i} ({e.path}): missing {len(missing)} tensors of the base, e.g. '{missing[0]}'; "
+                "experts must be fine-tunes of the base architecture"
+            )
         for k in base.keys():
             bs, es = base.shape(k), e.shape(k)
             if base.dtype(k) != e.dtype(k):
@@ -183,7 +187,9 @@ def check_compatible(base: StreamSource, experts: Sequence[StreamSource], *, voc
             if vocab_mismatch == "truncate" and VOCAB_KEYS.search(k) and bs[1:] == es[1:] and es[0] > bs[0]:
                 truncate[k] = bs[0]
                 continue
-            hint = " (expert vocabulary larger than the base: pass vocab_mismatch='truncate' to merge the base's rows only)" if VOCAB_KEYS.search(k) else ""
+            hint = ""
+            if VOCAB_KEYS.search(k):
+                hint = " (expert vocabulary larger than the base: pass vocab_mismatch='truncate' to merge the base's rows only)"
             raise StreamingError(f"expert {i} ({e.path}), tensor '{k}': shape {es} vs base {bs}{hint}")
     return truncate
 
@@ -197,7 +203,8 @@ def _baselines_merge_fn(method: str, hparams: Mapping[str, Any]) -> MergeFn:
         import baselines
     except ImportError as err:  # pragma: no cover - baselines ships with the project
         raise StreamingError(f"stream_merge('{method}'): the baselines package is not importable ({err})") from err
-    baselines.method_spec(method)  # unknown method -> error listing the valid ones, before any I/O
+    # unknown method or hyperparameter -> error listing the valid ones, before any I/O
+    baselines.build_hparams(baselines.method_spec(method), dict(hparams))
 
     def fn(pre: StateDict, experts: list[StateDict]) -> StateDict:
         return baselines.merge(method, pre, experts, **dict(hparams))
@@ -254,8 +261,8 @@ def stream_merge(
 
     ``method``: a ``baselines`` name (``ta``, ``average``, ``tsvm``, ``wudi``, ``ties``) applied per
     block with ``hparams``, or a callable ``(pretrained_block, [expert_block, ...]) -> merged_block``
-    (float tensors only). Exact for per-key methods; ``ties`` gets exact global per-task thresholds
-    from a first streaming pass. Non-float tensors are copied from the base; every non-weight file of
+    (float tensors only). Exact for per-key methods; ``ties`` gets its exact global per-task
+    thresholds from extra streaming passes (:mod:`fda.streaming_ties`). Non-float tensors are copied from the base; every non-weight file of
     ``files_from`` (default ``base_dir``: config, generation config, tokenizer) is copied, so
     ``out_dir`` loads with ``from_pretrained``.
 
@@ -267,11 +274,21 @@ def stream_merge(
     experts = [StreamSource(d, f"expert{i}") for i, d in enumerate(expert_dirs)]
     truncate = check_compatible(base, experts, vocab_mismatch=vocab_mismatch)
     blocks = plan_blocks(base.keys(), block_pattern)
-    merge_fn = _block_method(method, dict(hparams or {}), base, experts, blocks, truncate)
+    hparams = dict(hparams or {})
+    if isinstance(method, str):
+        _baselines_merge_fn(method, hparams)  # unknown method / hyperparameter: fail before any pass
     out = Path(out_dir)
     for src in [base, *experts]:
         if out.resolve() == src.path.resolve():
             raise StreamingError(f"out_dir {out} is an input checkpoint; choose another directory")
+    if resume and _complete_output(out, base.keys()):
+        # a finished run (killed at most after its index was written): keep it as it is
+        copy_model_files(files_from or base_dir, out)
+        (out / PROGRESS_FILE).unlink(missing_ok=True)
+        index = out / SAFETENSORS_INDEX
+        total = int(json.loads(index.read_text())["metadata"]["total_size"])
+        return StreamReport(out, index, [], list(blocks), len(base.keys()), total, time.perf_counter() - t0)
+    merge_fn = _block_method(method, hparams, base, experts, blocks, truncate)  # ties: threshold passes here
     writer = ShardedWriter(out, shard_size=shard_size, resume=resume)
     merged_names, skipped = [], []
     bar = _progress(blocks, progress)
@@ -301,8 +318,19 @@ def stream_merge(
     method_name = method if isinstance(method, str) else getattr(method, "__name__", "callable")
     index = writer.finish(metadata={"merge_method": str(method_name)})
     copy_model_files(files_from or base_dir, out)
-    total = int(__import__("json").loads(index.read_text())["metadata"]["total_size"])
+    total = int(json.loads(index.read_text())["metadata"]["total_size"])
     return StreamReport(out, index, merged_names, skipped, len(base.keys()), total, time.perf_counter() - t0)
+
+
+def _complete_output(out: Path, keys: Sequence[str]) -> bool:
+    index = out / SAFETENSORS_INDEX
+    if not index.is_file():
+        return False
+    try:
+        wm = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
+    return set(wm) == set(keys) and all((out / f).is_file() for f in set(wm.values()))
 
 
 def copy_model_files(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
@@ -350,8 +378,6 @@ def convert_bin_to_safetensors(src_dir: str | os.PathLike, out_dir: str | os.Pat
     if (src / PICKLE_WEIGHTS).is_file():
         shards = [src / PICKLE_WEIGHTS]
     elif index.is_file():
-        import json
-
         shards = [src / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     elif src.is_file() and src.suffix in (".bin", ".pt", ".pth"):
         shards = [src]

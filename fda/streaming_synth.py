@@ -80,10 +80,10 @@ def write_expert(base_dir: str | os.PathLike, out_dir: str | os.PathLike, *, see
 
 
 # --------------------------------------------------------------------------------------------
-# Peak-RSS probe: the merge runs in a fresh subprocess, which reports its own ru_maxrss.
+# Peak-RSS probe: the merge runs in a fresh subprocess, which measures its own peak RSS.
 
 _RSS_CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, threading, time
 mode, base, out, shard = sys.argv[1:5]
 experts = sys.argv[5:]
 import torch
@@ -91,11 +91,17 @@ import baselines
 from fda import streaming
 from fda.checkpoints import load_state_dict, save_state_dict
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
 def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return None
+
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE / 2**20
 
 # imports done: reset the kernel's peak-RSS mark (VmHWM) so the peak below is the merge's own
 try:
@@ -104,21 +110,38 @@ try:
     reset = True
 except OSError:
     reset = False
-start = status("VmRSS")
+start = rss()
+sampled, stop = [start], []
+
+def sampler():  # backstop where VmHWM cannot be reset; misses only sub-2 ms spikes
+    while not stop:
+        sampled[0] = max(sampled[0], rss())
+        time.sleep(0.002)
+
+thread = threading.Thread(target=sampler, daemon=True)
+thread.start()
 t0 = time.perf_counter()
 if mode == "stream":
     streaming.stream_merge("ta", base, experts, out, hparams={"alpha": 0.5}, shard_size=shard)
 elif mode == "inmemory":
     merged = baselines.merge("ta", load_state_dict(base), [load_state_dict(e) for e in experts], alpha=0.5)
     save_state_dict(merged, out + ".safetensors")
+    del merged
 elif mode == "headers":
     [streaming.StreamSource(p) for p in [base, *experts]]
 else:
     raise SystemExit(f"unknown mode {mode}")
 dt = time.perf_counter() - t0
+stop.append(1)
+thread.join()
 hwm = status("VmHWM") if reset else None
-print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": dt,
-                  "rss_after_imports_mb": start, "work_peak_mb": None if hwm is None else hwm - start}))
+print(json.dumps({
+    "seconds": dt, "rss_after_imports_mb": start, "sampled_peak_mb": sampled[0] - start,
+    "work_peak_mb": (hwm - start) if hwm is not None else sampled[0] - start,
+    "peak_rss_mb": hwm if hwm is not None else sampled[0],
+    # ru_maxrss also counts the import transient and, on Linux, the parent's RSS at fork time
+    "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+}))
 """
 
 
@@ -138,10 +161,11 @@ def make_merge_inputs(root: str | os.PathLike, layers: int, *, hidden: int, inte
 def rss_probe(mode: str, base: str | os.PathLike, experts: list, out: str | os.PathLike, *, shard_size: int | str = "8MB",
               repo_root: str | os.PathLike | None = None) -> dict:
     """Run one merge (``stream``, ``inmemory``) or the import-only baseline (``headers``) in a fresh
-    interpreter; returns what the child measured itself: ``maxrss_mb`` (ru_maxrss, whole process,
-    imports included), ``rss_after_imports_mb``, ``work_peak_mb`` (peak RSS of the merge above the
-    post-import RSS, from VmHWM after resetting it via ``/proc/self/clear_refs``; ``None`` where the
-    kernel does not allow that) and ``seconds``."""
+    interpreter; returns what the child measured itself: ``work_peak_mb`` (peak RSS of the merge
+    above the post-import RSS: VmHWM after resetting it via ``/proc/self/clear_refs``, or a 2 ms RSS
+    sampler where the kernel refuses the reset), ``peak_rss_mb`` (absolute), ``sampled_peak_mb``,
+    ``rss_after_imports_mb``, ``maxrss_mb`` (``ru_maxrss``: includes the import transient and, on
+    Linux, the parent's RSS at fork, so it is reported but not used) and ``seconds``."""
     import json
     import subprocess
     import sys

@@ -89,7 +89,6 @@ def ties_block_fn(base: Any, experts: Sequence[Any], blocks: Mapping[str, list[s
     from baselines.inputs import validate
     from baselines.registry import build_hparams
     from baselines.ties import ties_tensor
-
     from fda.streaming import is_float_key, read_block
 
     hp = build_hparams(baselines.method_spec("ties"), dict(hparams))

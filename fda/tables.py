@@ -135,8 +135,10 @@ def compare_with_paper(ours: pd.DataFrame, paper: pd.DataFrame, tasks: Sequence[
     right = paper.set_index(KEY)[cols]
     keys = list(dict.fromkeys(list(left.index) + list(right.index)))
     keys.sort(key=_row_order)
+    paper_labels = {tuple(k): r for *k, r in paper[KEY + ["row"]].itertuples(index=False)}
+    labels = [row_label(*k) if k in left.index or k not in paper_labels else paper_labels[k] for k in keys]
     out = pd.DataFrame({"method": [k[0] for k in keys], "init": [k[1] for k in keys],
-                        "anchor_init": [k[2] for k in keys], "row": [row_label(*k) for k in keys]})
+                        "anchor_init": [k[2] for k in keys], "row": labels})
     for c in cols:
         out[f"{c} ours"] = [left[c].get(k, math.nan) if k in left.index else math.nan for k in keys]
         out[f"{c} paper"] = [right[c].get(k, math.nan) if k in right.index else math.nan for k in keys]

@@ -325,12 +325,19 @@ def _suite_setting_keys(suite: str) -> frozenset[str]:
     return frozenset(valid.get("properties", valid) if isinstance(valid, Mapping) else valid)
 
 
+#: FDAConfig fields that only adaptation reads (construction jobs neither get nor depend on them)
+ADAPT_FIELDS = frozenset({"adapt_epochs", "adapt_lr", "adapt_batch", "adapt_loss", "ta_lambda", "train_mode", "non_block"})
+
+
 def fda_hparams(section: Mapping[str, Any], init: str | None = None) -> dict[str, Any]:
-    """FDAConfig overrides: the suite's ``fda.hparams`` plus, for adaptation, ``fda.per_init[init]``."""
+    """FDAConfig overrides. Without ``init`` (construction): the suite's ``fda.hparams`` minus the
+    adaptation-only fields, so editing those does not rebuild the anchors. With ``init``
+    (adaptation): all of ``fda.hparams`` plus ``fda.per_init[init]``."""
     fda = section["fda"]
     out = dict(fda.get("hparams", {}))
-    if init is not None:
-        out.update(fda.get("per_init", {}).get(init, {}))
+    if init is None:
+        return {k: v for k, v in out.items() if k not in ADAPT_FIELDS}
+    out.update(fda.get("per_init", {}).get(init, {}))
     return out
 
 

@@ -87,6 +87,8 @@ def test_unknown_hyperparameter_lists_valid_ones():
     [
         ("ta", {"alpha": "0.3"}, "alpha"),
         ("ta", {"alpha": True}, "alpha"),
+        ("tsvm", {"alpha": float("nan")}, "alpha"),
+        ("ties", {"alpha": float("inf")}, "alpha"),
         ("wudi", {"steps": 1.5}, "steps"),
         ("wudi", {"steps": -1}, "steps"),
         ("wudi", {"lr": 0.0}, "lr"),

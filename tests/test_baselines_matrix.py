@@ -289,3 +289,16 @@ def test_merge_accepts_lazy_experts():
     b = baselines.merge("tsvm", pre, eager)
     for k in pre:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("method, hp", [("wudi", {"form": "direct", "steps": 3}), ("tsvm", {}), ("ta", {})])
+def test_parameters_as_inputs_give_plain_tensors(method, hp):
+    # dict(model.named_parameters()) holds nn.Parameters: the merge must not build or return a graph
+    pre, ex = vit(2, torch.float32)
+    pre = {k: torch.nn.Parameter(v) for k, v in pre.items()}
+    ex = [{k: torch.nn.Parameter(v) for k, v in e.items()} for e in ex]
+    out = baselines.merge(method, pre, ex, **hp)
+    assert not any(t.requires_grad for t in out.values())
+    plain = baselines.merge(method, {k: v.detach() for k, v in pre.items()}, [{k: v.detach() for k, v in e.items()} for e in ex], **hp)
+    for k in pre:
+        assert torch.equal(out[k], plain[k]), k

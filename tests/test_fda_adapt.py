@@ -205,3 +205,29 @@ def test_merge_computes_the_init_with_baselines():
     expected = baselines.merge("ta", pre, experts, alpha=0.5, coverage="fda-llm")
     for k in pre:  # blocks: zero epochs keep the init; outside: the LLM keeps the init too
         assert torch.equal(merged[k], expected[k]), k
+
+
+def test_assemble_accepts_block_state_dicts_by_index():
+    model = tiny_bert()
+    ad = adapter_for(model)
+    pre, experts = states(model, 1)
+    blocks = {b: {k: torch.full_like(pre[k], float(b + 1)) for k in ad.block_keys(b)} for b in range(2)}
+    out = fda.assemble(pre, None, blocks, model, small_config("bert"))
+    assert all(torch.equal(out[k], blocks[b][k]) for b in blocks for k in blocks[b])
+    with pytest.raises(KeyError, match="twice"):
+        fda.assemble(pre, None, [blocks[0], blocks[0]], model, small_config("bert"))
+
+
+def test_pretrained_passed_as_init_state():
+    model = tiny_llama()
+    pre, experts = states(model, 2)
+    cfg = small_config("llama", "ta", adapt_epochs=0, ta_lambda=0.5)
+    anchors = [torch.randn(4, 32) for _ in experts]
+    res = fda.adapt_block(model, pre, experts, 0, anchors, "ta", pre, cfg)  # TA: rebuilt from the experts
+    expected = ta_merge(pre, experts, 0.5)
+    assert all(torch.allclose(v, expected[k]) and not torch.equal(v, pre[k]) for k, v in res.params.items())
+    with pytest.raises(ValueError, match="merged model"):
+        fda.adapt_block(model, pre, experts, 0, anchors, "wudi", pre, small_config("llama", "wudi"))
+    import json
+
+    assert json.dumps(res.log.tolist())  # JSON-able log

@@ -110,13 +110,14 @@ def test_zero_steps_returns_the_initial_anchors():
 # batching and determinism
 
 
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
 @pytest.mark.parametrize("family", ["clip-vision", "bert", "openclip"])
-def test_batched_experts_equal_one_at_a_time(family):
+def test_batched_experts_equal_one_at_a_time(family, batching):
+    # the stacked [E, ...] anchors with one AdamW and summed losses must equal E separate runs;
+    # same backend both ways (vmap and loop agree only up to round-off: see the next test)
     model = BUILDERS[family]()
     pre, experts = states(model, 3)
-    # same backend both ways: vmap over 3 experts vs vmap over 1 (the "auto" default would run one
-    # expert with the plain loop, which agrees only up to round-off: see the next test)
-    cfg = dataclasses.replace(small_config(family), construct_steps=15, batching="vmap")
+    cfg = dataclasses.replace(small_config(family), construct_steps=15, batching=batching)
     together = fda.construct_block(model, pre, experts, 0, "weight", cfg)
     for i in range(3):
         (alone,) = fda.construct_block(model, pre, experts, 0, "weight", cfg, experts_subset=[i])

@@ -5,6 +5,7 @@ The builders are imported by the other ``test_fda_*`` modules.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -217,6 +218,13 @@ def test_unknown_family_error_says_how_to_add_an_adapter():
     assert "Sequential" in str(info.value) and "bert" in str(info.value)
 
 
+def test_part_is_checked():
+    with pytest.raises(ValueError, match="part"):
+        adapter_for(tiny_bert(), part="mlp")
+    with pytest.raises(ValueError, match="choices"):
+        adapter_for(tiny_llama(), part="attention")
+
+
 def test_register_adapter_adds_a_family():
     class MLPStack(nn.Module):
         def __init__(self):
@@ -251,3 +259,54 @@ def test_register_adapter_adds_a_family():
         from fda import blocks
 
         blocks._ADAPTERS.remove(MLPStackAdapter)
+
+
+# ------------------------------------------------------------------------------------------------
+# real open_clip (optional extra; not installed in CI): run only where the package is present
+
+
+def _import_open_clip(monkeypatch):
+    import importlib.machinery
+    import importlib.util
+    from unittest import mock
+
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip is not installed (optional extra)")
+    if importlib.util.find_spec("torchvision") is None:
+        # open_clip imports torchvision at module level for its image transforms only: stub it
+        for name in ["torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops", "torchvision.ops.misc"]:
+            stub = mock.MagicMock()
+            stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
+            monkeypatch.setitem(sys.modules, name, stub)
+    return pytest.importorskip("open_clip")
+
+
+def test_real_open_clip_model(monkeypatch):
+    open_clip = _import_open_clip(monkeypatch)
+    model = open_clip.model.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=16, patch_size=8, width=D, layers=2, head_width=8),
+        text_cfg=dict(context_length=8, vocab_size=50, width=D, heads=4, layers=1),
+    ).eval()
+    ad = adapter_for(model)
+    assert ad.family == "openclip" and ad.num_blocks == 2
+    assert ad.block_prefix(1) == "visual.transformer.resblocks.1."
+    assert ad.default_tokens() == (16 // 8) ** 2 + 1
+    block = model.visual.transformer.resblocks[0]
+    x = torch.randn(3, ad.default_tokens(), D)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in block.named_parameters()}
+    seq_first = not block.attn.batch_first
+    expected = block(x.transpose(0, 1)).transpose(0, 1) if seq_first else block(x)
+    torch.testing.assert_close(ad.call(0, params, x), expected)
+    x2 = x.clone().requires_grad_(True)
+    grads = torch.autograd.grad(ad.call(0, params, x2).square().mean(), list(params.values()), create_graph=True)
+    (gx,) = torch.autograd.grad(sum(g.square().sum() for g in grads), x2)
+    assert torch.isfinite(gx).all() and gx.abs().sum() > 0
+    # and the whole pipeline on it: construction on the visual tower, weight-row pool as the reference
+    import fda
+
+    assert ad.weight_row_names(0) == ["attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight"]
+    pre, experts = states(model, 1)
+    cfg = fda.FDAConfig.for_family("openclip", n_anchors=4, construct_steps=10, progress=False)
+    (res,) = fda.construct_block(model, pre, experts, 1, "weight", cfg)
+    assert res.anchors.shape == (4, ad.default_tokens(), D) and res.log.mean_cos().max() > res.log.mean_cos()[0]

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from fda.checkpoints import load_state_dict, save_state_dict
+from torch import nn
+
+from fda.checkpoints import CheckpointError, load_state_dict, save_state_dict
 from fda.openclip_convert import hf_to_openclip_visual, is_fused
 from fda.sources import SourceError
-from fda.suites.clip_vision import ClipVisionSettings, VitB32Suite, VitL14Suite
+from fda.suites.clip_vision import ClipVisionSettings, VitB16Suite, VitB32Suite, VitL14Suite
 from fda.suites.glue import GlueSettings, RobertaBaseSuite, build_classifier
 from fda.zeroshot import load_head
 
@@ -99,6 +101,23 @@ def clip_world(tmp_path_factory):
     }
 
 
+class Node(nn.Module):
+    """A bare module tree (pickled like task_vectors' ImageEncoder: classes unknown to the loader)."""
+
+
+def module_from_state(state):
+    root = Node()
+    for key, value in state.items():
+        *path, leaf = key.split(".")
+        node = root
+        for part in path:
+            if part not in node._modules:
+                node.add_module(part, Node())
+            node = node._modules[part]
+        node.register_parameter(leaf, nn.Parameter(value.clone()))
+    return root
+
+
 def _ta(pre, experts, lam=0.3):
     return {k: pre[k] + lam * sum(e[k] - pre[k] for e in experts) for k in pre}
 
@@ -137,10 +156,10 @@ def test_vitb32_fusionbench_merge_and_evaluate(clip_world, tmp_path):
         assert rows[0]["metric"] == "accuracy" and 0.0 <= rows[0]["value"] <= 1.0 and rows[1]["metric"] == "loss"
 
     # evaluate == a hand-run of the expert model + head + processor
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil
 
     model = suite.load_encoder(experts["mnist"])
-    proc = CLIPImageProcessor.from_pretrained(str(base))
+    proc = CLIPImageProcessorPil.from_pretrained(str(base))
     import datasets
 
     ds = datasets.load_from_disk(str(clip_world["data"]["mnist"]))["test"]
@@ -177,18 +196,23 @@ def test_vit_taskvectors_source_fused_layout(clip_world, tmp_path):
         ft = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base_tower.items()}
         oc = hf_to_openclip_visual(ft, prefix="model.visual.")
         if task == "mnist":
-            torch.save(oc, tv / folder / "finetuned.pt")
+            torch.save(module_from_state(oc), tv / folder / "finetuned.pt")  # a pickled module, as task_vectors ships
         else:
             save_state_dict(oc, tv / folder / "finetuned.safetensors")
     stored = torch.randn(3, 16)
     torch.save({"weight": stored, "bias": torch.zeros(3)}, tv / "head_MNIST.pt")
 
     tasks = ["mnist", "eurosat"]
-    suite = VitB32Suite({"base": str(clip_world["clip"]), "expert_source": "taskvectors", "taskvectors_dir": str(tv), "tasks": tasks,
-                         "datasets": {t: str(p) for t, p in clip_world["data"].items()}, "device": "cpu", "head_cache": "",
-                         "progress": False, "copy_data": True})
+    settings = {"base": str(clip_world["clip"]), "expert_source": "taskvectors", "taskvectors_dir": str(tv), "tasks": tasks,
+                "datasets": {t: str(p) for t, p in clip_world["data"].items()}, "device": "cpu", "head_cache": "",
+                "progress": False, "copy_data": True}
+    untrusted = VitB32Suite(settings)
+    with pytest.raises(CheckpointError, match="trust_pickle"):
+        _run_suite(untrusted, tmp_path / "untrusted", tasks)
+    suite = VitB32Suite({**settings, "trust_pickle": True})
     assert suite.qkv_layout == "fused" and suite.provenance()["qkv_layout"] == "fused"
-    base, data, experts = _run_suite(suite, tmp_path / "work", tasks)
+    with pytest.warns(RuntimeWarning, match="trust_pickle"):
+        base, data, experts = _run_suite(suite, tmp_path / "work", tasks)
     assert (data / "mnist" / "dataset_dict.json").is_file()  # copy_data
     assert torch.equal(load_head(experts["mnist"] / "head.safetensors")[0], stored)  # stored head used
     assert load_head(experts["eurosat"] / "head.safetensors")[2]["kind"] == "zeroshot"  # no head file: zero-shot
@@ -364,3 +388,60 @@ def test_build_classifier_regression_head(glue_world, tmp_path):
         build_classifier(glue_world["base"], {k: v for k, v in enc.items() if "layer.1." not in k}, head, where="t")
     with torch.no_grad():
         assert math.isfinite(float(model(input_ids=torch.tensor([[0, 5, 6, 2]])).logits[0, 0]))
+
+
+def test_glue_expert_dtype_checked_or_cast(glue_world, tmp_path):
+    from transformers import RobertaForSequenceClassification
+
+    half = tmp_path / "half"
+    RobertaForSequenceClassification.from_pretrained(str(glue_world["experts"]["rte"])).half().save_pretrained(str(half))
+    settings = {"base": str(glue_world["base"]), "tasks": ["rte"], "experts": {"rte": str(half)},
+                "datasets": {"rte": str(glue_world["data"]["rte"])}, "device": "cpu", "progress": False}
+    suite = RobertaBaseSuite(settings)
+    suite.prepare_data(tmp_path / "data", 0)
+    suite.prepare_base(tmp_path / "base", tmp_path / "data", 0)
+    with pytest.raises(SourceError, match=r"half.*has dtype torch.float16, expected torch.float32"):
+        suite.prepare_expert("rte", tmp_path / "base", tmp_path / "data", tmp_path / "exp", 0)
+    RobertaBaseSuite({**settings, "check_dtype": False}).prepare_expert("rte", tmp_path / "base", tmp_path / "data", tmp_path / "exp", 0)
+    assert all(v.dtype == torch.float32 for v in load_state_dict(tmp_path / "exp").values())
+
+
+def test_classnames_resolution():
+    import datasets
+
+    from fda.suites.vision_classnames import FALLBACK_CLASSNAMES, TEMPLATES, VISION_TASKS, resolve_classnames
+
+    feats = datasets.Features({"label": datasets.ClassLabel(names=["/a/abbey", "/b/bar_indoor"])})
+    assert resolve_classnames("sun397", feats, "label") == (["abbey", "bar indoor"], "dataset")
+    ids = datasets.Features({"label": datasets.ClassLabel(names=[str(i) for i in range(43)])})
+    names, origin = resolve_classnames("gtsrb", ids, "label")
+    assert origin == "fallback" and names[14] == "stop"
+    assert resolve_classnames("mnist", datasets.Features({"label": datasets.ClassLabel(names=["0", "1"])}), "label")[0] == ["0", "1"]
+    plain = datasets.Features({"label": datasets.Value("int64")})
+    assert resolve_classnames("dtd", plain, "label") == (FALLBACK_CLASSNAMES["dtd"], "fallback")
+    assert resolve_classnames("cars", plain, "label", ["a car"]) == (["a car"], "settings")
+    with pytest.raises(ValueError, match="classnames: {cars"):
+        resolve_classnames("cars", plain, "label")
+    assert {len(FALLBACK_CLASSNAMES[t]) for t in ("gtsrb", "dtd", "resisc45", "eurosat")} == {43, 47, 45, 10}
+    assert set(TEMPLATES) == set(VISION_TASKS) and all("{}" in t for ts in TEMPLATES.values() for t in ts)
+    assert [len(TEMPLATES[t]) for t in ("mnist", "sun397", "eurosat", "dtd", "resisc45")] == [1, 2, 3, 8, 18]
+
+
+def test_default_hub_sources_fail_fast_offline(tmp_path, monkeypatch):
+    import time
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "ds"))
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=r"ylecun/mnist.*load_dataset"):
+        VitB32Suite({"tasks": ["mnist"], "progress": False}).prepare_data(tmp_path / "data", 0)
+    with pytest.raises(SourceError, match=r"openai/clip-vit-base-patch16.*hf download openai/clip-vit-base-patch16"):
+        VitB16Suite({"tasks": ["mnist"]}).prepare_base(tmp_path / "b", tmp_path / "data", 0)
+    with pytest.raises(SourceError, match=r"nyu-mll/glue"):
+        RobertaBaseSuite({"tasks": ["cola"]}).prepare_data(tmp_path / "gdata", 0)
+    with pytest.raises(SourceError, match=r"FacebookAI/roberta-base"):
+        RobertaBaseSuite({"tasks": ["cola"]}).prepare_base(tmp_path / "gb", tmp_path / "gdata", 0)
+    assert time.monotonic() - t0 < 10
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())

@@ -152,11 +152,15 @@ def test_parse_settings_unknown_and_type():
     @dataclass
     class S:
         n: int = 1
+        lr: float = 0.1
         name: str | None = None
         extra: dict[str, str] = field(default_factory=dict)
 
     assert parse_settings(S, {"n": 3, "extra": {"a": "b"}}, suite="x").n == 3
-    with pytest.raises(ValueError, match=r"unknown setting.*\['bogus'\].*valid settings: \['extra', 'n', 'name'\]"):
+    assert parse_settings(S, {"lr": "1e-5"}, suite="x").lr == 1e-5  # YAML reads 1e-5 as a string
+    with pytest.raises(ValueError, match="'lr'"):
+        parse_settings(S, {"lr": "fast"}, suite="x")
+    with pytest.raises(ValueError, match=r"unknown setting.*\['bogus'\].*valid settings: \['extra', 'lr', 'n', 'name'\]"):
         parse_settings(S, {"bogus": 1}, suite="x")
     with pytest.raises(ValueError, match="'n'"):
         parse_settings(S, {"n": "three"}, suite="x")

@@ -278,3 +278,52 @@ def test_streamed_fda_layer_jobs_equal_in_memory(llama_dirs, tmp_path):
     assert torch.allclose(got["model.layers.2.mlp.up_proj.weight"], ad.params["model.layers.2.mlp.up_proj.weight"])
     assert torch.equal(got["model.layers.1.mlp.up_proj.weight"], ta["model.layers.1.mlp.up_proj.weight"])  # TA outside
     LlamaForCausalLM.from_pretrained(tmp_path / "fda")
+
+
+def test_resume_of_a_finished_merge_does_nothing_and_typos_fail_before_io(llama_dirs, tmp_path):
+    base, experts = llama_dirs
+    first = stream_merge(_ta, base, experts, tmp_path / "out", shard_size="30KB")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    again = stream_merge(_ta, base, experts, tmp_path / "out", shard_size="30KB", resume=True)
+    assert again.blocks_merged == [] and again.blocks_skipped == first.blocks_merged
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir() if p.name in before and not p.name.endswith(".json")}
+    assert all(after[n] == before[n] for n in after)  # shards untouched
+    baselines = pytest.importorskip("baselines")
+    with pytest.raises(baselines.HyperparameterError, match="alpha"):
+        stream_merge("ta", base, experts, tmp_path / "typo", hparams={"alhpa": 0.5})
+    with pytest.raises(baselines.UnknownMethodError, match="ties"):
+        stream_merge("tiez", base, experts, tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("method,hparams", [("ta", {"alpha": 0.5}), ("ties", {"topk": 10.0})])
+def test_stream_merge_bf16_checkpoints_equal_baselines(tmp_path, method, hparams):
+    """bf16 storage, fp32 compute (baselines' default): thresholds and results still exact."""
+    baselines = pytest.importorskip("baselines")
+    base = write_synthetic_llama(tmp_path / "base", llama_config(2, hidden=32, vocab=64), shard_size="10KB", dtype=torch.bfloat16)
+    experts = [write_expert(base, tmp_path / f"e{i}", seed=i + 5, scale=0.1, shard_size="10KB") for i in range(2)]
+    stream_merge(method, base, experts, tmp_path / "out", hparams=hparams, shard_size="10KB")
+    pre, exps = load_state_dict(base), [load_state_dict(e) for e in experts]
+    ref, got = baselines.merge(method, pre, exps, **hparams), load_state_dict(tmp_path / "out")
+    assert all(got[k].dtype == torch.bfloat16 for k in got)
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+    assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_non_float_tensors_are_copied_from_the_base_and_not_merged(tmp_path):
+    seen: list[set[str]] = []
+
+    def ta(pre, exps):
+        seen.append(set(pre))
+        return _ta(pre, exps)
+
+    def state(shift: float) -> dict[str, torch.Tensor]:
+        return {"model.layers.0.w": torch.full((4, 4), shift), "model.layers.0.ids": torch.arange(4), "model.norm.weight": torch.ones(4) * shift}
+
+    for name, shift in (("base", 0.0), ("e0", 1.0), ("e1", 3.0)):
+        checkpoints.save_state_dict(state(shift), tmp_path / f"{name}.safetensors")
+    rep = stream_merge(ta, tmp_path / "base.safetensors", [tmp_path / "e0.safetensors", tmp_path / "e1.safetensors"], tmp_path / "out")
+    got = load_state_dict(rep.out_dir)
+    assert torch.equal(got["model.layers.0.ids"], torch.arange(4))
+    assert torch.allclose(got["model.layers.0.w"], torch.full((4, 4), 2.0))
+    assert "model.layers.0.ids" not in set().union(*seen)

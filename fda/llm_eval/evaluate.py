@@ -10,13 +10,15 @@ from pathlib import Path
 from fda.checkpoints import write_json_atomic
 from fda.llm_eval import code_tasks, gsm8k, math_eval
 from fda.llm_eval.data import load_benchmark
-from fda.llm_eval.generation import generate
+from fda.llm_eval.generation import make_generator
 from fda.llm_eval.prompts import alpaca_prompt, humaneval_instruction, mbpp_instruction
 
 BENCHMARKS = ("gsm8k", "math", "humaneval", "mbpp")
 #: the official evaluation's generation budgets
 MAX_NEW_TOKENS = {"gsm8k": 1024, "math": 2048, "humaneval": 2048, "mbpp": 2048}
 METRIC = {"gsm8k": "accuracy", "math": "accuracy", "humaneval": "pass@1", "mbpp": "pass@1"}
+#: the llama13b suite's tasks (one expert each) and the benchmarks that measure them
+TASK_BENCHMARKS = {"math": ("gsm8k", "math"), "code": ("humaneval", "mbpp")}
 
 
 def build_prompt(benchmark: str, example: Mapping) -> str:
@@ -75,15 +77,12 @@ def evaluate_llm(
     budgets = {**MAX_NEW_TOKENS, **dict(max_new_tokens or {})}
     # load every dataset before the (slow) generation so a missing one fails at once
     data = {b: load_benchmark(b, data_path=(data_path or {}).get(b), limit=limit) for b in benchmarks}
+    gen = generate_fn or make_generator(model_dir, backend=backend, batch_size=batch_size)  # loads the model once
     rows = []
     for b in benchmarks:
         examples = data[b]
         prompts = [build_prompt(b, e) for e in examples]
-        if generate_fn is not None:
-            completions = generate_fn(prompts, budgets[b])
-        else:
-            extra = {"batch_size": batch_size} if backend == "hf" else {}
-            completions = generate(model_dir, prompts, max_new_tokens=budgets[b], backend=backend, **extra)
+        completions = gen(prompts, budgets[b])
         value, ok = score(b, examples, completions, **dict(sandbox or {}))
         if generations_dir is not None:
             path = Path(generations_dir) / f"{b}.jsonl"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def generate_hf(model_dir: str | os.PathLike, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 8,
@@ -47,6 +47,37 @@ def generate_vllm(model_dir: str | os.PathLike, prompts: Sequence[str], *, max_n
     llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size)
     outs = llm.generate(list(prompts), SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_new_tokens))
     return [o.outputs[0].text for o in outs]
+
+
+def make_generator(model_dir: str | os.PathLike, *, backend: str = "hf", batch_size: int = 8, device: str | None = None,
+                   dtype: str = "auto", tensor_parallel_size: int = 1) -> Callable[[list[str], int], list[str]]:
+    """A ``(prompts, max_new_tokens) -> completions`` function that loads the model once, on first use."""
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"unknown generation backend {backend!r}; valid: hf, vllm")
+    cache: dict[str, object] = {}
+
+    def run(prompts: list[str], max_new_tokens: int) -> list[str]:
+        if backend == "vllm":
+            try:
+                from vllm import LLM, SamplingParams
+            except ImportError as err:
+                raise RuntimeError("backend='vllm' needs vLLM (GPU): `pip install vllm`, or use backend='hf'") from err
+            if "llm" not in cache:
+                cache["llm"] = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size)
+            outs = cache["llm"].generate(list(prompts), SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_new_tokens))  # type: ignore[attr-defined]
+            return [o.outputs[0].text for o in outs]
+        if "model" not in cache:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            cache["tokenizer"] = AutoTokenizer.from_pretrained(str(model_dir))
+            cache["model"] = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(dev)
+            cache["device"] = dev
+        return generate_hf(model_dir, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, device=cache["device"],  # type: ignore[arg-type]
+                           model=cache["model"], tokenizer=cache["tokenizer"])
+
+    return run
 
 
 def generate(model_dir: str | os.PathLike, prompts: Sequence[str], *, max_new_tokens: int, backend: str = "hf", **kwargs: object) -> list[str]:

@@ -5,9 +5,10 @@ Layers, each of which alone stops the common failure modes of generated code:
 1. **Process**: a fresh interpreter (``python -I``: no user site, no cwd on ``sys.path``, no
    ``PYTHON*`` env) in its own session (the whole process group is killed on timeout), with a
    minimal environment and a fresh temporary working directory that is deleted afterwards.
-2. **rlimits** set in the child before ``exec``: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (a CPU
-   backstop), ``RLIMIT_FSIZE`` (no huge files; stdout/stderr go to capped files, so a flood of
-   output cannot fill the harness's memory), ``RLIMIT_CORE`` 0.
+2. **rlimits**, set by the child interpreter before it reads the program (not in a
+   ``preexec_fn``, which can deadlock when the parent has threads): ``RLIMIT_AS`` (memory),
+   ``RLIMIT_CPU`` (a CPU backstop), ``RLIMIT_FSIZE`` (no huge files; stdout/stderr go to capped
+   files, so a flood of output cannot fill the harness's memory), ``RLIMIT_CORE`` 0.
 3. **Wall-time limit** enforced by the parent (SIGKILL to the process group).
 4. **Network namespace**: ``unshare -n`` (or ``unshare -rn`` for non-root) when the kernel allows it:
    the child has no network interface at all. Probed once; skipped if unavailable.
@@ -41,7 +42,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 _GUARD = r'''
-import os, sys, traceback
+import os, resource, sys, traceback
+# rlimits first (set here rather than in a preexec_fn, which is unsafe with threads in the parent)
+_mem, _cpu, _fsize = (int(v) for v in sys.argv[2:5])
+resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
+resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu))
+resource.setrlimit(resource.RLIMIT_FSIZE, (_fsize, _fsize))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 _token = sys.stdin.readline().strip()
 _root = os.path.realpath(os.getcwd())
 _src = open(sys.argv[1], encoding="utf-8").read()
@@ -126,16 +133,6 @@ def network_isolation_prefix() -> tuple[str, ...]:
     return ()
 
 
-def _limits(memory_mb: int, cpu_seconds: int, file_mb: int) -> None:  # runs in the child, before exec
-    import resource
-
-    mem = memory_mb * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (file_mb * 2**20, file_mb * 2**20))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
 def _tail(path: Path, n: int = 2000) -> str:
     try:
         with open(path, "rb") as fh:
@@ -157,7 +154,8 @@ def run_program(program: str, *, timeout: float = 10.0, memory_mb: int = 1024, f
     try:
         (work / "program.py").write_text(program, encoding="utf-8")
         prefix = network_isolation_prefix() if isolate_network else ()
-        cmd = [*prefix, sys.executable, "-I", "-c", _GUARD, str(work / "program.py")]
+        limits = [str(memory_mb * 2**20), str(int(timeout) + 2), str(file_mb * 2**20)]
+        cmd = [*prefix, sys.executable, "-I", "-c", _GUARD, str(work / "program.py"), *limits]
         env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
                "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         out_f, err_f = work / ".stdout", work / ".stderr"
@@ -165,7 +163,6 @@ def run_program(program: str, *, timeout: float = 10.0, memory_mb: int = 1024, f
         with open(out_f, "wb") as out, open(err_f, "wb") as err:
             proc = subprocess.Popen(
                 cmd, cwd=work, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True,
-                preexec_fn=functools.partial(_limits, memory_mb, int(timeout) + 2, file_mb),
             )
             try:
                 proc.communicate(input=(token + "\n").encode(), timeout=timeout)

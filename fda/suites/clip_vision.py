@@ -19,6 +19,7 @@ output), L2-normalised, times the task's head; images preprocessed by ``CLIPImag
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -34,9 +35,11 @@ from tqdm.auto import tqdm
 from fda.checkpoints import load_state_dict, save_state_dict, write_json_atomic
 from fda.openclip_convert import (
     QkvLayout,
-    convert_taskvectors_encoder,
     convert_taskvectors_head,
+    find_taskvectors_head,
     find_visual_prefix,
+    load_taskvectors_object,
+    module_state_dict,
     openclip_visual_to_hf,
     split_qkv,
     to_layout,
@@ -45,6 +48,7 @@ from fda.sources import (
     DatasetSpec,
     SourceError,
     atomic_dir,
+    cast_like,
     open_task_split,
     parse_settings,
     parse_source,
@@ -52,6 +56,7 @@ from fda.sources import (
     resolve_device,
     resolve_model_dir,
     tensor_specs,
+    torch_dtype,
     verify_source_sha256,
     verify_specs,
 )
@@ -96,7 +101,8 @@ class ClipVisionSettings:
     limit: int | None = _h("evaluate only the first N examples per task (quick looks)", default=None)
     head_cache: str | None = _h("zero-shot head cache directory (default ~/.cache/fda-bench/heads; '' disables)", default=None)
     sha256: dict[str, Any] = _h("expected sha256 per source {base|task: hash or {file: hash}}", default_factory=dict)
-    check_dtype: bool = _h("require expert dtypes to equal the base's", default=True)
+    check_dtype: bool = _h("require expert dtypes to equal the base's (false: cast experts to the base dtype)", default=True)
+    dtype: str = _h("precision the base is loaded and stored in: float32 (paper), bfloat16, float16 or auto (the checkpoint's)", default="float32")
     progress: bool = _h("tqdm progress bars", default=True)
 
     @classmethod
@@ -114,7 +120,7 @@ class ClipVisionSuite(Suite):
 
     def __init__(self, settings: dict[str, Any] | ClipVisionSettings | None = None):
         self.cfg: ClipVisionSettings = parse_settings(ClipVisionSettings, settings, suite=self.name)
-        super().__init__(dict(settings) if isinstance(settings, dict) else {})
+        super().__init__(dataclasses.asdict(self.cfg))  # the validated section, defaults filled in
         unknown = [t for t in (self.cfg.tasks or []) if t not in VISION_TASKS]
         for key in ("experts", "datasets", "dataset_configs", "splits", "classnames", "templates"):
             unknown += [t for t in getattr(self.cfg, key) if t not in VISION_TASKS]
@@ -198,7 +204,7 @@ class ClipVisionSuite(Suite):
 
         clip_dir = resolve_model_dir(self.base_source)
         self._check_sha(clip_dir, "base")
-        clip = CLIPModel.from_pretrained(str(clip_dir))
+        clip = CLIPModel.from_pretrained(str(clip_dir), dtype=torch_dtype(self.cfg.dtype))
         vcfg = self._vision_config(clip.config)
         tower = {k: v for k, v in clip.state_dict().items() if k.startswith("vision_model.") or k.startswith("visual_projection.")}
         encoder, enc_src = tower, self.base_source
@@ -206,6 +212,7 @@ class ClipVisionSuite(Suite):
             enc_src = self.cfg.base_encoder or str(self._tv_file(None, "zeroshot"))
             encoder = self._load_tower(enc_src, "zeroshot", out_dir)
             verify_specs(tensor_specs(encoder), tensor_specs(tower), where=enc_src, check_dtype=False)
+            encoder = cast_like(encoder, tower)
         with atomic_dir(out_dir) as tmp:
             model = CLIPVisionModelWithProjection(vcfg)
             model.load_state_dict(encoder, strict=True)
@@ -227,21 +234,23 @@ class ClipVisionSuite(Suite):
 
     @staticmethod
     def _image_processor(clip_dir: Path, vcfg):
-        from transformers import CLIPImageProcessor  # noqa: PLC0415
-
+        cls = _processor_class()
         if (Path(clip_dir) / "preprocessor_config.json").is_file():
-            return CLIPImageProcessor.from_pretrained(str(clip_dir))
-        size = vcfg.image_size  # OpenAI CLIP preprocessing: resize shortest edge, centre crop
-        return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+            return cls.from_pretrained(str(clip_dir))
+        size = vcfg.image_size  # OpenAI CLIP preprocessing: resize shortest edge (bicubic), centre crop
+        return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
     def _head_mode(self, task: str) -> str:
         if self.cfg.heads != "auto":
             return self.cfg.heads
-        if self.cfg.expert_source == "taskvectors" and self.cfg.taskvectors_dir:
-            name = VISION_TASKS[task].taskvectors
-            if any((Path(self.cfg.taskvectors_dir) / f"head_{name}{ext}").is_file() for ext in (".safetensors", ".pt")):
-                return "stored"
+        if self.cfg.expert_source == "taskvectors" and self._stored_head(task) is not None:
+            return "stored"
         return "zeroshot"
+
+    def _stored_head(self, task: str) -> Path | None:
+        if not self.cfg.taskvectors_dir:
+            return None
+        return find_taskvectors_head(self.cfg.taskvectors_dir, VISION_TASKS[task].taskvectors)
 
     def _write_zeroshot_head(self, task: str, clip, clip_dir: Path, data_dir: Path, out: Path) -> dict[str, Any]:
         from transformers import AutoTokenizer  # noqa: PLC0415
@@ -278,6 +287,7 @@ class ClipVisionSuite(Suite):
         if "visual_projection.weight" not in state and self.cfg.expert_source == "fusionbench":
             state["visual_projection.weight"] = base_state["visual_projection.weight"]  # trained frozen: zero task vector
         verify_specs(tensor_specs(state), tensor_specs(base_state), where=spec, check_dtype=self.cfg.check_dtype)
+        state = cast_like(state, base_state)  # a no-op unless check_dtype is off
         with atomic_dir(out_dir) as tmp:
             save_state_dict(state, tmp / "model.safetensors", metadata={"format": "pt", "source": spec})
             for name in ("config.json", "preprocessor_config.json"):
@@ -291,11 +301,9 @@ class ClipVisionSuite(Suite):
         path = resolve_model_dir(spec)
         self._check_sha(path, label)
         if path.is_file() and path.suffix in (".pt", ".pth", ".bin"):
-            # task_vectors file: convert next to the output once (needs trust_pickle for pickled modules)
-            conv = Path(out_dir).parent / f".{Path(out_dir).name}.{label}.converted.safetensors"
-            if not conv.exists():
-                convert_taskvectors_encoder(path, conv, trust_pickle=self.cfg.trust_pickle)
-            state = load_state_dict(conv)
+            # task_vectors file: a plain state dict, or a pickled module (needs trust_pickle); the
+            # converted tower is what prepare_* writes, so no intermediate file is kept
+            state = module_state_dict(load_taskvectors_object(path, trust_pickle=self.cfg.trust_pickle), path)
         else:
             state = load_state_dict(path)
         if any(k.endswith("conv1.weight") for k in state):
@@ -311,7 +319,10 @@ class ClipVisionSuite(Suite):
 
     def _write_expert_head(self, task: str, base_dir: Path, out: Path) -> dict[str, Any]:
         if self._head_mode(task) == "stored":
-            src = self._tv_file(None, f"head_{VISION_TASKS[task].taskvectors}")
+            src = self._stored_head(task)
+            if src is None:
+                raise SourceError(f"suite '{self.name}': heads: stored, but no head_{VISION_TASKS[task].taskvectors}"
+                                  f"[Val|ValfromTrain].(safetensors|pt) in {self.cfg.taskvectors_dir} or its parent")
             if src.suffix == ".pt":
                 convert_taskvectors_head(src, out, trust_pickle=self.cfg.trust_pickle)
             else:
@@ -358,7 +369,7 @@ class ClipVisionSuite(Suite):
 
     def _run(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, head_dir: Path,
              *, limit: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
-        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: PLC0415
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: PLC0415
 
         self._check_task(task)
         device = resolve_device(self.cfg.device)
@@ -366,7 +377,7 @@ class ClipVisionSuite(Suite):
         _load_strict(model, split_qkv(encoder_state), where=f"{self.name}/{task} encoder state")
         model = model.to(device).eval()
         weight, bias, _ = load_head(Path(head_dir) / "head.safetensors")
-        processor = CLIPImageProcessor.from_pretrained(str(base_dir))
+        processor = _processor_class().from_pretrained(str(base_dir))
         ds = self._eval_split(data_dir, task)
         limit = limit if limit is not None else self.cfg.limit
         if limit is not None:
@@ -389,6 +400,19 @@ class ClipVisionSuite(Suite):
                 preds.append(logits.argmax(dim=-1).cpu())
                 labels.append(y)
         return torch.cat(preds), torch.cat(labels), loss
+
+
+def _processor_class():
+    """The PIL backend of CLIPImageProcessor: the same numbers with or without torchvision (the
+    torchvision backend resizes differently), and PIL resizing is what open_clip's transforms use."""
+    try:
+        from transformers import CLIPImageProcessorPil  # noqa: PLC0415
+
+        return CLIPImageProcessorPil
+    except ImportError:  # older transformers: the class is PIL-based already
+        from transformers import CLIPImageProcessor  # noqa: PLC0415
+
+        return CLIPImageProcessor
 
 
 _V5_VISION_TOP = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")

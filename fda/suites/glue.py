@@ -15,6 +15,7 @@ metrics of :mod:`fda.glue_metrics`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from fda.sources import (
     resolve_device,
     resolve_model_dir,
     tensor_specs,
+    torch_dtype,
     verify_source_sha256,
     verify_specs,
 )
@@ -74,7 +76,8 @@ class GlueSettings:
     limit: int | None = _h("evaluate only the first N examples per task", default=None)
     copy_data: bool = _h("prepare_data copies splits with save_to_disk (else a source.json marker)", default=False)
     sha256: dict[str, Any] = _h("expected sha256 per source {base|task: hash or {file: hash}}", default_factory=dict)
-    check_dtype: bool = _h("require expert dtypes to equal the base's", default=True)
+    check_dtype: bool = _h("require expert dtypes to equal the base's (false: cast experts to the base dtype)", default=True)
+    dtype: str = _h("precision the base is loaded and stored in: float32 (paper), bfloat16, float16 or auto (the checkpoint's)", default="float32")
     progress: bool = _h("tqdm progress bars", default=True)
     # fine-tuning recipe (recipe:finetune)
     lr: float = _h("recipe: AdamW learning rate", default=1e-5)
@@ -100,7 +103,7 @@ class GlueSuite(Suite):
 
     def __init__(self, settings: dict[str, Any] | GlueSettings | None = None):
         self.cfg: GlueSettings = parse_settings(GlueSettings, settings, suite=self.name)
-        super().__init__(dict(settings) if isinstance(settings, dict) else {})
+        super().__init__(dataclasses.asdict(self.cfg))  # the validated section, defaults filled in
         unknown = [t for t in (self.cfg.tasks or []) if t not in GLUE_TASKS]
         for key in ("experts", "datasets", "eval_splits"):
             unknown += [t for t in getattr(self.cfg, key) if t not in GLUE_TASKS]
@@ -171,7 +174,7 @@ class GlueSuite(Suite):
 
         src = resolve_model_dir(self.base_source)
         self._check_sha(src, "base")
-        model = RobertaModel.from_pretrained(str(src), add_pooling_layer=False)
+        model = RobertaModel.from_pretrained(str(src), add_pooling_layer=False, dtype=torch_dtype(self.cfg.dtype))
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(str(tmp))
             AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(tmp))
@@ -190,6 +193,7 @@ class GlueSuite(Suite):
             if parse_source(spec).value != "finetune":
                 raise SourceError(f"suite '{self.name}': unknown recipe '{spec}'; the GLUE suites know recipe:finetune")
             encoder, head, info["recipe"] = self.finetune(task, base_dir, data_dir, seed)
+            encoder = {k: v.to(base_specs[k][1]) for k, v in encoder.items()}  # trained in fp32, stored like the base
             where = f"recipe:finetune ({task})"
         else:
             path = resolve_model_dir(spec)
@@ -197,6 +201,7 @@ class GlueSuite(Suite):
             encoder, head = split_classifier(load_state_dict(path), where=str(path))
             where = str(path)
         verify_specs(tensor_specs(encoder), base_specs, where=where, check_dtype=self.cfg.check_dtype)
+        encoder = {k: v.to(base_specs[k][1]) if v.is_floating_point() else v for k, v in encoder.items()}  # no-op unless check_dtype is off
         n_out = head["out_proj.weight"].shape[0]
         if n_out != NUM_LABELS[task]:
             raise SourceError(f"{where}: 'classifier.out_proj.weight' has {n_out} rows but GLUE {task} needs {NUM_LABELS[task]} labels; wrong task's expert?")

@@ -137,6 +137,13 @@ def resolve_classnames(task: str, features, label_column: str, override: Sequenc
     if override:
         return [str(n) for n in override], "settings"
     names = classnames_from_features(task, features, label_column)
+    if names and task not in ("mnist", "svhn") and all(n.isdigit() for n in names):
+        # label ids stored as names ("0", "1", ...) are useless prompts outside the digit tasks
+        fallback = FALLBACK_CLASSNAMES.get(task)
+        if fallback is not None and len(fallback) == len(names):
+            return list(fallback), "fallback"
+        raise ValueError(f"task '{task}': the dataset's class names are bare ids ({names[:3]}...); "
+                         f"set `classnames: {{{task}: [...]}}` in the suite settings")
     if names:
         return names, "dataset"
     if task in FALLBACK_CLASSNAMES:

@@ -1,0 +1,180 @@
+"""The Snakemake DAG: dry runs of both configs resolve every cell, a single-cell target resolves
+to exactly its jobs, the lint is clean, and config errors stop snakemake before any job."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fda import workflow_config as wc
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+       "TRANSFORMERS_OFFLINE": "1"}
+
+
+def snakemake(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run snakemake on the repository's Snakefile in ``cwd`` (a scratch directory)."""
+    cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(cwd), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def parse_jobs(text: str) -> list[dict]:
+    """Jobs of a dry run: [{"rule", "output": [...], "wildcards": {...}}], from the printed job list."""
+    jobs: list[dict] = []
+    for block in re.split(r"\n(?=(?:local)?rule \S+:\n)", "\n" + text):
+        m = re.match(r"\n?(?:local)?rule (\S+):\n", block)
+        if not m:
+            continue
+        job = {"rule": m.group(1), "output": [], "wildcards": {}}
+        out = re.search(r"^\s+output: (.*)$", block, re.M)
+        if out:
+            job["output"] = [o.strip() for o in out.group(1).split(",")]
+        wcs = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        if wcs:
+            job["wildcards"] = dict(kv.strip().split("=", 1) for kv in wcs.group(1).split(", "))
+        jobs.append(job)
+    return jobs
+
+
+_CACHE: dict[tuple[str, ...], list[dict]] = {}
+
+
+def dry_run(tmp: Path, *args: str) -> list[dict]:
+    """Jobs of ``snakemake -n ARGS`` (cached per argument list: each run costs seconds)."""
+    if args not in _CACHE:
+        proc = snakemake("-n", "--workflow-profile", "none", *args, cwd=tmp)
+        _CACHE[args] = parse_jobs(proc.stdout + proc.stderr)
+    return _CACHE[args]
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dag")
+
+
+CASES = [
+    ((), "config/config.yaml", "coarse"),  # no --configfile: the default config
+    (("--configfile", str(ROOT / "config/paper.yaml")), "config/paper.yaml", "fine"),
+    (("--configfile", str(ROOT / "config/paper.yaml"), "--config", "fda_jobs=coarse"), "config/paper.yaml", "coarse"),
+]
+
+
+@pytest.mark.parametrize("args, configfile, fda_jobs", CASES, ids=["default", "paper-fine", "paper-coarse"])
+def test_dry_run_resolves_every_cell(scratch, args, configfile, fda_jobs):
+    jobs = dry_run(scratch, *args)
+    outputs = {o for j in jobs for o in j["output"]}
+    config = wc.load_config([ROOT / configfile], [f"fda_jobs={fda_jobs}"])
+    # exactly the configured suites: --configfile replaces the default suites, it does not extend them
+    assert {j["wildcards"].get("suite") for j in jobs} - {None} == set(config["suites"])
+    for cell in wc.cells(config):
+        assert cell in outputs, cell
+    for suite in config["suites"]:
+        assert f"results/tables/{suite}-paper.md" in outputs
+        assert f"results/figures/{suite}-spectra-weight.pdf" in outputs
+    rules = Counter(j["rule"] for j in jobs)
+    assert rules["all"] == 1
+    n_suites = len(config["suites"])
+    assert rules["cell"] == 7 * n_suites and rules["cell_fda"] == 4 * n_suites
+    assert rules["merge_baseline"] == 5 * n_suites
+    # anchors are shared by the four inits: construction never depends on the init
+    construct = [j for j in jobs if j["rule"].startswith("fda_construct")]
+    assert all("init" not in j["wildcards"] for j in construct)
+    blocks_tasks = sum(len(s["tasks"]) * s["fda"]["n_blocks"] * 2 for s in config["suites"].values())
+    if fda_jobs == "fine":
+        assert len(construct) == blocks_tasks
+        assert rules["fda_adapt_block"] == sum(s["fda"]["n_blocks"] * 8 for s in config["suites"].values())
+        assert rules["fda_assemble"] == 8 * n_suites
+    else:
+        assert len(construct) == 2 * n_suites
+        assert rules["fda_adapt"] == 8 * n_suites
+
+
+def test_single_cell_resolves_to_exactly_its_jobs(scratch):
+    jobs = dry_run(scratch, "results/vitb16_wudi_fda.csv", "--configfile", str(ROOT / "config/paper.yaml"))
+    rules = Counter(j["rule"] for j in jobs)
+    tasks, blocks = 8, 12
+    assert rules == Counter({
+        "prepare_data": 1, "prepare_base": 1, "prepare_expert": tasks,
+        "evaluate_reference": 1,                    # individual (for `normalized`), not pretrained
+        "merge_baseline": 1,                        # the wudi init only
+        "fda_construct": tasks * blocks * 2,        # (block, expert) x 2 anchor inits (paper: fda_jobs fine)
+        "fda_adapt_block": blocks * 2, "fda_assemble": 2, "evaluate_fda": 2, "cell_fda": 1,
+    })
+    assert {j["wildcards"]["suite"] for j in jobs if j["wildcards"]} == {"vitb16"}
+    assert {j["wildcards"]["baseline"] for j in jobs if j["rule"] == "merge_baseline"} == {"wudi"}
+    assert {j["wildcards"]["reference"] for j in jobs if j["rule"] == "evaluate_reference"} == {"individual"}
+    assert {j["wildcards"]["init"] for j in jobs if "init" in j["wildcards"]} == {"wudi"}
+    assert [j["output"] for j in jobs if j["rule"] == "cell_fda"] == [["results/vitb16_wudi_fda.csv"]]
+
+
+def test_baseline_cell_needs_no_fda(scratch):
+    jobs = dry_run(scratch, "results/minitext_ta.csv")
+    rules = Counter(j["rule"] for j in jobs)
+    assert set(rules) == {"prepare_data", "prepare_base", "prepare_expert", "merge_baseline",
+                          "evaluate_baseline", "evaluate_reference", "cell"}
+    assert rules["prepare_expert"] == 8 and rules["merge_baseline"] == 1
+
+
+def test_smoke_config_shrinks_the_dag(scratch):
+    jobs = dry_run(scratch, "--config", "smoke=true")
+    experts = [j for j in jobs if j["rule"] == "prepare_expert"]
+    assert len(experts) == 6  # 3 tasks per suite
+    adapt = [j for j in jobs if j["rule"] == "fda_adapt"]
+    assert len(adapt) == 16
+
+
+def test_cell_names_parse_one_way(scratch):
+    # "wudi_fda" can only be the FDA cell: `method` never contains an underscore
+    jobs = dry_run(scratch)
+    producers = [j["rule"] for j in jobs if "results/minitext_wudi_fda.csv" in j["output"]]
+    assert producers == ["cell_fda"]
+    proc = snakemake("-n", "--workflow-profile", "none", "results/minitext_foo.csv", cwd=scratch, check=False)
+    assert proc.returncode != 0
+
+
+def test_lint_is_clean(scratch):
+    for args in ([], ["--configfile", str(ROOT / "config/paper.yaml")]):
+        proc = snakemake("--lint", "--workflow-profile", "none", *args, cwd=scratch, check=False)
+        text = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "Congratulations" in text, text[-3000:]
+
+
+def _bad_config(tmp: Path, edit) -> Path:
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    edit(cfg)
+    path = tmp / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _two_mistakes(c):
+    c["suites"]["minitext"]["seedz"] = [0]
+    c["suites"]["minitext"]["methods"]["isoc"] = {}
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_two_mistakes, ["'seedz'", "allowed keys:", "seeds", "'isoc'", "tsvm", "wudi"]),
+    (lambda c: c["suites"]["minitext"]["fda"].__setitem__("n_blocks", "six"), ["n_blocks", "expected integer"]),
+], ids=["typo-and-unknown-method", "wrong-type"])
+def test_config_errors_stop_snakemake_before_any_job(tmp_path, edit, expected):
+    bad = _bad_config(tmp_path, edit)
+    proc = snakemake("-n", "--workflow-profile", "none", "--configfile", str(bad), cwd=tmp_path, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "invalid workflow config" in text
+    for piece in expected:
+        assert piece in text, (piece, text[-2000:])
+    assert "rule " not in text.split("invalid workflow config")[0]  # no job was planned
