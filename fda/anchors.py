@@ -198,8 +198,10 @@ class _Objective:
             self.theta0_rep = {k: v.unsqueeze(0).expand(E, *v.shape).clone().requires_grad_(True) for k, v in self.theta0.items()}
             self.theta_stack = {k: torch.stack([t[k] for t in self.thetas]) for k in self.names}
             self.tau_stack = [torch.stack([t[p] for t in self.taus]) for p in range(len(self.names))]
+            self.thetas, self.taus = [], []  # stacked copies only: one block per expert resident
         elif batching == "loop":
-            self.theta0_leaf = {k: v.clone().requires_grad_(True) for k, v in self.theta0.items()}
+            # detach() shares storage: the leaf costs no copy of the block
+            self.theta0_leaf = {k: v.detach().requires_grad_(True) for k, v in self.theta0.items()}
         else:
             raise ValueError(f"unknown batching {batching!r}; expected 'auto', 'vmap' or 'loop'")
 

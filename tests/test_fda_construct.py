@@ -19,27 +19,30 @@ STEPS = 40
 
 
 def small_config(family: str, **kw) -> FDAConfig:
-    tokens = {"bert": 3, "roberta": 3}.get(family)  # vision/llama: the model's own T
-    return FDAConfig.for_family(family, n_anchors=8, tokens=tokens, construct_steps=STEPS, progress=False, **kw)
+    kw.setdefault("tokens", {"bert": 3, "roberta": 3}.get(family))  # vision/llama: the model's own T
+    return FDAConfig.for_family(family, n_anchors=8, construct_steps=STEPS, progress=False, **kw)
 
 
 # ------------------------------------------------------------------------------------------------
 # the objective does its job on every family
 
 
-@pytest.mark.parametrize("family", list(BUILDERS))
+@pytest.mark.parametrize("family", [*BUILDERS, "llama-layer"])
 @pytest.mark.parametrize("anchor_init", ["gauss", "weight"])
 def test_construction_aligns_the_induced_gradient_with_the_task_vector(family, anchor_init):
+    part = "layer" if family == "llama-layer" else None
+    family = "llama" if part else family
     model = BUILDERS[family]()
     pre, experts = states(model, 2)
-    results = fda.construct_block(model, pre, experts, 1, anchor_init, small_config(family))
+    cfg = small_config(family, part=part, **({"tokens": 4} if part else {}))
+    results = fda.construct_block(model, pre, experts, 1, anchor_init, cfg)
     for res in results:
         curve = res.log.mean_cos()
         assert res.log.loss.shape == (STEPS,) and res.log.cos.shape == (STEPS, len(res.log.param_names))
         # "far above the start": at least +0.15 absolute and 1.5x (starting values are 0.1-0.3)
         assert curve.max() > curve[0] + 0.15 and curve.max() > 1.5 * curve[0], (family, curve[0], curve.max())
         assert res.best_loss == pytest.approx(float(res.log.loss.min()))
-        assert res.anchors.shape == adapter_for(model).anchor_shape(8, res.anchors.shape[1] if res.anchors.dim() == 3 else 1)
+        assert res.anchors.shape == adapter_for(model, part).anchor_shape(8, res.anchors.shape[1] if res.anchors.dim() == 3 else 1)
         assert torch.isfinite(res.anchors).all()
 
 

@@ -1,0 +1,99 @@
+"""End-to-end runs of the workflow on the embedded suites' smoke settings (slow: they fine-tune,
+merge, construct and evaluate for real). Run with ``pytest -m slow tests/test_workflow_e2e.py``.
+
+- the smoke run finishes, within FDA_BENCH_SMOKE_LIMIT seconds (default 180), and writes every
+  cell, table and figure;
+- deleting one cell and rerunning rebuilds only that cell (and what is derived from it), with
+  byte-identical contents;
+- changing one hyperparameter reruns only the jobs that read it;
+- a rerun of a coarse FDA adaptation job reuses every cached block.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow import ROOT, parse_jobs, snakemake  # tests/ is on sys.path (pytest prepend mode)
+
+pytestmark = pytest.mark.slow
+LIMIT = float(os.environ.get("FDA_BENCH_SMOKE_LIMIT", "180"))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    start = time.monotonic()
+    snakemake("--cores", "2", "--config", "smoke=true", cwd=work)
+    return work, time.monotonic() - start
+
+
+def test_smoke_run_finishes_in_time(smoke_run):
+    work, seconds = smoke_run
+    for suite in ("minitext", "minivision"):
+        for cell in ("pretrained", "individual", "ta", "tsvm", "wudi", "average", "ties"):
+            assert (work / f"results/{suite}_{cell}.csv").is_file()
+        for init in ("pretrained", "ta", "tsvm", "wudi"):
+            assert (work / f"results/{suite}_{init}_fda.csv").is_file()
+        assert "FDA (WUDI, Gauss)" in (work / f"results/tables/{suite}.md").read_text()
+        assert (work / f"results/figures/{suite}-spectra-weight.png").stat().st_size > 1000
+    assert seconds < LIMIT, f"smoke run took {seconds:.0f} s (limit {LIMIT:.0f} s)"
+
+
+def _dry(work: Path, *args: str) -> list[dict]:
+    proc = snakemake("-n", "--cores", "2", "--config", "smoke=true", *args, cwd=work)
+    return parse_jobs(proc.stdout + proc.stderr)
+
+
+def test_delete_one_cell_rebuilds_only_that_cell(smoke_run):
+    work, _ = smoke_run
+    cell = work / "results/minitext_ta.csv"
+    before = cell.read_bytes()
+    cell.unlink()
+    jobs = _dry(work)
+    assert Counter(j["rule"] for j in jobs) == Counter({"cell": 1, "tables": 1, "figures": 1, "all": 1})
+    assert [j["output"] for j in jobs if j["rule"] == "cell"] == [["results/minitext_ta.csv"]]
+    snakemake("--cores", "2", "--config", "smoke=true", cwd=work)
+    assert cell.read_bytes() == before  # same inputs, same bytes
+
+
+def test_rerunning_a_cell_is_byte_identical(smoke_run):
+    work, _ = smoke_run
+    cell = work / "results/minivision_wudi_fda.csv"
+    before = cell.read_bytes()
+    snakemake("--cores", "2", "--config", "smoke=true", "--forcerun", "cell_fda", "--until",
+              "results/minivision_wudi_fda.csv", cwd=work)
+    assert cell.read_bytes() == before
+
+
+def test_changing_one_hyperparameter_reruns_only_its_jobs(smoke_run):
+    work, _ = smoke_run
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg["suites"]["minitext"]["methods"]["wudi"]["lr"] = 3.0e-5
+    changed = work / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    jobs = _dry(work, "--configfile", str(changed))
+    rules = {j["rule"] for j in jobs}
+    assert not rules & {"prepare_data", "prepare_base", "prepare_expert", "fda_construct_minitext"}
+    for j in jobs:
+        w = j["wildcards"]
+        if j["rule"] in ("merge_baseline", "evaluate_baseline"):
+            assert w == {"suite": "minitext", "baseline": "wudi"}
+        if j["rule"] in ("fda_adapt", "evaluate_fda", "cell_fda"):
+            assert w["suite"] == "minitext" and w["init"] == "wudi"
+        if j["rule"] == "cell":
+            assert w == {"suite": "minitext", "method": "wudi"}
+    assert "merge_baseline" in rules and "fda_adapt" in rules
+
+
+def test_coarse_adaptation_reuses_cached_blocks(smoke_run):
+    work, _ = smoke_run
+    snakemake("--cores", "2", "--config", "smoke=true", "--forcerun", "fda_adapt", "--until",
+              "work/minivision/fda/seed0/ta-gauss/merged.safetensors", cwd=work)
+    log = (work / "logs/minivision/fda/seed0/adapt-ta-gauss.log").read_text()
+    assert log.count("cached") == 2  # both blocks of the smoke ViT came from the cache
