@@ -169,7 +169,7 @@ def module_mode(module: nn.Module, train: bool) -> Iterator[None]:
 
 
 class _Objective:
-    """Per-expert construction losses for stacked anchors ``X [E, ...]``: returns (loss [E], cos [E,P], gnorm [E,P])."""
+    """Per-expert construction losses and their anchor gradients for stacked anchors ``X [E, ...]``."""
 
     def __init__(
         self,
@@ -194,8 +194,10 @@ class _Objective:
         self.thetas = [{k: ex[k].detach() for k in self.names} for ex in experts]
         self.taus = [[ex[k] - self.theta0[k] for k in self.names] for ex in self.thetas]
         if batching == "vmap":
-            # θ0 replicated per expert: d(Σ_e S_e)/dθ0_rep[e] is expert e's own gradient
-            self.theta0_rep = {k: v.unsqueeze(0).expand(E, *v.shape).clone().requires_grad_(True) for k, v in self.theta0.items()}
+            # θ0 seen once per expert through a stride-0 view (no copies): the gradient wrt the view,
+            # d(Σ_e S_e)/dθ0_rep[e], is expert e's own gradient
+            leaf = {k: v.detach().requires_grad_(True) for k, v in self.theta0.items()}
+            self.theta0_rep = {k: v.unsqueeze(0).expand(E, *v.shape) for k, v in leaf.items()}
             self.theta_stack = {k: torch.stack([t[k] for t in self.thetas]) for k in self.names}
             self.tau_stack = [torch.stack([t[p] for t in self.taus]) for p in range(len(self.names))]
             self.thetas, self.taus = [], []  # stacked copies only: one block per expert resident
@@ -210,24 +212,33 @@ class _Objective:
         outi = self.adapter.call(self.block, pi, x)
         return similarity(out0, outi, self.kind)
 
-    def __call__(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss [E], cos [E, P], grad_norm [E, P], dloss/dX [E, ...]) for the anchors ``X``."""
         if self.batching == "vmap":
             S = vmap(self._sim)(self.theta0_rep, self.theta_stack, X)  # [E]
             grads = torch.autograd.grad(S.sum(), [self.theta0_rep[k] for k in self.names], create_graph=True)
             cos = torch.stack([vmap(_flat_cos)(g, t) for g, t in zip(grads, self.tau_stack)], dim=1)  # [E, P]
+            cos = cos * self.mask.to(cos.device)
+            loss = (1 - cos).sum(dim=1)
+            (gx,) = torch.autograd.grad(loss.sum(), [X])  # only X: no second-order weight gradients
             gnorm = torch.stack([g.detach().flatten(1).norm(dim=1) for g in grads], dim=1)
-        else:
-            cos_rows, norm_rows = [], []
-            leaves = [self.theta0_leaf[k] for k in self.names]
-            for e, theta in enumerate(self.thetas):
-                S = self._sim(self.theta0_leaf, theta, X[e])
-                grads = torch.autograd.grad(S, leaves, create_graph=True)
-                cos_rows.append(torch.stack([_flat_cos(g, t) for g, t in zip(grads, self.taus[e])]))
-                norm_rows.append(torch.stack([g.detach().norm() for g in grads]))
-            cos, gnorm = torch.stack(cos_rows), torch.stack(norm_rows)
-        cos = cos * self.mask.to(cos.device)
-        loss = (1 - cos).sum(dim=1)
-        return loss, cos, gnorm
+            return loss.detach(), cos.detach(), gnorm, gx
+        # one expert at a time, each graph freed before the next: peak memory of one expert
+        losses, coss, norms, gxs = [], [], [], []
+        leaves = [self.theta0_leaf[k] for k in self.names]
+        mask = self.mask.to(X.device)
+        for e, theta in enumerate(self.thetas):
+            xe = X[e]
+            S = self._sim(self.theta0_leaf, theta, xe)
+            grads = torch.autograd.grad(S, leaves, create_graph=True)
+            cos = torch.stack([_flat_cos(g, t) for g, t in zip(grads, self.taus[e])]) * mask
+            loss = (1 - cos).sum()
+            (gx,) = torch.autograd.grad(loss, [xe])
+            losses.append(loss.detach())
+            coss.append(cos.detach())
+            norms.append(torch.stack([g.detach().norm() for g in grads]))
+            gxs.append(gx)
+        return torch.stack(losses), torch.stack(coss), torch.stack(norms), torch.stack(gxs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -288,6 +299,8 @@ class ConstructResult:
     best_loss: float
     best_step: int
     log: ConstructLog
+    #: the resolved construction settings (``fda.construct_block`` fills them; saved as metadata)
+    settings: dict[str, object] = field(default_factory=dict)
 
 
 def _normalised_sv(x: torch.Tensor) -> torch.Tensor:
@@ -350,20 +363,21 @@ def construct_anchors(
         for step in bar:
             if sv_every and step % sv_every == 0:
                 snapshot(step)
-            loss, cos, gnorm = objective(X)
-            (X.grad,) = torch.autograd.grad(loss.sum(), [X])
+            # per-expert losses are independent: the summed loss's gradient wrt X[e] is expert e's own
+            loss, cos, gnorm, grad = objective(X)
+            X.grad = grad
             with torch.no_grad():
-                improved = loss.detach() < best_loss
-                best_loss = torch.where(improved, loss.detach(), best_loss)
+                improved = loss < best_loss
+                best_loss = torch.where(improved, loss, best_loss)
                 best_step = torch.where(improved, torch.full_like(best_step, step), best_step)
                 best[improved] = X.detach()[improved]
-            losses.append(loss.detach().cpu())
-            coss.append(cos.detach().cpu())
+            losses.append(loss.cpu())
+            coss.append(cos.cpu())
             norms.append(gnorm.cpu())
             opt.step()
             opt.zero_grad(set_to_none=True)
             if progress:  # float() would synchronise a GPU every step
-                bar.set_postfix(loss=float(loss.detach().mean()), cos=float(cos.detach().mean()))
+                bar.set_postfix(loss=float(loss.mean()), cos=float(cos.mean()))
     if sv_every:
         snapshot(steps)
     P = len(objective.names)

@@ -68,11 +68,25 @@ class BlockAdapter(abc.ABC):
             raise ValueError(f"{self.family} adapter: part={part!r} is not available (choices: {list(self.parts) or 'none'})")
         self.model = model
         self.part = part
+        self._check_attention(model)
         prefix, blocks = self._find_blocks(model)
         self._prefix = prefix  # e.g. "encoder.layer." (blocks are prefix + f"{l}.")
         self._blocks = list(blocks)
         if not self._blocks:
             raise UnknownModelFamilyError(f"{type(model).__name__}: the {self.family} adapter found no blocks")
+
+    def _has_attention(self) -> bool:
+        """Whether the blocks contain attention (the MLP-only Llama block does not)."""
+        return True
+
+    def _check_attention(self, model: nn.Module) -> None:
+        """HF attention kernels other than eager/SDPA (flash-attention, flex) have no double backward."""
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        if self._has_attention() and impl not in (None, "eager", "sdpa"):
+            raise ValueError(
+                f"{type(model).__name__} uses attn_implementation={impl!r}, which has no double backward; "
+                "load or build the model with attn_implementation='sdpa' (FDA forces the math kernel) or 'eager'"
+            )
 
     # -- structure -------------------------------------------------------------------------------
     @classmethod
@@ -339,6 +353,9 @@ class LlamaAdapter(BlockAdapter):
 
     def __init__(self, model: nn.Module, part: str | None = None):
         super().__init__(model, part or "mlp")
+
+    def _has_attention(self) -> bool:
+        return self.part == "layer"
 
     @property
     def official_layout(self) -> str:  # type: ignore[override]

@@ -327,7 +327,9 @@ def _assemble(args: argparse.Namespace, model, pre, init_state, cfg) -> None:
     from fda.checkpoints import load_state_dict, save_state_dict
 
     blocks_dir = Path(args.blocks_dir)
-    adapted = {b: load_state_dict(blocks_dir / f"block{b}.safetensors") for b in range(args.n_blocks)}
+    adapted: dict[str, Any] = {}  # every adapted block's tensors, by state-dict key
+    for b in range(args.n_blocks):
+        adapted.update(load_state_dict(blocks_dir / f"block{b}.safetensors"))
     merged = F.assemble(pre, init_state, adapted, model, cfg)
     save_state_dict(merged, args.assemble, {"method": "fda", "init": args.init, "anchor_init": args.anchor_init,
                                             "seed": str(args.seed), "fda": json.dumps(args.fda, sort_keys=True)})

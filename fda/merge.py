@@ -223,17 +223,23 @@ def construct_block(
         seed = cfg.seed if shared else derive_seed(cfg.seed, anchor_init, block, i)
         inits.append(init_anchors(anchor_init, adapter, block, th, n=cfg.n_anchors, tokens=cfg.tokens, sigma=cfg.sigma, seed=seed))
     dev = _device(cfg)
-    return construct_anchors(
+    results = construct_anchors(
         adapter, block, theta0, thetas, torch.stack(inits).to(dev),
         steps=cfg.construct_steps, lr=cfg.construct_lr, similarity_kind=cfg.similarity, batching=cfg.batching,
         sv_every=cfg.sv_every, progress=cfg.progress, expert_ids=ids, zero_grad=str(cfg.zero_grad),
     )  # fmt: skip
+    for res in results:
+        res.settings = {**cfg.construction_metadata(), "anchor_init": anchor_init, "layout": "canonical"}
+    return results
 
 
 def save_anchors(result: ConstructResult, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
-    """Write one (block, expert)'s anchors atomically: tensor ``anchors`` (canonical layout),
-    metadata = ``metadata`` plus block, expert, best loss/step and the log summary (JSON values)."""
-    meta: dict[str, Any] = dict(metadata or {})
+    """Write one (block, expert)'s anchors atomically: tensor ``anchors`` (canonical layout).
+
+    Metadata (JSON-encoded values): the resolved construction settings (``result.settings``),
+    then ``metadata`` (wins on a clash), then block, expert, best loss/step and the log summary.
+    """
+    meta: dict[str, Any] = {**result.settings, **(metadata or {})}
     meta.update(block=result.block, expert=result.expert, best_loss=result.best_loss, best_step=result.best_step,
                 log=result.log.summary())  # fmt: skip
     encoded = {k: json.dumps(v, sort_keys=True, default=str) for k, v in meta.items()}

@@ -218,6 +218,18 @@ def test_unknown_family_error_says_how_to_add_an_adapter():
     assert "Sequential" in str(info.value) and "bert" in str(info.value)
 
 
+def test_attention_without_double_backward_is_refused():
+    model = tiny_bert()
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="double backward"):
+        adapter_for(model)
+    llama = tiny_llama()
+    llama.config._attn_implementation = "flash_attention_2"
+    assert adapter_for(llama).num_blocks == 2  # the MLP block has no attention
+    with pytest.raises(ValueError, match="eager"):
+        adapter_for(llama, part="layer")
+
+
 def test_part_is_checked():
     with pytest.raises(ValueError, match="part"):
         adapter_for(tiny_bert(), part="mlp")

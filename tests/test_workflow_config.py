@@ -261,3 +261,23 @@ def test_cells_follow_the_config():
     assert len(cells) == len(set(cells)) == 6 * 11
     for c in cells:
         assert Path(c).stem.count("_") in (1, 2)
+
+
+def test_fda_job_granularity_per_stage():
+    config = wc.load_config([DEFAULT])
+    assert wc.fda_granularity(config, "construct") == "coarse"
+    cfg = _raw()
+    cfg["fda_jobs"] = {"construct": "fine"}
+    config = wc.validate_config(cfg)
+    assert wc.fda_granularity(config, "construct") == "fine" and wc.fda_granularity(config, "adapt") == "coarse"
+    cfg["fda_jobs"] = {"construct": "fine", "assemble": "fine"}
+    assert "'assemble'" in _error(cfg)
+
+
+def test_construction_params_leave_out_adaptation_fields():
+    config = wc.load_config([PAPER])
+    section = wc.effective_suite(config, "robertal")
+    construct = wc.fda_hparams(section)
+    assert "adapt_epochs" not in construct and construct["construct_steps"] == 1200
+    assert wc.fda_hparams(section, "pretrained")["adapt_epochs"] == 25
+    assert wc.fda_hparams(section, "wudi")["adapt_epochs"] == 15

@@ -97,3 +97,11 @@ def test_coarse_adaptation_reuses_cached_blocks(smoke_run):
               "work/minivision/fda/seed0/ta-gauss/merged.safetensors", cwd=work)
     log = (work / "logs/minivision/fda/seed0/adapt-ta-gauss.log").read_text()
     assert log.count("cached") == 2  # both blocks of the smoke ViT came from the cache
+
+
+def test_report_has_tables_and_figures(smoke_run):
+    work, _ = smoke_run
+    snakemake("--config", "smoke=true", "--report", "report.html", cwd=work)
+    html = (work / "report.html").read_text(errors="replace")
+    for name in ("minitext-paper.csv", "minivision-methods.png", "minitext-spectra-gauss.png"):
+        assert name in html, name

@@ -94,7 +94,7 @@ class MinivisionSettings:
     mlp_ratio: int = field(default=4, metadata={"help": "MLP width / ViT width"})
     patch_size: int = field(default=7, metadata={"help": "patch size on 28x28 images (7: 17 tokens)"})
     pretrain_per_class: int = field(default=1000, metadata={"help": "Fashion-MNIST images per class for base pretraining"})
-    pretrain_steps: int = field(default=400, metadata={"help": "base pretraining steps (throwaway linear head)"})
+    pretrain_steps: int = field(default=300, metadata={"help": "base pretraining steps (throwaway linear head)"})
     pretrain_batch_size: int = field(default=128, metadata={"help": "base pretraining batch size"})
     pretrain_lr: float = field(default=1e-3, metadata={"help": "base pretraining peak learning rate"})
     train_per_class: int = field(default=300, metadata={"help": "train images per class (digits tasks: capped at digits_train_per_class)"})
@@ -224,8 +224,13 @@ class MinivisionSuite(Suite):
             ds = load_split(data_dir, task, split)
             if limit is not None:
                 ds = ds.select(range(min(limit, len(ds))))
-            ds = ds.with_format("numpy")
-            self._data_cache[key] = (torch.from_numpy(np.asarray(ds["image"])), torch.from_numpy(np.asarray(ds["label"])))
+            # straight from the Arrow buffers: ds["image"] builds 28 Python lists per image (slow)
+            col = ds.with_format("arrow")["image"]
+            col = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+            col = getattr(col, "storage", col)  # the Array2D extension wraps a list<list<uint8>> array
+            flat = np.asarray(col.flatten().flatten().to_numpy(zero_copy_only=False), dtype=np.uint8)
+            images = torch.from_numpy(flat.reshape(len(ds), 28, 28).copy())
+            self._data_cache[key] = (images, torch.tensor(ds["label"], dtype=torch.int64))
         return self._data_cache[key]
 
     # ---------------------------------------------------------------------------------- base
