@@ -75,8 +75,13 @@ def test_settings_types_defaults_and_schema(name):
     with pytest.raises(ValueError, match="valid"):
         get_suite(name, {"tasks": ["nosuchtask"]})
     assert get_suite(name, {"steps": 7}).settings["steps"] == 7
-    smoke = get_suite(name, {"preset": "smoke", "steps": 2})
-    assert smoke.settings["steps"] == 2 and len(smoke.tasks) < len(suite.tasks)
+    smoke = get_suite(name, {"preset": "smoke", "steps": 2, "tasks": list(suite.tasks[:1])})
+    assert smoke.settings["steps"] == 2 and smoke.tasks == suite.tasks[:1]
+    assert len(get_suite(name, {"preset": "smoke"}).tasks) < len(suite.tasks)
+    with pytest.raises(SettingsError, match="steps"):
+        get_suite(name, {"preset": "smoke", "steps": 2.5})
+    with pytest.raises(SettingsError, match="preset"):
+        get_suite(name, {"preset": "huge"})
 
 
 def test_default_suites_have_eight_tasks_without_underscores():
@@ -273,13 +278,24 @@ def test_heads_are_per_task_and_not_shared(built):
     assert "head" not in " ".join(load_state_dict(root / "experts" / t1))  # the encoder file holds no head
 
 
-def test_minivision_head_is_frozen_zero_shot_head(built):
+def test_head_kind_per_suite(built):
+    """minivision: the stored head is the frozen zero-shot head of the PRETRAINED encoder, bit for
+    bit (so fine-tuning did not touch it); minitext: a linear head trained with the expert."""
     suite, root = built
-    if suite.name != "minivision":
-        pytest.skip("minivision only")
     for task in suite.tasks[:2]:
         weight, bias, meta = load_head(root / "experts" / task / HEAD_FILE)
-        expected = suite.zero_shot_head(task, root / "base", root / "data")
-        assert meta["kind"] == "prototype"
-        assert torch.equal(weight, expected) and not bias.any()
         assert head_metadata(root / "experts" / task / HEAD_FILE)["classes"].split(",") == suite.classes(task)
+        if suite.name == "minivision":
+            expected = suite.zero_shot_head(task, root / "base", root / "data")
+            assert meta["kind"] == "prototype"
+            assert torch.equal(weight, expected) and not bias.any()
+        else:
+            assert meta["kind"] == "linear" and bias.any()
+
+
+def test_settings_schema_is_json_serialisable():
+    import json
+
+    for name in SUITES:
+        spec = json.loads(json.dumps(suite_settings_schema(name)))
+        assert spec["preset"]["default"] == "default" and all({"type", "default", "help"} <= set(v) for v in spec.values())

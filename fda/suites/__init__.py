@@ -13,7 +13,7 @@ from fda.suites.assets import MissingAssetError
 from fda.suites.base import Row, StateDict, Suite
 from fda.suites.minitext import MinitextSettings, MinitextSuite
 from fda.suites.minivision import MinivisionSettings, MinivisionSuite
-from fda.suites.settings import SettingsError, schema
+from fda.suites.settings import SettingsError, coerce, schema
 
 _REGISTRY: dict[str, type[Suite]] = {"minitext": MinitextSuite, "minivision": MinivisionSuite}
 _SETTINGS: dict[str, type] = {"minitext": MinitextSettings, "minivision": MinivisionSettings}
@@ -34,10 +34,8 @@ def get_suite(name: str, settings: dict[str, Any] | None = None) -> Suite:
     settings = dict(settings or {})
     preset = settings.pop("preset", "default")
     if preset == "smoke":
-        from fda.suites.settings import parse  # noqa: PLC0415
-
-        parse(_SETTINGS[name], settings, suite=name)  # validate the override keys first
-        return _REGISTRY[name](_SETTINGS[name].smoke(**settings))
+        overrides = coerce(_SETTINGS[name], settings, suite=name)  # same key/type checks as the default preset
+        return _REGISTRY[name](_SETTINGS[name].smoke(**overrides))
     if preset != "default":
         raise SettingsError(f"suite {name!r}: unknown preset {preset!r}; valid presets: ['default', 'smoke']")
     return _REGISTRY[name](settings)

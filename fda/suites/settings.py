@@ -65,6 +65,11 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
 
 def parse(cls: type[T], values: dict[str, Any] | None, *, suite: str) -> T:
     """Build the settings dataclass ``cls`` from ``values`` (missing keys take their defaults)."""
+    return cls(**coerce(cls, values, suite=suite))
+
+
+def coerce(cls: type, values: dict[str, Any] | None, *, suite: str) -> dict[str, Any]:
+    """``values`` checked against the fields of ``cls`` and converted (lists -> tuples, int -> float)."""
     values = dict(values or {})
     hints = _field_types(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
@@ -72,5 +77,4 @@ def parse(cls: type[T], values: dict[str, Any] | None, *, suite: str) -> T:
     if unknown:
         listing = ", ".join(f"{k} ({v['type']}, default {v['default']!r})" for k, v in schema(cls).items())
         raise SettingsError(f"suite '{suite}': unknown settings key(s) {unknown}; valid keys: {listing}")
-    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
-    return cls(**kwargs)
+    return {k: _coerce(k, v, hints[k]) for k, v in values.items()}
