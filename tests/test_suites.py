@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -232,6 +234,10 @@ def test_load_encoder_matches_the_stored_weights(built):
 def test_base_is_written_as_hf_safetensors_dir(built):
     suite, root = built
     assert (root / "base" / "config.json").is_file() and (root / "base" / "model.safetensors").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((root / "base").stat().st_mode) == 0o777 & ~umask  # like mkdir, not mkdtemp's 0700
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     if suite.name == "minitext":
         assert (root / "base" / "tokenizer.json").is_file() or (root / "base" / "vocab.txt").is_file()
 
