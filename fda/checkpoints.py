@@ -7,17 +7,17 @@ unpickling (e.g. a pickled ``nn.Module``) is refused with a message that says ho
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from fda.atomic import atomic_path, write_json_atomic  # noqa: F401  (re-exported)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -189,27 +189,6 @@ class LazyCheckpoint:
 # Writing
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success rename it onto ``path``, on error delete it.
-
-    A reader never sees a half-written ``path``: either the old file, no file, or the new one.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``state`` to a safetensors file atomically. Tensors are made contiguous and unshared.
 
@@ -238,10 +217,3 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             return dict(h.metadata() or {})
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{f}: cannot read safetensors header ({err})") from err
-
-
-def write_json_atomic(obj: object, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (sorted keys, so equal objects give equal bytes)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    return Path(path)

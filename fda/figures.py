@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fda.checkpoints import atomic_path  # noqa: E402
+from fda.atomic import atomic_path  # noqa: E402
 from fda.tables import AVG, build_table, scale_for  # noqa: E402
 
 FORMATS = ("png", "pdf")

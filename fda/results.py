@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from fda.checkpoints import atomic_path
+from fda.atomic import atomic_path
 
 #: columns of a raw evaluation file (what ``fda-bench evaluate`` writes)
 RAW_COLUMNS = ["method", "init", "anchor_init", "seed", "task", "metric", "headline", "value"]

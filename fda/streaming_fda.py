@@ -58,9 +58,9 @@ def construct_layer(base_dir: str | os.PathLike, expert_dirs: Sequence[str | os.
     """Construct anchors for decoder layer ``layer`` and the chosen experts (default: all).
 
     Reads only that layer's block tensors. ``out_paths[j]`` (one per chosen expert) receives the
-    anchors via ``fda.merge.save_anchors`` (atomic). Returns the ``ConstructResult`` list.
+    anchors via ``fda.api.save_anchors`` (atomic). Returns the ``ConstructResult`` list.
     """
-    from fda.merge import FDAConfig, construct_block, save_anchors
+    from fda.api import FDAConfig, construct_block, save_anchors
 
     model = decoder_skeleton(base_dir)
     cfg = config or FDAConfig.for_family("llama", init="ta")
@@ -82,7 +82,7 @@ def adapt_layer(base_dir: str | os.PathLike, expert_dirs: Sequence[str | os.Path
     ``init_dir``: the merged init checkpoint (TA for the official setting), read lazily. Writes the
     adapted tensors (full keys) to ``out_path`` (safetensors, atomic). Returns the ``AdaptResult``.
     """
-    from fda.merge import FDAConfig, adapt_block, load_anchors
+    from fda.api import FDAConfig, adapt_block, load_anchors
 
     if len(anchor_paths) != len(expert_dirs):
         raise ValueError(f"{len(anchor_paths)} anchor files for {len(expert_dirs)} experts (one per expert, same order)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fda.checkpoints import atomic_path
+from fda.atomic import atomic_path
 
 BASELINE_ORDER = ["pretrained", "individual", "ta", "tsvm", "wudi", "average", "ties"]
 INIT_ORDER = ["pretrained", "ta", "tsvm", "wudi"]

@@ -252,25 +252,24 @@ def test_bin_checkpoint_is_refused_then_converted(llama_dirs, tmp_path):
 
 
 def test_streamed_fda_layer_jobs_equal_in_memory(llama_dirs, tmp_path):
-    fda_merge = pytest.importorskip("fda.merge")
-    if not hasattr(fda_merge, "construct_block") or not hasattr(fda_merge, "adapt_block"):
-        pytest.skip("fda.merge.construct_block / adapt_block not available yet")
     from transformers import LlamaForCausalLM
+
+    import fda.api as fda_api
 
     from fda.streaming_fda import adapt_layer, assemble_streamed, construct_layer
 
     base, experts = llama_dirs
     stream_merge(_ta, base, experts, tmp_path / "ta")
-    cfg = fda_merge.FDAConfig.for_family("llama", init="ta", n_anchors=16, construct_steps=4, adapt_epochs=2, adapt_batch=8, progress=False)
+    cfg = fda_api.FDAConfig.for_family("llama", init="ta", n_anchors=16, construct_steps=4, adapt_epochs=2, adapt_batch=8, progress=False)
     paths = [tmp_path / f"a{i}.safetensors" for i in range(2)]
     res = construct_layer(base, experts, 2, "weight", config=cfg, out_paths=paths)
     full = LlamaForCausalLM.from_pretrained(base)
     pre, exps, ta = load_state_dict(base), [load_state_dict(e) for e in experts], load_state_dict(tmp_path / "ta")
-    ref = fda_merge.construct_block(full, pre, exps, 2, "weight", cfg)
+    ref = fda_api.construct_block(full, pre, exps, 2, "weight", cfg)
     assert [tuple(r.anchors.shape) for r in res] == [(16, 32)] * 2
     assert all(torch.equal(a.anchors, b.anchors) for a, b in zip(res, ref))
     ad = adapt_layer(base, experts, 2, paths, init="ta", init_dir=tmp_path / "ta", config=cfg, out_path=tmp_path / "blk2.safetensors")
-    adr = fda_merge.adapt_block(full, pre, exps, 2, [r.anchors for r in ref], "ta", ta, cfg)
+    adr = fda_api.adapt_block(full, pre, exps, 2, [r.anchors for r in ref], "ta", ta, cfg)
     assert set(ad.params) == {f"model.layers.2.mlp.{n}_proj.weight" for n in ("gate", "up", "down")}
     assert all(torch.allclose(ad.params[k], adr.params[k]) for k in ad.params)
     assemble_streamed(tmp_path / "ta", [tmp_path / "blk2.safetensors"], tmp_path / "fda", shard_size="30KB")
