@@ -26,7 +26,7 @@ run: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) all
 
 smoke: $(STAMP)
-	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) --config smoke=true all
+	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) all --config smoke=true
 
 test: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q

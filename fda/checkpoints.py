@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -198,7 +199,31 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, 
     tensors = {k: _own_storage(v) for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        _sort_metadata_in_header(tmp)
     return Path(path)
+
+
+def _sort_metadata_in_header(path: Path) -> None:
+    """Rewrite the header's ``__metadata__`` with sorted keys, in place.
+
+    safetensors writes metadata in hash-map order, which changes from process to process; sorted
+    keys make equal inputs give byte-identical files (same config + seed -> same bytes). The
+    re-serialised header has the same length (same characters, other order), so the data stays put.
+    """
+    with open(path, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        raw = fh.read(n)
+        header = json.loads(raw)
+        meta = header.get("__metadata__")
+        if not meta or len(meta) < 2:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        ordered = {"__metadata__": header.pop("__metadata__"), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # never expected; leave the (valid) file as written
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (n - len(text)))
 
 
 def _own_storage(t: torch.Tensor) -> torch.Tensor:

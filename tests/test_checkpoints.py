@@ -128,3 +128,12 @@ def test_atomic_write_is_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda a, b: (calls.append((a, b)), real_replace(a, b)))
     save_state_dict(_state(), tmp_path / "m.safetensors")
     assert len(calls) == 1 and str(calls[0][1]).endswith("m.safetensors")
+
+
+def test_metadata_order_is_canonical_so_files_are_byte_identical(tmp_path):
+    # safetensors writes metadata in hash-map order; equal inputs must still give equal bytes
+    meta = {f"key{i}": str(i) for i in range(12)}
+    blobs = {save_state_dict(_state(), tmp_path / f"m{i}.safetensors", metadata=meta).read_bytes() for i in range(4)}
+    assert len(blobs) == 1
+    assert read_metadata(tmp_path / "m0.safetensors") == meta
+    _assert_equal(load_state_dict(tmp_path / "m0.safetensors"), _state())

@@ -17,6 +17,15 @@ from fda.suites.settings import SettingsError, coerce, schema
 
 _REGISTRY: dict[str, type[Suite]] = {"minitext": MinitextSuite, "minivision": MinivisionSuite}
 _SETTINGS: dict[str, type] = {"minitext": MinitextSettings, "minivision": MinivisionSettings}
+
+# Paper-scale suites (hub or local checkpoints; see docs/paper-suites.md)
+from fda.suites.clip_vision import ClipVisionSettings, VitB16Suite, VitB32Suite, VitL14Suite  # noqa: E402
+from fda.suites.glue import GlueSettings, RobertaBaseSuite, RobertaLargeSuite  # noqa: E402
+
+_REGISTRY.update({"vitb32": VitB32Suite, "vitb16": VitB16Suite, "vitl14": VitL14Suite,
+                  "robertab": RobertaBaseSuite, "robertal": RobertaLargeSuite})
+_SETTINGS.update({"vitb32": ClipVisionSettings, "vitb16": ClipVisionSettings, "vitl14": ClipVisionSettings,
+                  "robertab": GlueSettings, "robertal": GlueSettings})
 SUITES: tuple[str, ...] = tuple(_REGISTRY)
 
 

@@ -7,6 +7,7 @@ the valid keys with their types and defaults, so a typo in ``config.yaml`` fails
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -24,6 +25,12 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
     if origin is tuple:  # tuple[X, ...] is a list in YAML/JSON
         return f"list[{_type_name(typing.get_args(tp)[0])}]"
     if origin is None:
@@ -45,8 +52,35 @@ def schema(cls: type) -> dict[str, dict[str, Any]]:
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against ``tp`` (int, float, str, bool, tuple[str, ...]); ints pass as floats."""
+    """Check ``value`` against ``tp`` (int, float, str, bool, tuple/list of those, ``X | None``,
+    ``Literal[...]``, dict); ints pass as floats."""
     origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(name, value, option)
+            except SettingsError as err:
+                errors.append(str(err))
+        raise SettingsError(f"setting '{name}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise SettingsError(f"setting '{name}': expected one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"setting '{name}': expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(name, v, item_tp) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SettingsError(f"setting '{name}': expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
