@@ -48,7 +48,7 @@ def built(request, tmp_path_factory):
 
 
 def test_registry_lists_suites_and_rejects_unknown_name():
-    assert set(SUITES) == {"minitext", "minivision"}
+    assert set(SUITES) == {"minitext", "minivision", "vitb32", "vitb16", "vitl14", "robertab", "robertal"}
     with pytest.raises(ValueError, match="minitext"):
         get_suite("glue", {})
 
