@@ -31,7 +31,10 @@ def _smoke(name: str, **overrides):
     return get_suite(name, {"preset": "smoke", **overrides})
 
 
-@pytest.fixture(scope="module", params=SUITES)
+EMBEDDED = ("minitext", "minivision")  # offline suites; the paper suites have their own tests
+
+
+@pytest.fixture(scope="module", params=EMBEDDED)
 def built(request, tmp_path_factory):
     """A smoke suite with data, base and the experts of its first two tasks, built once per module."""
     name = request.param
