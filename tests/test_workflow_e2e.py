@@ -1,8 +1,8 @@
 """End-to-end runs of the workflow on the embedded suites' smoke settings (slow: they fine-tune,
 merge, construct and evaluate for real). Run with ``pytest -m slow tests/test_workflow_e2e.py``.
 
-- the smoke run finishes, within FDA_BENCH_SMOKE_LIMIT seconds (default 180), and writes every
-  cell, table and figure;
+- the smoke run finishes and writes every cell, table and figure (its wall time is printed, not
+  asserted: a benchmark measures, a test checks behaviour);
 - deleting one cell and rerunning rebuilds only that cell (and what is derived from it), with
   byte-identical contents;
 - changing one hyperparameter reruns only the jobs that read it;
@@ -11,7 +11,6 @@ merge, construct and evaluate for real). Run with ``pytest -m slow tests/test_wo
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,10 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fda.tables import row_label
 from test_workflow import ROOT, parse_jobs, snakemake  # tests/ is on sys.path (pytest prepend mode)
 
 pytestmark = pytest.mark.slow
-LIMIT = float(os.environ.get("FDA_BENCH_SMOKE_LIMIT", "180"))
+# config.yaml smoke_overrides: (inits, anchor init) per suite
+SMOKE_FDA = {"minitext": (("pretrained", "ta"), "gauss"), "minivision": (("tsvm", "wudi"), "weight")}
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +34,16 @@ def smoke_run(tmp_path_factory):
     return work, time.monotonic() - start
 
 
-def test_smoke_run_finishes_in_time(smoke_run):
+def test_smoke_run_writes_every_cell_table_and_figure(smoke_run):
     work, seconds = smoke_run
-    for suite in ("minitext", "minivision"):
+    print(f"\nsmoke run: {seconds:.0f} s wall")
+    for suite, (inits, anchor_init) in SMOKE_FDA.items():
         for cell in ("pretrained", "individual", "ta", "tsvm", "wudi", "average", "ties"):
             assert (work / f"results/{suite}_{cell}.csv").is_file()
-        for init in ("pretrained", "ta", "tsvm", "wudi"):
+        for init in inits:
             assert (work / f"results/{suite}_{init}_fda.csv").is_file()
-        assert "FDA (WUDI, Gauss)" in (work / f"results/tables/{suite}.md").read_text()
-        assert (work / f"results/figures/{suite}-spectra-weight.png").stat().st_size > 1000
-    assert seconds < LIMIT, f"smoke run took {seconds:.0f} s (limit {LIMIT:.0f} s)"
+            assert row_label("fda", init, anchor_init) in (work / f"results/tables/{suite}.md").read_text()
+        assert (work / f"results/figures/{suite}-spectra-{anchor_init}.png").stat().st_size > 1000
 
 
 def _dry(work: Path, *args: str) -> list[dict]:
@@ -74,28 +75,28 @@ def test_rerunning_a_cell_is_byte_identical(smoke_run):
 def test_changing_one_hyperparameter_reruns_only_its_jobs(smoke_run):
     work, _ = smoke_run
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    cfg["suites"]["minitext"]["methods"]["wudi"]["lr"] = 3.0e-5
+    cfg["suites"]["minivision"]["methods"]["wudi"]["lr"] = 3.0e-5
     changed = work / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     jobs = _dry(work, "--configfile", str(changed))
     rules = {j["rule"] for j in jobs}
-    assert not rules & {"prepare_data", "prepare_base", "prepare_expert", "fda_construct_minitext"}
+    assert not rules & {"prepare_data", "prepare_base", "prepare_expert", "fda_construct_minivision"}
     for j in jobs:
         w = j["wildcards"]
         if j["rule"] in ("merge_baseline", "evaluate_baseline"):
-            assert w == {"suite": "minitext", "baseline": "wudi"}
+            assert w == {"suite": "minivision", "baseline": "wudi"}
         if j["rule"] in ("fda_adapt", "evaluate_fda", "cell_fda"):
-            assert w["suite"] == "minitext" and w["init"] == "wudi"
+            assert w["suite"] == "minivision" and w["init"] == "wudi"
         if j["rule"] == "cell":
-            assert w == {"suite": "minitext", "method": "wudi"}
+            assert w == {"suite": "minivision", "method": "wudi"}
     assert "merge_baseline" in rules and "fda_adapt" in rules
 
 
 def test_coarse_adaptation_reuses_cached_blocks(smoke_run):
     work, _ = smoke_run
     snakemake("--cores", "2", "--config", "smoke=true", "--forcerun", "fda_adapt", "--until",
-              "work/minivision/fda/seed0/ta-gauss/merged.safetensors", cwd=work)
-    log = (work / "logs/minivision/fda/seed0/adapt-ta-gauss.log").read_text()
+              "work/minivision/fda/seed0/tsvm-weight/merged.safetensors", cwd=work)
+    log = (work / "logs/minivision/fda/seed0/adapt-tsvm-weight.log").read_text()
     assert log.count("cached") == 2  # both blocks of the smoke ViT came from the cache
 
 
@@ -103,5 +104,5 @@ def test_report_has_tables_and_figures(smoke_run):
     work, _ = smoke_run
     snakemake("--config", "smoke=true", "--report", "report.html", cwd=work)
     html = (work / "report.html").read_text(errors="replace")
-    for name in ("minitext-paper.csv", "minivision-methods.png", "minitext-spectra-gauss.png"):
+    for name in ("minitext-paper.csv", "minivision-methods.png", "minivision-spectra-weight.png"):
         assert name in html, name
