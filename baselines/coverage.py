@@ -79,9 +79,10 @@ def _everything(skip: re.Pattern | None = None) -> Rule:
 # FDA Vision/main_wudi.py selects the four linear weights of every open_clip residual block. The HF
 # CLIP layout splits the fused q/k/v matrix, so the same layers are q/k/v/out_proj and fc1/fc2 there
 # (the merged result differs from the fused layout: WUDI is not invariant to splitting a matrix).
+# `self_attn.qkv_proj` is the HF-named fused matrix the CLIP suites merge in (qkv_layout: fused).
 VISION_WUDI_KEYS = re.compile(
     r"(attn\.in_proj_weight|attn\.out_proj\.weight|mlp\.c_fc\.weight|mlp\.c_proj\.weight"
-    r"|self_attn\.(q|k|v|out)_proj\.weight|mlp\.fc1\.weight|mlp\.fc2\.weight)$"
+    r"|self_attn\.(q|k|v|qkv|out)_proj\.weight|mlp\.fc1\.weight|mlp\.fc2\.weight)$"
 )
 # FDA NLU/main_wudi_for_nlu.py: every key except these regexes (so: the 2-D weights of each layer).
 NLU_WUDI_DENY = re.compile(r"classifier|bias|LayerNorm|embeddings")

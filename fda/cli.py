@@ -65,6 +65,17 @@ def _suite(args: argparse.Namespace):
     return get_suite(args.suite, args.settings)
 
 
+def _suite_task(suite, task: str) -> str:
+    """The suite's id for a workflow task name: the paper suites' configs use the tables' display
+    names (``SST-2``), the suites their ids (``sst2``)."""
+    from fda.workflow_config import ConfigError, suite_task_id
+
+    try:
+        return suite_task_id(suite.name, task)
+    except ConfigError as err:
+        raise SystemExit(str(err)) from err
+
+
 def _experts(pairs: Sequence[tuple[str, Path]]):
     from fda.checkpoints import load_state_dict
 
@@ -201,17 +212,23 @@ def cmd_prepare_base(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_expert(args: argparse.Namespace) -> int:
+    from fda.workflow_config import suite_takes_sources
+
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     source = args.source or {}
-    if "path" in source:  # a local expert directory: copy it (encoder + head.safetensors)
+    # The paper suites fetch, convert and verify their experts themselves (the configured source
+    # reaches them through --settings); for the embedded suites a {path} expert is a ready
+    # directory to copy.
+    if "path" in source and not suite_takes_sources(args.suite):
         src = Path(source["path"])
         if not (src / "head.safetensors").is_file():
             raise SystemExit(f"expert for task {args.task}: {src} must be an HF encoder directory with head.safetensors")
         shutil.copytree(src, tmp)
     else:
-        _suite(args).prepare_expert(args.task, Path(args.base), Path(args.data), tmp, args.seed)
+        suite = _suite(args)
+        suite.prepare_expert(_suite_task(suite, args.task), Path(args.base), Path(args.data), tmp, args.seed)
     _replace_dir(tmp, out)
     return 0
 
@@ -231,10 +248,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     pre = load_state_dict(args.base)
     tasks, experts = _experts(args.expert)
-    _log(f"merge {args.method} over {tasks} with {args.hparams}")
+    # TSV-M and WUDI are not invariant to splitting a matrix: merge in the suite's layout (fused
+    # q/k/v for the paper's CLIP checkpoints), store in the canonical HF layout.
+    suite = _suite(args) if args.suite else None
+    layout = getattr(suite, "qkv_layout", "split")
+    if suite is not None and hasattr(suite, "to_merge_layout"):
+        pre, experts = suite.to_merge_layout(pre), [suite.to_merge_layout(e) for e in experts]
+    _log(f"merge {args.method} over {tasks} with {args.hparams} (qkv layout {layout})")
     merged = baselines.merge(args.method, pre, experts, **args.hparams)
+    if suite is not None and hasattr(suite, "from_merge_layout"):
+        merged = suite.from_merge_layout(merged)
     save_state_dict(merged, args.out, {"method": args.method, "hparams": json.dumps(args.hparams, sort_keys=True),
-                                       "tasks": ",".join(tasks)})
+                                       "tasks": ",".join(tasks), "qkv_layout": str(layout)})
     return 0
 
 
@@ -358,7 +383,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # `individual`: each task's own expert; otherwise the one merged encoder on every task
         state = shared if shared is not None else load_state_dict(experts[task])
         _log(f"evaluate {args.method} {args.init} {args.anchor_init} on {task}")
-        rows += suite.evaluate(state, task, Path(args.base), Path(args.data), experts[task], limit=args.limit)
+        got = suite.evaluate(state, _suite_task(suite, task), Path(args.base), Path(args.data), experts[task], limit=args.limit)
+        rows += [{**r, "task": task} for r in got]  # rows carry the workflow's task name
     df = raw_frame(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed)
     write_csv(df, args.out)
     return 0
@@ -369,7 +395,7 @@ def cmd_cell(args: argparse.Namespace) -> int:
 
     raw = [read_raw(p) for p in args.raw]
     cell = build_cell(raw, read_raw(args.individual), suite=args.suite, expert_source=args.expert_source,
-                      config_hash=args.config_hash)
+                      config_hash=args.config_hash, qkv_layout=args.qkv_layout)
     write_cell(cell, args.out)
     return 0
 
@@ -447,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True)
 
-    sp = add("merge", cmd_merge, "merge experts with a baseline method")
+    sp = add("merge", cmd_merge, "merge experts with a baseline method (in the suite's merge layout)")
+    sp.add_argument("--suite", help="suite name: merge in its layout (to_merge_layout/from_merge_layout) when it has one")
+    sp.add_argument("--settings", type=_json_arg, default={}, help="the suite's settings (JSON)")
     sp.add_argument("--method", required=True)
     sp.add_argument("--hparams", type=_json_arg, default={}, help="method hyperparameters (JSON)")
     sp.add_argument("--base", required=True)
@@ -507,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", action="append", required=True)
     sp.add_argument("--individual", required=True, help="raw rows of the individual experts (for `normalized`)")
     sp.add_argument("--expert-source", required=True)
+    sp.add_argument("--qkv-layout", default="split", choices=["split", "fused"], help="q/k/v layout the merges ran in")
     sp.add_argument("--config-hash", required=True)
     sp.add_argument("--out", required=True)
 

@@ -23,7 +23,7 @@ RAW_COLUMNS = ["method", "init", "anchor_init", "seed", "task", "metric", "headl
 #: columns of a result cell, in order
 CELL_COLUMNS = [
     "suite", "method", "init", "anchor_init", "seed", "task", "metric", "headline",
-    "value", "normalized", "expert_source", "config_hash", "fda_bench_version",
+    "value", "normalized", "expert_source", "qkv_layout", "config_hash", "fda_bench_version",
 ]
 SORT_KEYS = ["suite", "method", "init", "anchor_init", "seed", "task", "metric"]
 FLOAT_FORMAT = "%.10g"
@@ -83,8 +83,9 @@ def normalize(df: pd.DataFrame, individual: pd.DataFrame) -> pd.Series:
 
 
 def build_cell(raw: Iterable[pd.DataFrame], individual: pd.DataFrame, *, suite: str, expert_source: str,
-               config_hash: str, version: str | None = None) -> pd.DataFrame:
-    """Concatenate raw frames, add ``normalized`` and provenance, sort. Duplicated keys are an error."""
+               config_hash: str, version: str | None = None, qkv_layout: str = "split") -> pd.DataFrame:
+    """Concatenate raw frames, add ``normalized`` and provenance (``qkv_layout``: the q/k/v layout
+    the merges ran in), sort. Duplicated keys are an error."""
     if version is None:
         from fda import __version__ as version
     frames = [f for f in raw if len(f)]
@@ -100,6 +101,7 @@ def build_cell(raw: Iterable[pd.DataFrame], individual: pd.DataFrame, *, suite: 
         raise CellError(f"duplicate rows for {df.loc[dup, SORT_KEYS].head(3).to_dict('records')}")
     df["normalized"] = normalize(df, individual)
     df["expert_source"] = expert_source
+    df["qkv_layout"] = qkv_layout
     df["config_hash"] = config_hash
     df["fda_bench_version"] = version
     return df.sort_values(SORT_KEYS, kind="mergesort").reset_index(drop=True)[CELL_COLUMNS]
@@ -118,7 +120,8 @@ def read_cells(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     frames = []
     for p in paths:
         df = pd.read_csv(p, keep_default_na=False, na_values={"value": [""], "normalized": ["", "nan", "NaN"]},
-                         dtype={"init": str, "anchor_init": str, "config_hash": str, "fda_bench_version": str})
+                         dtype={"init": str, "anchor_init": str, "qkv_layout": str, "config_hash": str,
+                                "fda_bench_version": str})
         missing = set(CELL_COLUMNS) - set(df.columns)
         if missing:
             raise CellError(f"{p}: not a result cell (missing columns {sorted(missing)})")

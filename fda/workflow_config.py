@@ -219,7 +219,24 @@ def _suite_problems(name: str, s: Mapping[str, Any], where: str) -> list[str]:
                            f"{where}.methods (configured methods: {', '.join(s['methods'])})")
     out += _hparam_problems(s, where)
     out += _settings_problems(name, s, where)
+    if not out:
+        out += _source_problems(name, s, where)
     return out
+
+
+def _source_problems(name: str, s: Mapping[str, Any], where: str) -> list[str]:
+    """The paper suites' sources translate and the suite accepts them (task ids, checkpoint family)."""
+    if not suite_takes_sources(name):
+        return []
+    from fda.suites import get_suite
+
+    try:
+        get_suite(name, suite_settings_for({"smoke": False, "suites": {name: s}}, name))
+    except ConfigError as err:
+        return [str(err)]
+    except ValueError as err:  # the suite's own checks (SettingsError, unknown task, missing taskvectors_dir)
+        return [f"{where}: {err}"]
+    return []
 
 
 def _dataclass_fields(cls: Any) -> list[str] | None:
@@ -323,6 +340,117 @@ def _suite_setting_keys(suite: str) -> frozenset[str]:
     except (KeyError, ValueError, NotImplementedError):
         return frozenset()
     return frozenset(valid.get("properties", valid) if isinstance(valid, Mapping) else valid)
+
+
+# -------------------------------------------------------------------------------- suite sources
+#
+# The config names where checkpoints come from in workflow terms (`base`, `experts: {task: entry}`,
+# `expert_source`, task names as in the paper's tables); the paper suites take them as settings in
+# their own terms (source-spec strings of fda/sources.py, lower-case task ids, a CLIP checkpoint
+# family). `suite_settings_for` is the one place that translates; every job gets its result.
+
+#: config `expert_source` -> the CLIP suites' checkpoint family (their `settings.expert_source`)
+CLIP_FAMILIES = {"task-vectors": "taskvectors", "fusionbench-hf": "fusionbench"}
+
+
+def suite_takes_sources(suite: str) -> bool:
+    """True for suites that fetch their own checkpoints (settings take `base`/`experts`: the
+    paper suites); the embedded suites build their base and copy `{path}` experts instead."""
+    return "experts" in _suite_setting_keys(suite)
+
+
+def checkpoint_spec(entry: Mapping[str, Any], where: str) -> str | None:
+    """A config checkpoint entry as a source spec (fda/sources.py): ``{hub, subfolder?, revision?}``
+    -> ``hf:id[/subfolder][@revision]``, ``{path}`` -> ``file:path`` (never mistaken for a hub id),
+    ``{recipe: suite-default}`` -> None (the suite's own default for that task)."""
+    if "hub" in entry:
+        sub = f"/{entry['subfolder'].strip('/')}" if entry.get("subfolder") else ""
+        rev = f"@{entry['revision']}" if entry.get("revision") else ""
+        return f"hf:{entry['hub']}{sub}{rev}"
+    if "path" in entry:
+        return f"file:{entry['path']}"
+    if "recipe" in entry:
+        return None
+    raise ConfigError(f"{where}: {dict(entry)!r} is not a source this suite can fetch; use {{hub: owner/name}}, "
+                      "{path: DIR} or {recipe: suite-default} ({package: ...} is for the embedded suites)")
+
+
+@functools.lru_cache(maxsize=None)
+def _task_aliases(suite: str) -> dict[str, str]:
+    """``{name: suite task id}`` accepting the id and its display name (``SST-2`` -> ``sst2``)."""
+    from fda.suites import get_suite
+
+    s = get_suite(suite, {})
+    out = {t: t for t in s.tasks}
+    out.update({v: k for k, v in getattr(s, "display_names", {}).items()})
+    return out
+
+
+def suite_task_id(suite: str, task: str) -> str:
+    """The suite's id for a workflow task name (itself, or the id whose display name it is)."""
+    if not suite_takes_sources(suite):
+        return task
+    aliases = _task_aliases(suite)
+    if task not in aliases:
+        raise ConfigError(f"suites.{suite}.tasks: unknown task {task!r}; allowed: {', '.join(aliases)}")
+    return aliases[task]
+
+
+def suite_settings_for(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
+    """The settings the suite is built with in every job: ``settings`` plus, for suites that
+    fetch their checkpoints (the paper suites), the config's sources in the suite's terms:
+
+    - ``tasks`` -> ``settings.tasks`` as suite ids (``SUN397`` -> ``sun397``, ``STS-B`` -> ``stsb``);
+    - ``base`` -> ``settings.base`` (``{hub: id}`` -> ``hf:id``, ``{path: p}`` -> ``file:p``);
+    - ``experts.{task}`` -> ``settings.experts.{id}``; ``{recipe: suite-default}`` is left to the
+      suite (GLUE: ``expert_pattern``, default ``recipe:finetune``; CLIP: its checkpoint family);
+    - CLIP ``expert_source``: ``task-vectors`` -> ``taskvectors``, ``fusionbench-hf`` ->
+      ``fusionbench`` (others need ``settings.expert_source``).
+
+    A key given both ways is an error (one source of truth). Embedded suites get ``settings`` as is.
+    """
+    s = effective_suite(config, suite)
+    settings = copy.deepcopy(s["settings"])
+    if not suite_takes_sources(suite):
+        return settings
+    where = f"suites.{suite}"
+    settings["tasks"] = [suite_task_id(suite, t) for t in s["tasks"]]
+    if s.get("base"):
+        if "base" in settings:
+            raise ConfigError(f"{where}: the base is set twice (base and settings.base); keep {where}.base")
+        spec = checkpoint_spec(s["base"], f"{where}.base")
+        if spec is not None:
+            settings["base"] = spec
+    experts = dict(settings.get("experts", {}))
+    for task, entry in s.get("experts", {}).items():
+        tid = suite_task_id(suite, task)
+        if tid in experts:
+            raise ConfigError(f"{where}: expert '{task}' is set twice (experts and settings.experts); keep {where}.experts.{task}")
+        spec = checkpoint_spec(entry, f"{where}.experts.{task}")
+        if spec is not None:
+            experts[tid] = spec
+    settings["experts"] = experts
+    if "expert_source" in _suite_setting_keys(suite):  # the CLIP suites: two checkpoint families
+        family = CLIP_FAMILIES.get(s["expert_source"])
+        given = settings.get("expert_source")
+        if given is not None and family is not None and given != family:
+            raise ConfigError(f"{where}: expert_source {s['expert_source']!r} means settings.expert_source {family!r}, "
+                              f"not {given!r}; drop settings.expert_source or fix {where}.expert_source")
+        if given is None and family is None:
+            raise ConfigError(f"{where}.expert_source: {s['expert_source']!r} does not say which CLIP checkpoint family; "
+                              f"use {' or '.join(CLIP_FAMILIES)}, or set {where}.settings.expert_source")
+        settings["expert_source"] = given or family
+    return settings
+
+
+def merge_layout(config: Mapping[str, Any], suite: str) -> str:
+    """The layout merges run in for ``suite`` (``fused``/``split`` q-k-v), recorded in every row.
+    Suites without a merge-layout transform (the embedded ones) merge their HF layout: ``split``."""
+    if not suite_takes_sources(suite):
+        return "split"
+    from fda.suites import get_suite
+
+    return str(getattr(get_suite(suite, suite_settings_for(config, suite)), "qkv_layout", "split"))
 
 
 #: FDAConfig fields that only adaptation reads (construction jobs neither get nor depend on them)

@@ -130,10 +130,14 @@ def test_baseline_cell_needs_no_fda(scratch):
 
 def test_smoke_config_shrinks_the_dag(scratch):
     jobs = dry_run(scratch, "--config", "smoke=true")
+    full = dry_run(scratch)
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    smoke = {name: s["smoke_overrides"] for name, s in config["suites"].items()}
     experts = [j for j in jobs if j["rule"] == "prepare_expert"]
-    assert len(experts) == 6  # 3 tasks per suite
-    adapt = [j for j in jobs if j["rule"] == "fda_adapt"]
-    assert len(adapt) == 16
+    assert len(experts) == sum(len(s["tasks"]) for s in smoke.values())
+    adapt = [j for j in jobs if j["rule"] == "fda_adapt"]  # coarse: one job per (init, anchor init)
+    assert len(adapt) == sum(len(s["fda"]["inits"]) * len(s["fda"]["anchor_inits"]) for s in smoke.values())
+    assert len(jobs) < len(full)
 
 
 def test_cell_names_parse_one_way(scratch):

@@ -1,5 +1,6 @@
 # Baseline merges (ta, tsvm, wudi, average, ties): one job per (suite, method). The merged
-# encoder is also the init of "FDA (init, .)" for ta, tsvm and wudi.
+# encoder is also the init of "FDA (init, .)" for ta, tsvm and wudi. Merges run in the suite's
+# merge layout (fused q/k/v for the paper's CLIP checkpoints) and are stored in the HF layout.
 
 
 rule merge_baseline:
@@ -9,6 +10,7 @@ rule merge_baseline:
     output:
         MERGED,
     params:
+        settings=p_settings,
         hparams=p_hparams,
         experts=expert_args,
         key=p_expert_key_all,
@@ -24,5 +26,6 @@ rule merge_baseline:
     conda:
         ENV
     shell:
-        "fda-bench merge --method {wildcards.baseline} --hparams {params.hparams:q}"
+        "fda-bench merge --suite {wildcards.suite} --settings {params.settings:q}"
+        " --method {wildcards.baseline} --hparams {params.hparams:q}"
         " --base {input.base} {params.experts} --out {output} > {log} 2>&1"

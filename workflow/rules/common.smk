@@ -100,7 +100,8 @@ def block_args(suite):
 
 
 def p_settings(wildcards):
-    return wc_.canonical_json(S(wildcards.suite)["settings"])
+    """The suite's settings with the config's sources translated (wc_.suite_settings_for)."""
+    return wc_.canonical_json(wc_.suite_settings_for(config, wildcards.suite))
 
 
 def p_data_seed(wildcards):
@@ -174,6 +175,10 @@ def p_eval_key(wildcards):
 
 def p_expert_source_name(wildcards):
     return S(wildcards.suite)["expert_source"]
+
+
+def p_qkv_layout(wildcards):
+    return wc_.merge_layout(config, wildcards.suite)
 
 
 def p_cell_hash(wildcards):

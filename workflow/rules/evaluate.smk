@@ -107,6 +107,7 @@ rule cell:
         CELL,
     params:
         source=p_expert_source_name,
+        qkv_layout=p_qkv_layout,
         config_hash=p_cell_hash,
     log:
         "logs/{suite}/cell/{method}.log",
@@ -121,7 +122,7 @@ rule cell:
         ENV
     shell:
         "fda-bench cell --suite {wildcards.suite} --raw {input.raw} --individual {input.individual}"
-        " --expert-source {params.source} --config-hash {params.config_hash} --out {output} > {log} 2>&1"
+        " --expert-source {params.source} --qkv-layout {params.qkv_layout} --config-hash {params.config_hash} --out {output} > {log} 2>&1"
 
 
 rule cell_fda:
@@ -133,6 +134,7 @@ rule cell_fda:
     params:
         raw=p_raw_args,
         source=p_expert_source_name,
+        qkv_layout=p_qkv_layout,
         config_hash=p_cell_fda_hash,
     log:
         "logs/{suite}/cell/{init}-fda.log",
@@ -147,4 +149,4 @@ rule cell_fda:
         ENV
     shell:
         "fda-bench cell --suite {wildcards.suite} {params.raw} --individual {input.individual}"
-        " --expert-source {params.source} --config-hash {params.config_hash} --out {output} > {log} 2>&1"
+        " --expert-source {params.source} --qkv-layout {params.qkv_layout} --config-hash {params.config_hash} --out {output} > {log} 2>&1"
