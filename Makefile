@@ -9,6 +9,8 @@ PIP   := $(VENV)/bin/pip
 STAMP := $(VENV)/.fda-bench-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 CORES ?= 2
+# the workflow's jobs call `fda-bench`: the venv's bin comes first, activated or not
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: run test smoke venv clean-venv
 

@@ -17,9 +17,11 @@ import yaml
 from fda import workflow_config as wc
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
+_VENV_SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+SNAKEMAKE = str(_VENV_SNAKEMAKE) if _VENV_SNAKEMAKE.exists() else shutil.which("snakemake") or "snakemake"
+# jobs call `fda-bench`: take it from the interpreter running the tests (the venv need not be active)
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "TRANSFORMERS_OFFLINE": "1"}
+       "TRANSFORMERS_OFFLINE": "1", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
 
 
 def snakemake(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -11,6 +11,8 @@ merge, construct and evaluate for real). Run with ``pytest -m slow tests/test_wo
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -106,3 +108,52 @@ def test_report_has_tables_and_figures(smoke_run):
     html = (work / "report.html").read_text(errors="replace")
     for name in ("minitext-paper.csv", "minivision-methods.png", "minivision-spectra-weight.png"):
         assert name in html, name
+
+
+def test_kill_9_mid_construction_resumes_without_redoing_finished_blocks(tmp_path):
+    """kill -9 the whole run while the coarse construction job is between blocks, then resume with
+    --rerun-incomplete: the finished blocks come from the cache, the rest are built."""
+    import signal
+    import subprocess
+
+    from fda.checkpoints import load_state_dict, read_metadata
+    from test_workflow import ENV, SNAKEMAKE
+
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg["suites"] = {"minitext": cfg["suites"]["minitext"]}
+    cfg["suites"]["minitext"]["smoke_overrides"]["fda"]["hparams"]["construct_steps"] = 40  # a few s per block
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    target = "work/minitext/fda/seed0/anchors/gauss/block5/society.safetensors"
+    # the target comes first: everything after --config is read as KEY=VALUE
+    cmd = [SNAKEMAKE, target, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1",
+           "--configfile", str(config), "--config", "smoke=true"]
+    cache = tmp_path / "work/minitext/fda/seed0/anchors-cache/gauss"
+
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 400
+    try:
+        while not (cache / "block1/society.safetensors").is_file():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "construction never reached block 1"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the run, the job and the fda-bench process alike
+        proc.wait()
+    finished = sorted(int(p.parent.name[5:]) for p in cache.glob("block*/society.safetensors"))
+    assert finished and finished[-1] < 5, finished
+    assert not (tmp_path / target).exists()
+
+    # a killed snakemake leaves its directory lock behind: --unlock, then resume
+    subprocess.run([*cmd[:2], "--unlock", *cmd[2:]], cwd=tmp_path, env=ENV, check=True, capture_output=True)
+    rerun = subprocess.run([*cmd[:2], "--rerun-incomplete", *cmd[2:]], cwd=tmp_path, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    log = (tmp_path / "logs/minitext/fda/seed0/construct-gauss.log").read_text()
+    for block in finished:
+        assert f"block {block}: cached anchors" in log
+    assert f"construct block {finished[-1] + 1} " in log
+    anchors = load_state_dict(tmp_path / target)
+    assert json.loads(read_metadata(tmp_path / target)["task"]) == "society" and all(v.isfinite().all() for v in anchors.values())
