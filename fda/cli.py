@@ -263,15 +263,22 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _block_job_inputs(args: argparse.Namespace):
+    """What every FDA block job loads: the encoder skeleton (blocks checked against the config),
+    the base state dict, and the experts: ``(model, pretrained, tasks, experts)``."""
+    from fda.checkpoints import load_state_dict
+
+    model = _suite(args).load_encoder(Path(args.base))
+    _check_blocks(model, args.n_blocks, args.block)
+    tasks, experts = _experts(args.expert)
+    return model, load_state_dict(args.base), tasks, experts
+
+
 def cmd_fda_construct(args: argparse.Namespace) -> int:
     import fda as F
-    from fda.checkpoints import load_state_dict, read_metadata, write_json_atomic
+    from fda.checkpoints import read_metadata, write_json_atomic
 
-    suite = _suite(args)
-    model = suite.load_encoder(Path(args.base))
-    _check_blocks(model, args.n_blocks, args.block)
-    pre = load_state_dict(args.base)
-    tasks, experts = _experts(args.expert)
+    model, pre, tasks, experts = _block_job_inputs(args)
     want = args.task or tasks
     subset = [tasks.index(t) for t in want]
     cfg = _fda_config(args)
@@ -319,11 +326,7 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
     import fda as F
     from fda.checkpoints import load_state_dict, read_metadata, save_state_dict, write_json_atomic
 
-    suite = _suite(args)
-    model = suite.load_encoder(Path(args.base))
-    _check_blocks(model, args.n_blocks, args.block)
-    pre = load_state_dict(args.base)
-    tasks, experts = _experts(args.expert)
+    model, pre, tasks, experts = _block_job_inputs(args)
     init_state = load_state_dict(args.init_model) if args.init_model else pre
     cfg = _fda_config(args, args.init)
     blocks_dir, anchors_dir = Path(args.blocks_dir), Path(args.anchors_dir)
