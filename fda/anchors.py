@@ -289,7 +289,10 @@ class ConstructResult:
 
     ``anchors``: canonical ``[n, T, d]`` (``[n, d]`` for MLP-only blocks), the best X seen;
     ``initial``: the starting anchors (for the "unconstructed anchors" control);
-    ``best_loss`` / ``best_step``: its loss and the step at which it was evaluated (-1: no steps).
+    ``best_loss`` / ``best_step``: its loss and the step at which it was evaluated (-1: no steps);
+    ``budget_anchors``: ``{s: anchors}`` for the ``snapshot_steps`` asked of
+    :func:`construct_anchors`: the best X of the first ``s`` steps, i.e. what a run of ``s`` steps
+    returns (the optimiser has no schedule, so a shorter run is a prefix of a longer one).
     """
 
     block: int
@@ -301,6 +304,7 @@ class ConstructResult:
     log: ConstructLog
     #: the resolved construction settings (``fda.construct_block`` fills them; saved as metadata)
     settings: dict[str, object] = field(default_factory=dict)
+    budget_anchors: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def _normalised_sv(x: torch.Tensor) -> torch.Tensor:
@@ -323,6 +327,7 @@ def construct_anchors(
     progress: bool = True,
     expert_ids: Sequence[int] | None = None,
     zero_grad: str = "keep",
+    snapshot_steps: Sequence[int] = (),
 ) -> list[ConstructResult]:
     """Construct the anchors of E experts of one block together.
 
@@ -330,8 +335,10 @@ def construct_anchors(
     ``init``: stacked initial anchors ``[E, *anchor_shape]``. ``batching``: ``vmap`` (one vectorised
     call for all experts), ``loop`` (a Python loop inside each step) or ``auto`` (vmap for E > 1 on CUDA, else loop);
     all give the same anchors up to float round-off. Runs on ``init``'s device and dtype,
-    with the block in eval mode (no dropout, as the official construction). Returns one
-    :class:`ConstructResult` per expert, in order.
+    with the block in eval mode (no dropout, as the official construction). ``snapshot_steps``:
+    budgets s (0 <= s <= steps) whose best-so-far anchors are kept in ``budget_anchors`` (one long
+    run answers "what would s steps give", e.g. for a step-budget study; s = 0 is the initial
+    anchors). Returns one :class:`ConstructResult` per expert, in order.
     """
     E = len(experts)
     if init.shape[0] != E:
@@ -341,6 +348,9 @@ def construct_anchors(
         # saves nothing (same FLOPs, bmm no faster than mm), so plain per-expert calls are used
         batching = "vmap" if E > 1 and init.device.type == "cuda" else "loop"
     ids = list(expert_ids) if expert_ids is not None else list(range(E))
+    budgets = sorted(set(int(s) for s in snapshot_steps))
+    if budgets and not 0 <= budgets[0] <= budgets[-1] <= steps:
+        raise ValueError(f"snapshot_steps must lie in 0..{steps} (the construction steps), got {budgets}")
     dev = init.device
     to_dev = lambda sd: {k: v.to(dev, init.dtype) for k, v in sd.items()}  # noqa: E731
     objective = _Objective(adapter, block, to_dev(theta0), [to_dev(e) for e in experts], similarity_kind, batching, zero_grad)
@@ -352,6 +362,7 @@ def construct_anchors(
     losses, coss, norms = [], [], []
     sv_steps: list[int] = []
     svs: list[list[torch.Tensor]] = [[] for _ in range(E)]
+    kept: dict[int, torch.Tensor] = {}  # budget s -> best [E, ...] of steps 0..s-1
 
     def snapshot(step: int) -> None:
         sv_steps.append(step)
@@ -361,6 +372,8 @@ def construct_anchors(
     bar = tqdm(range(steps), desc=f"construct block {block}", disable=not progress, leave=False)
     with module_mode(adapter.block_module(block), False):
         for step in bar:
+            if step in budgets:
+                kept[step] = best.clone()
             if sv_every and step % sv_every == 0:
                 snapshot(step)
             # per-expert losses are independent: the summed loss's gradient wrt X[e] is expert e's own
@@ -380,6 +393,8 @@ def construct_anchors(
                 bar.set_postfix(loss=float(loss.mean()), cos=float(cos.mean()))
     if sv_every:
         snapshot(steps)
+    if steps in budgets:
+        kept[steps] = best.clone()
     P = len(objective.names)
     L = torch.stack(losses, dim=1) if losses else torch.empty(E, 0)
     C = torch.stack(coss, dim=1) if coss else torch.empty(E, 0, P)
@@ -393,6 +408,7 @@ def construct_anchors(
             best_loss=float(best_loss[e]) if steps else math.nan,
             best_step=int(best_step[e]),
             log=ConstructLog(list(objective.names), L[e], C[e], N[e], list(objective.unalignable), list(sv_steps), svs[e]),
+            budget_anchors={s: kept[s][e].detach().clone() for s in budgets},
         )
         for e in range(E)
     ]

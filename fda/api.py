@@ -200,13 +200,16 @@ def construct_block(
     anchor_init: str,
     config: FDAConfig | None = None,
     experts_subset: Sequence[int] | None = None,
+    *,
+    snapshot_steps: Sequence[int] = (),
 ) -> list[ConstructResult]:
     """Construct anchors for ``block`` and each expert (all of ``experts_subset`` at once).
 
     Experts are indexed by position in ``experts`` (a mapping is taken in its order); seeds derive
     from that index, so a subset gives the same anchors as the full run. Returns one
     :class:`~fda.anchors.ConstructResult` per chosen expert; ``anchors`` is canonical
-    ``[n, T, d]`` (``[n, d]`` for the Llama MLP).
+    ``[n, T, d]`` (``[n, d]`` for the Llama MLP). ``snapshot_steps``: step budgets whose anchors
+    are kept too (``ConstructResult.budget_anchors``; see :func:`fda.anchors.construct_anchors`).
     """
     if anchor_init not in ANCHOR_INITS:
         raise ValueError(f"anchor_init must be one of {ANCHOR_INITS}, got {anchor_init!r}")
@@ -227,6 +230,7 @@ def construct_block(
         adapter, block, theta0, thetas, torch.stack(inits).to(dev),
         steps=cfg.construct_steps, lr=cfg.construct_lr, similarity_kind=cfg.similarity, batching=cfg.batching,
         sv_every=cfg.sv_every, progress=cfg.progress, expert_ids=ids, zero_grad=str(cfg.zero_grad),
+        snapshot_steps=snapshot_steps,
     )  # fmt: skip
     for res in results:
         res.settings = {**cfg.construction_metadata(), "anchor_init": anchor_init, "layout": "canonical"}

@@ -161,6 +161,23 @@ def test_singular_value_snapshots():
         assert s.shape == (min(8 * 3, D),) and s[0] == pytest.approx(1.0) and (s[:-1] >= s[1:]).all()
 
 
+def test_budget_anchors_equal_shorter_runs():
+    # one long run answers "what would s steps give": its snapshot at s is the s-step run's result
+    model = tiny_bert()
+    pre, experts = states(model, 2)
+    cfg = dataclasses.replace(small_config("bert"), construct_steps=8)
+    long = fda.construct_block(model, pre, experts, 1, "gauss", cfg, snapshot_steps=[0, 3, 8])
+    for s in (0, 3, 8):
+        short = fda.construct_block(model, pre, experts, 1, "gauss", dataclasses.replace(cfg, construct_steps=s))
+        for lg, sh in zip(long, short, strict=True):
+            assert torch.equal(lg.budget_anchors[s], sh.anchors), s
+    assert torch.equal(long[0].budget_anchors[0], long[0].initial)
+    assert torch.equal(long[0].budget_anchors[8], long[0].anchors)
+    assert not torch.equal(long[0].budget_anchors[3], long[0].initial)  # construction moved them
+    with pytest.raises(ValueError, match="snapshot_steps"):
+        fda.construct_block(model, pre, experts, 1, "gauss", cfg, snapshot_steps=[9])
+
+
 # ------------------------------------------------------------------------------------------------
 # initialisations
 

@@ -1,0 +1,158 @@
+"""What the scaled-down FDA settings of an embedded suite cost, measured on one block.
+
+The default run cannot afford the paper's construction (64 anchors x 1200 steps for every block,
+expert and anchor init) on a 2-core CPU, so config/config.yaml uses fewer anchors and steps. This
+benchmark shows what that reduction gives up on one block of a suite the workflow has already
+built (``work/{suite}``: base, experts, baseline merges):
+
+* one long construction per anchor count (AdamW has no schedule, so the best anchors after ``s``
+  steps of the long run are exactly what an ``s``-step run returns: ``snapshot_steps``);
+* for each step budget ``s``: the induced-gradient cosine of the anchors (mean over the block's
+  alignable tensors and the experts, at the best step within the budget) and the accuracy of the
+  merged model when only this block is adapted on those anchors (the other blocks keep the
+  init's values), averaged over the suite's tasks, for each init;
+* ``s = 0`` is the *unconstructed anchors* control: adaptation on the initial gauss / weight-row
+  anchors. The gap to it is what construction contributes.
+
+Adaptation uses the suite's settings from the workflow config (``fda.hparams`` + ``per_init``).
+Markdown to stdout and ``--md``, JSON to ``--out``. Example (about 15 minutes on 2 cores)::
+
+    snakemake --cores 2 results/minivision_ta.csv          # base, experts, TA merge
+    python benchmarks/bench_reduction.py --suite minivision --block 1 --n-anchors 32 64 \\
+        --steps 400 --budgets 0 25 50 100 200 400 --inits pretrained ta
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fda  # noqa: E402
+from fda import workflow_config as wc  # noqa: E402
+from fda.checkpoints import load_state_dict  # noqa: E402
+from fda.suites import get_suite  # noqa: E402
+
+
+def budget_cosine(result: fda.ConstructResult, budget: int) -> float:
+    """Mean alignable cosine of the anchors a ``budget``-step run returns (best loss so far)."""
+    losses = result.log.loss[: max(budget, 1)]
+    return float(result.log.mean_cos()[int(torch.argmin(losses))])
+
+
+def with_block(state: dict[str, torch.Tensor], block_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with one block's tensors replaced (the other blocks keep the init's values)."""
+    out = dict(state)
+    out.update({k: v.to(out[k].dtype) for k, v in block_tensors.items()})
+    return out
+
+
+class Scorer:
+    """Mean accuracy over the suite's tasks, each with its expert's head (as the workflow scores)."""
+
+    def __init__(self, suite, work: Path, tasks: list[str]):  # noqa: ANN001 - fda.suites.Suite
+        self.suite, self.work, self.tasks = suite, work, tasks
+
+    def __call__(self, state: dict[str, torch.Tensor]) -> float:
+        accs = []
+        for task in self.tasks:
+            rows = self.suite.evaluate(state, task, self.work / "base", self.work / "data", self.work / "experts" / task)
+            accs.append(next(r["value"] for r in rows if r["metric"] == "accuracy"))
+        return 100.0 * sum(accs) / len(accs)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    config = wc.load_config([args.config])
+    section = wc.effective_suite(config, args.suite)
+    tasks = section["tasks"]
+    work = Path(args.work or f"work/{args.suite}")
+    suite = get_suite(args.suite, wc.suite_settings_for(config, args.suite))
+    model = suite.load_encoder(work / "base")
+    pre = load_state_dict(work / "base")
+    experts = [load_state_dict(work / "experts" / t) for t in tasks]
+    score = Scorer(suite, work, tasks)
+    inits = {i: (pre if i == "pretrained" else load_state_dict(work / "merged" / f"{i}.safetensors")) for i in args.inits}
+    report: dict[str, Any] = {"suite": args.suite, "block": args.block, "anchor_init": args.anchor_init,
+                              "steps": args.steps, "budgets": args.budgets, "tasks": tasks,
+                              "init_accuracy": {i: score(s) for i, s in inits.items()}, "runs": []}
+    for n in args.n_anchors:
+        cfg = fda.FDAConfig.for_family(section["family"], **{**wc.fda_hparams(section), "n_anchors": n,
+                                                              "construct_steps": args.steps, "progress": False,
+                                                              "sv_every": 0})
+        t0 = time.perf_counter()
+        built = fda.construct_block(model, pre, experts, args.block, args.anchor_init, cfg, snapshot_steps=args.budgets)
+        seconds = time.perf_counter() - t0
+        print(f"[bench] n={n}: construction of {len(experts)} experts x {args.steps} steps took {seconds:.0f} s",
+              file=sys.stderr, flush=True)
+        for s in args.budgets:
+            row: dict[str, Any] = {"n_anchors": n, "budget": s,
+                                   "cos": sum(budget_cosine(r, s) for r in built) / len(built),
+                                   "construct_s_per_expert_step": seconds / (len(experts) * args.steps)}
+            anchors = [r.budget_anchors[s] for r in built]
+            for init, init_state in inits.items():
+                acfg = fda.FDAConfig.for_family(section["family"], init=init,
+                                                **{**wc.fda_hparams(section, init), "n_anchors": n, "progress": False})
+                adapted = fda.adapt_block(model, pre, experts, args.block, anchors, init, init_state, acfg)
+                row[f"acc_{init}"] = score(with_block(init_state, adapted.params))
+            report["runs"].append(row)
+            print(f"[bench] {row}", file=sys.stderr, flush=True)
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    inits = list(report["init_accuracy"])
+    head = ["anchors", "steps", "grad cos"] + [f"acc ({i} + block {report['block']} adapted)" for i in inits]
+    lines = [
+        f"### {report['suite']}, block {report['block']}, {report['anchor_init']} anchors "
+        f"({len(report['tasks'])} tasks, one construction of {report['steps']} steps per anchor count)",
+        "",
+        "Accuracy without adapting the block: " + ", ".join(f"{i} {a:.1f}" for i, a in report["init_accuracy"].items()) + ".",
+        "Steps 0 = the unconstructed anchors (control).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---:|" * len(head),
+    ]
+    for r in report["runs"]:
+        cells = [str(r["n_anchors"]), str(r["budget"]), f"{r['cos']:.3f}"] + [f"{r[f'acc_{i}']:.1f}" for i in inits]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", required=True, choices=["minitext", "minivision"])
+    p.add_argument("--config", default="config/config.yaml", help="workflow config (adaptation settings)")
+    p.add_argument("--work", help="the suite's work dir (default work/SUITE)")
+    p.add_argument("--block", type=int, default=1)
+    p.add_argument("--anchor-init", default="gauss", choices=["gauss", "weight"])
+    p.add_argument("--n-anchors", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--steps", type=int, default=400, help="length of the long construction")
+    p.add_argument("--budgets", type=int, nargs="+", default=[0, 25, 50, 100, 200, 400])
+    p.add_argument("--inits", nargs="+", default=["pretrained", "ta"])
+    p.add_argument("--out", help="JSON report")
+    p.add_argument("--md", help="also write the Markdown table here")
+    args = p.parse_args(argv)
+    if max(args.budgets) > args.steps:
+        p.error(f"--budgets must not exceed --steps {args.steps}")
+    torch.manual_seed(0)
+    report = run(args)
+    report["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    md = markdown(report)
+    print(md)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    if args.md:
+        Path(args.md).write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
