@@ -12,7 +12,7 @@ CORES ?= 2
 # the workflow's jobs call `fda-bench`: the venv's bin comes first, activated or not
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test smoke venv clean-venv
+.PHONY: run test smoke reference venv clean-venv
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -32,6 +32,15 @@ run: $(STAMP)
 
 smoke: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) all --config smoke=true
+
+# Freeze the outputs of a finished `make run` as the committed reference (README results section):
+# result cells, tables, figures, and where the run spent its time.
+reference: $(STAMP)
+	test -d results/tables -a -d results/figures || { echo "no results: run 'make run' first"; exit 1; }
+	rm -rf results/reference && mkdir -p results/reference
+	cp results/*.csv results/reference/
+	cp -r results/tables results/figures results/reference/
+	$(PY) benchmarks/job_times.py logs/benchmarks > results/reference/job_times.md
 
 test: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q
