@@ -111,6 +111,13 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
         load_state_dict(tmp_path / "weights.npz")
 
 
+def test_atomic_files_get_the_umask_mode_not_mkstemp_private(tmp_path):
+    from fda import atomic
+
+    path = atomic.write_json_atomic({"a": 1}, tmp_path / "x.json")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK
+
+
 def test_atomic_path_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
