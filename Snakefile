@@ -5,7 +5,8 @@
 #   snakemake results/vitb16_wudi_fda.csv --configfile config/paper.yaml --profile workflow/profiles/slurm
 #   snakemake --report report.html                         # tables and figures in one HTML file
 #
-# Rules live in workflow/rules/*.smk; every job is a thin `fda-bench ...` call.
+# Rules live in workflow/rules/*.smk; every job is a thin `fda-bench ...` call. The streaming LLM
+# suites (llama13b) run workflow/rules/llm.smk instead of the in-memory merge/FDA/evaluation rules.
 
 
 include: "workflow/rules/common.smk"
@@ -13,6 +14,7 @@ include: "workflow/rules/experts.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/fda.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/llm.smk"
 include: "workflow/rules/aggregate.smk"
 
 

@@ -18,6 +18,9 @@ Subcommands (``fda-bench <cmd> -h`` for arguments):
   figures          result cells -> method comparison and heatmap (PNG, PDF)
   construction-figures  construction logs -> curves and singular value spectra
 
+LLM suites (llama13b; fda/cli_llm.py): stream-merge, convert-bin, llm-construct, llm-adapt,
+llm-assemble, llm-eval.
+
 Heavy imports (torch, transformers, the suites) happen inside the commands that need them, so
 ``validate-config`` and ``cells`` answer at once.
 """
@@ -35,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 #: commands that may put tensors on a GPU (they lease a GPU slot, see fda.gpu)
-GPU_COMMANDS = {"prepare-base", "prepare-expert", "merge", "fda-construct", "fda-adapt", "fda-assemble", "evaluate"}
+GPU_COMMANDS = {"prepare-base", "prepare-expert", "merge", "fda-construct", "fda-adapt", "fda-assemble", "evaluate",
+                "stream-merge", "llm-construct", "llm-adapt", "llm-eval"}
 
 
 # -------------------------------------------------------------------------------- helpers
@@ -561,6 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--anchor-init", required=True)
     sp.add_argument("--logs", nargs="+", required=True, help="construction logs (JSON next to the anchors)")
     sp.add_argument("--out-dir", required=True)
+
+    from fda.cli_llm import add_llm_commands  # here: fda.cli_llm imports this module's helpers
+
+    add_llm_commands(add)
     return p
 
 

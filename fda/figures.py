@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fda.atomic import atomic_path  # noqa: E402
-from fda.tables import AVG, build_table, scale_for  # noqa: E402
+from fda.tables import AVG, KEY, build_table, scale_for  # noqa: E402
 
 FORMATS = ("png", "pdf")
 # Fixed metadata so that the same data gives the same bytes (matplotlib stamps dates otherwise).
@@ -50,10 +50,18 @@ def save(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
 # -------------------------------------------------------------------------------- cells
 
 
+def _normalized_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str], absolute: pd.DataFrame) -> pd.DataFrame:
+    """The normalised table with exactly the rows of the ``absolute`` one, in its order: a row
+    without any normalised value (every expert scored 0, as in tiny smoke runs) stays, as NaN."""
+    table = build_table(cells, suite, tasks, "normalized").set_index(KEY)
+    table = table.reindex(pd.MultiIndex.from_frame(absolute[KEY])).reset_index()
+    return table.assign(row=absolute["row"].to_numpy())
+
+
 def method_comparison(cells: pd.DataFrame, suite: str, tasks: Sequence[str]) -> plt.Figure:
     """Bar chart: Avg (absolute) and Avg (normalised) per row of the suite's table."""
     absolute = build_table(cells, suite, tasks, "value")
-    normalized = build_table(cells, suite, tasks, "normalized")
+    normalized = _normalized_table(cells, suite, tasks, absolute)
     scale = scale_for(suite, cells.loc[cells["suite"] == suite, "value"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(absolute) + 1.8), sharey=True)
     y = np.arange(len(absolute))
@@ -76,7 +84,7 @@ def method_comparison(cells: pd.DataFrame, suite: str, tasks: Sequence[str]) -> 
 
 def task_heatmap(cells: pd.DataFrame, suite: str, tasks: Sequence[str]) -> plt.Figure:
     """Normalised score (% of the individual expert) per table row and task."""
-    table = build_table(cells, suite, tasks, "normalized")
+    table = _normalized_table(cells, suite, tasks, build_table(cells, suite, tasks, "value"))
     cols = list(tasks) + [AVG]
     data = table[cols].to_numpy(dtype=float) * 100.0
     fig, ax = plt.subplots(figsize=(0.9 * len(cols) + 3, 0.4 * len(table) + 1.5))

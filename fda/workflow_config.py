@@ -219,6 +219,7 @@ def _suite_problems(name: str, s: Mapping[str, Any], where: str) -> list[str]:
                            f"{where}.methods (configured methods: {', '.join(s['methods'])})")
     out += _hparam_problems(s, where)
     out += _settings_problems(name, s, where)
+    out += _streaming_problems(name, s, where)
     if not out:
         out += _source_problems(name, s, where)
     return out
@@ -441,6 +442,69 @@ def suite_settings_for(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
                               f"use {' or '.join(CLIP_FAMILIES)}, or set {where}.settings.expert_source")
         settings["expert_source"] = given or family
     return settings
+
+
+# -------------------------------------------------------------------------------- streaming suites
+#
+# One predicate decides which rules run a suite: the in-memory ones (workflow/rules/experts.smk,
+# baselines.smk, fda.smk, evaluate.smk) or the streaming LLM ones (workflow/rules/llm.smk).
+
+#: model families whose checkpoints exceed one job's memory: sharded directories merged block by
+#: block, FDA one job per (decoder layer, expert) and per layer, evaluation by generation
+STREAMING_FAMILIES = frozenset({"llama"})
+
+
+def is_streaming(config: Mapping[str, Any], suite: str) -> bool:
+    """Whether ``suite`` runs the streaming LLM rules: its config ``family`` is a streaming family."""
+    return effective_suite(config, suite)["family"] in STREAMING_FAMILIES
+
+
+def streaming_suites(config: Mapping[str, Any]) -> list[str]:
+    """The configured suites that run the streaming LLM rules, in config order."""
+    return [s for s in config["suites"] if is_streaming(config, s)]
+
+
+def _streaming_problems(name: str, s: Mapping[str, Any], where: str) -> list[str]:
+    """A streaming family needs a suite that streams (and the other way round)."""
+    try:
+        from fda.suites import suite_family
+    except ImportError:
+        return []
+    try:
+        family = suite_family(name)
+    except ValueError:  # a suite that is not implemented (yet): nothing to check against
+        return []
+    if (s["family"] in STREAMING_FAMILIES) == (family in STREAMING_FAMILIES):
+        return []
+    return [f"{where}.family: {s['family']!r} does not fit suite '{name}' (a {family!r} suite): the streaming "
+            f"families {sorted(STREAMING_FAMILIES)} run the LLM rules, which only their own suites implement"]
+
+
+def result_tasks(config: Mapping[str, Any], suite: str) -> list[str]:
+    """Task names of the suite's result rows, in table order: the config's tasks, or for a
+    streaming suite the benchmarks scoring them (``math`` -> ``GSM8K``, ``MATH``)."""
+    if not is_streaming(config, suite):
+        return list(effective_suite(config, suite)["tasks"])
+    from fda.suites import get_suite
+
+    return list(get_suite(suite, suite_settings_for(config, suite)).result_tasks)
+
+
+def job_settings(config: Mapping[str, Any], suite: str, stage: str) -> dict[str, Any]:
+    """A streaming suite's settings as one kind of job (``data``, ``fetch``, ``eval``) reads them
+    (``fda.suites.llama.JOB_SETTINGS``): editing an evaluation setting reruns evaluations only."""
+    from fda.suites.llama import job_settings as settings_of_stage
+
+    return settings_of_stage(suite_settings_for(config, suite), stage)
+
+
+def stream_options(config: Mapping[str, Any], suite: str) -> dict[str, str]:
+    """``shard_size`` and ``vocab_mismatch`` of a streaming suite, defaults filled in: the options
+    of its merge and assembly jobs."""
+    from fda.suites import get_suite
+
+    cfg = get_suite(suite, suite_settings_for(config, suite)).cfg
+    return {"shard_size": cfg.shard_size, "vocab_mismatch": cfg.vocab_mismatch}
 
 
 def merge_layout(config: Mapping[str, Any], suite: str) -> str:

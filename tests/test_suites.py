@@ -51,7 +51,7 @@ def built(request, tmp_path_factory):
 
 
 def test_registry_lists_suites_and_rejects_unknown_name():
-    assert set(SUITES) == {"minitext", "minivision", "vitb32", "vitb16", "vitl14", "robertab", "robertal"}
+    assert set(SUITES) == {"minitext", "minivision", "vitb32", "vitb16", "vitl14", "robertab", "robertal", "llama13b"}
     with pytest.raises(ValueError, match="minitext"):
         get_suite("glue", {})
 
@@ -90,10 +90,11 @@ def test_settings_types_defaults_and_schema(name):
 
 
 def test_default_suites_have_eight_tasks_without_underscores():
-    for name in SUITES:
+    for name in set(SUITES) - {"llama13b"}:
         tasks = get_suite(name, {}).tasks
         assert len(tasks) == 8 and len(set(tasks)) == 8
         assert all("_" not in t for t in tasks)
+    assert get_suite("llama13b", {}).tasks == ["math", "code"]  # the paper's two LLM experts
 
 
 # ------------------------------------------------------------------------------------- splits

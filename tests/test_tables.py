@@ -181,6 +181,21 @@ def test_glue_suites_keep_the_metric_scale(tmp_path):
     assert "| TA | 0.6000 | 0.3000 | 0.4500 | – |" in paths["absolute.md"].read_text()
 
 
+def test_figures_without_any_normalized_value(tmp_path):
+    """Experts that score 0 everywhere (tiny smoke runs) leave `normalized` empty: rows stay, as NaN."""
+    from fda import figures
+
+    zero = {"a": 0.0, "b": 0.0}
+    individual = _raw_rows(("individual", "", ""), values=zero)
+    cells = pd.concat([results.build_cell([_raw_rows(key, values=zero)], individual, suite="minitext", expert_source="local",
+                                          config_hash="abc123", version="0.0.0") for key in VALUES], ignore_index=True)
+    assert cells.loc[cells["headline"], "normalized"].isna().all()  # the tables read headline metrics
+    out = figures.write_cell_figures(cells, "minitext", TASKS, tmp_path)
+    assert all(p.stat().st_size > 1000 for p in out)
+    table = figures._normalized_table(cells, "minitext", TASKS, tables.build_table(cells, "minitext", TASKS))
+    assert list(table["row"]) == list(tables.build_table(cells, "minitext", TASKS)["row"]) and table["Avg"].isna().all()
+
+
 def test_figures(tmp_path):
     from fda import figures
 

@@ -90,18 +90,25 @@ def test_dry_run_resolves_every_cell(scratch, args, configfile, fda_jobs):
     assert rules["all"] == 1
     n_suites = len(config["suites"])
     assert rules["cell"] == 7 * n_suites and rules["cell_fda"] == 4 * n_suites
-    assert rules["merge_baseline"] == 5 * n_suites
+    # streaming (LLM) suites run llm.smk's rules, the others the in-memory ones
+    llm = wc.streaming_suites(config)
+    in_memory = [s for s in config["suites"] if s not in llm]
+    assert rules["merge_baseline"] == 5 * len(in_memory) and rules["llm_merge"] == 5 * len(llm)
     # anchors are shared by the four inits: construction never depends on the init
-    construct = [j for j in jobs if j["rule"].startswith("fda_construct")]
+    construct = [j for j in jobs if j["rule"].startswith(("fda_construct", "llm_construct"))]
     assert all("init" not in j["wildcards"] for j in construct)
-    blocks_tasks = sum(len(s["tasks"]) * s["fda"]["n_blocks"] * 2 for s in config["suites"].values())
+    per_block = {n: len(s["tasks"]) * s["fda"]["n_blocks"] * 2 for n, s in config["suites"].items()}
+    blocks = {n: s["fda"]["n_blocks"] for n, s in config["suites"].items()}
+    # streaming suites: one job per (layer, expert) and per layer whatever fda_jobs says
+    assert rules["llm_construct"] == sum(per_block[n] for n in llm)
+    assert rules["llm_adapt"] == sum(blocks[n] * 8 for n in llm) and rules["llm_assemble"] == 8 * len(llm)
     if fda_jobs == "fine":
-        assert len(construct) == blocks_tasks
-        assert rules["fda_adapt_block"] == sum(s["fda"]["n_blocks"] * 8 for s in config["suites"].values())
-        assert rules["fda_assemble"] == 8 * n_suites
+        assert rules["fda_construct"] == sum(per_block[n] for n in in_memory)
+        assert rules["fda_adapt_block"] == sum(blocks[n] * 8 for n in in_memory)
+        assert rules["fda_assemble"] == 8 * len(in_memory)
     else:
-        assert len(construct) == 2 * n_suites
-        assert rules["fda_adapt"] == 8 * n_suites
+        assert sum(v for r, v in rules.items() if r.startswith("fda_construct_")) == 2 * len(in_memory)
+        assert rules["fda_adapt"] == 8 * len(in_memory)
 
 
 def test_single_cell_resolves_to_exactly_its_jobs(scratch):

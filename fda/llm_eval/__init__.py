@@ -9,6 +9,15 @@ scoring), ``code_tasks`` + ``sandbox`` (code post-processing and locked-down exe
 ``generation`` (HF batched greedy, vLLM optional), ``data`` (hub or local files), ``evaluate``.
 """
 
-from fda.llm_eval.evaluate import BENCHMARKS, MAX_NEW_TOKENS, TASK_BENCHMARKS, build_prompt, evaluate_llm, score, write_rows
+from fda.llm_eval.evaluate import (
+    BENCHMARKS,
+    DISPLAY_NAMES,
+    MAX_NEW_TOKENS,
+    TASK_BENCHMARKS,
+    build_prompt,
+    evaluate_llm,
+    score,
+    write_rows,
+)
 
-__all__ = ["BENCHMARKS", "MAX_NEW_TOKENS", "TASK_BENCHMARKS", "build_prompt", "evaluate_llm", "score", "write_rows"]
+__all__ = ["BENCHMARKS", "DISPLAY_NAMES", "MAX_NEW_TOKENS", "TASK_BENCHMARKS", "build_prompt", "evaluate_llm", "score", "write_rows"]

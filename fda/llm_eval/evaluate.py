@@ -19,6 +19,8 @@ MAX_NEW_TOKENS = {"gsm8k": 1024, "math": 2048, "humaneval": 2048, "mbpp": 2048}
 METRIC = {"gsm8k": "accuracy", "math": "accuracy", "humaneval": "pass@1", "mbpp": "pass@1"}
 #: the llama13b suite's tasks (one expert each) and the benchmarks that measure them
 TASK_BENCHMARKS = {"math": ("gsm8k", "math"), "code": ("humaneval", "mbpp")}
+#: names in result cells and table columns (as the paper prints them)
+DISPLAY_NAMES = {"gsm8k": "GSM8K", "math": "MATH", "humaneval": "HumanEval", "mbpp": "MBPP"}
 
 
 def build_prompt(benchmark: str, example: Mapping) -> str:

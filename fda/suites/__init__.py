@@ -21,11 +21,12 @@ _SETTINGS: dict[str, type] = {"minitext": MinitextSettings, "minivision": Minivi
 # Paper-scale suites (hub or local checkpoints; see docs/paper-suites.md)
 from fda.suites.clip_vision import ClipVisionSettings, VitB16Suite, VitB32Suite, VitL14Suite  # noqa: E402
 from fda.suites.glue import GlueSettings, RobertaBaseSuite, RobertaLargeSuite  # noqa: E402
+from fda.suites.llama import LlamaSettings, LlamaSuite  # noqa: E402
 
 _REGISTRY.update({"vitb32": VitB32Suite, "vitb16": VitB16Suite, "vitl14": VitL14Suite,
-                  "robertab": RobertaBaseSuite, "robertal": RobertaLargeSuite})
+                  "robertab": RobertaBaseSuite, "robertal": RobertaLargeSuite, "llama13b": LlamaSuite})
 _SETTINGS.update({"vitb32": ClipVisionSettings, "vitb16": ClipVisionSettings, "vitl14": ClipVisionSettings,
-                  "robertab": GlueSettings, "robertal": GlueSettings})
+                  "robertab": GlueSettings, "robertal": GlueSettings, "llama13b": LlamaSettings})
 SUITES: tuple[str, ...] = tuple(_REGISTRY)
 
 
@@ -50,6 +51,12 @@ def get_suite(name: str, settings: dict[str, Any] | None = None) -> Suite:
     return _REGISTRY[name](settings)
 
 
+def suite_family(name: str) -> str:
+    """The block-adapter family of suite ``name``'s model (without building the suite)."""
+    _check_name(name)
+    return _REGISTRY[name].family
+
+
 def suite_settings_schema(name: str) -> dict[str, dict[str, Any]]:
     """``{key: {"type", "default", "help"}}`` of suite ``name`` (plus the ``preset`` key)."""
     _check_name(name)
@@ -59,4 +66,4 @@ def suite_settings_schema(name: str) -> dict[str, dict[str, Any]]:
 
 
 __all__ = ["SUITES", "MissingAssetError", "Row", "SettingsError", "StateDict", "Suite", "get_suite",
-           "suite_settings_schema", "MinitextSettings", "MinivisionSettings", "MinitextSuite", "MinivisionSuite"]
+           "suite_family", "suite_settings_schema", "MinitextSettings", "MinivisionSettings", "MinitextSuite", "MinivisionSuite"]

@@ -16,7 +16,7 @@ rule tables:
         pmd="results/tables/{suite}-paper.md",
         ptex="results/tables/{suite}-paper.tex",
     params:
-        tasks=p_tasks,
+        tasks=p_result_tasks,
     log:
         "logs/{suite}/tables.log",
     benchmark:
@@ -42,7 +42,7 @@ rule figures:
         heatmap=report("results/figures/{suite}-heatmap.png", caption="../report/fig-heatmap.rst", category="Figures", subcategory="{suite}", labels={"suite": "{suite}", "figure": "heatmap"}),
         heatmap_pdf="results/figures/{suite}-heatmap.pdf",
     params:
-        tasks=p_tasks,
+        tasks=p_result_tasks,
     log:
         "logs/{suite}/figures.log",
     benchmark:

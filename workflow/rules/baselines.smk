@@ -4,6 +4,8 @@
 
 
 rule merge_baseline:
+    wildcard_constraints:
+        suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
         base=BASE,
         experts=expert_dirs,

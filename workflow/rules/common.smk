@@ -30,6 +30,10 @@ config.update(wc_.validate_config(config))
 validate(config, "../schemas/config.schema.yaml")
 
 SUITES = list(config["suites"])
+# The in-memory rules (experts/baselines/fda/evaluate.smk) and the streaming LLM ones (llm.smk)
+# write the same file patterns for different suites, told apart by a per-rule suite constraint.
+STREAMING_SUITES = wc_.streaming_suites(config)
+IN_MEMORY_SUITES = [s for s in SUITES if s not in STREAMING_SUITES]
 
 
 def S(suite):
@@ -39,6 +43,15 @@ def S(suite):
 
 def _alt(names):
     return "|".join(sorted(set(names), key=len, reverse=True))
+
+
+def _suites_re(names):
+    """A `suite` constraint for these suites; one that matches nothing when there are none."""
+    return _alt(names) if names else "(?!)"
+
+
+IN_MEMORY = _suites_re(IN_MEMORY_SUITES)
+STREAMING = _suites_re(STREAMING_SUITES)
 
 
 wildcard_constraints:
@@ -67,6 +80,9 @@ EVAL_BASELINE = "work/{suite}/eval/{baseline}.csv"
 EVAL_FDA = "work/{suite}/eval/fda/seed{seed}/{init}-{anchorinit}.csv"
 CELL = "results/{suite}_{method}.csv"
 CELL_FDA = "results/{suite}_{init}_fda.csv"
+# streaming LLM suites (llm.smk): models are sharded HF directories
+LLM_MERGED = "work/{suite}/merged/{baseline}"
+LLM_FDA_MERGED = "work/{suite}/fda/seed{seed}/{init}-{anchorinit}/merged"
 LOGS = "logs/{suite}"
 BENCH = "logs/benchmarks/{suite}"
 ENV = "../envs/fda-bench.yaml"
@@ -164,6 +180,11 @@ def p_tasks(wildcards):
     return " ".join(shlex.quote(t) for t in tasks_of(wildcards.suite))
 
 
+def p_result_tasks(wildcards):
+    """Table columns: the tasks of the result rows (an LLM suite's benchmarks, wc_.result_tasks)."""
+    return " ".join(shlex.quote(t) for t in wc_.result_tasks(config, wildcards.suite))
+
+
 def p_limit(wildcards):
     limit = S(wildcards.suite)["eval_limit"]
     return f"--limit {limit}" if limit else ""
@@ -193,6 +214,29 @@ def p_init_model(wildcards, input):
     return f"--init-model {shlex.quote(input.init_model)}" if wildcards.init != "pretrained" else ""
 
 
+def p_job_settings(stage):
+    """The suite's settings a `stage` job reads (data, fetch, eval), as JSON."""
+
+    def fn(wildcards):
+        return wc_.canonical_json(wc_.job_settings(config, wildcards.suite, stage))
+
+    return fn
+
+
+def p_shard_size(wildcards):
+    return wc_.stream_options(config, wildcards.suite)["shard_size"]
+
+
+def p_vocab_mismatch(wildcards):
+    return wc_.stream_options(config, wildcards.suite)["vocab_mismatch"]
+
+
+def p_anchor_args(wildcards, input):
+    """`--anchors TASK=FILE` for every expert of the layer, in task order."""
+    pairs = zip(tasks_of(wildcards.suite), input.anchors)
+    return " ".join(f"--anchors {shlex.quote(f'{t}={f}')}" for t, f in pairs)
+
+
 # ---------------------------------------------------------------- inputs
 
 
@@ -201,6 +245,13 @@ def init_model(wildcards):
     if wildcards.init == "pretrained":
         return []
     return MERGED.format(suite=wildcards.suite, baseline=wildcards.init)
+
+
+def llm_init_model(wildcards):
+    """The init's merged directory (FDA from ta/tsvm/wudi); nothing for `pretrained`."""
+    if wildcards.init == "pretrained":
+        return []
+    return LLM_MERGED.format(suite=wildcards.suite, baseline=wildcards.init)
 
 
 def block_anchors(wildcards):
@@ -281,49 +332,48 @@ def all_targets():
 
 
 # ---------------------------------------------------------------- resources
-# Defaults per stage for embedded suites (CPU, small) and paper suites (one GPU). Runtime settings
-# belong to profiles: override with `set-resources` / `set-threads` (workflow/profiles/*).
+# Defaults per stage and kind of suite: embedded (CPU, small), paper (one GPU), streaming LLM
+# (Llama-2-13B, one GPU). Runtime settings belong to profiles: override with `set-resources` /
+# `set-threads` (workflow/profiles/*).
 _EMBEDDED = {"minitext", "minivision"}
 _RES = {
-    # stage: (embedded mem_mb, embedded runtime min, paper mem_mb, paper runtime min, paper gpu)
-    "data": (2000, 10, 16000, 120, 0),
-    "base": (2000, 15, 16000, 60, 0),
-    "expert": (3000, 15, 32000, 600, 1),
-    "merge": (3000, 15, 64000, 120, 1),
-    "construct": (3000, 60, 32000, 240, 1),
-    "adapt": (3000, 60, 32000, 240, 1),
-    "assemble": (3000, 10, 64000, 30, 0),
-    "evaluate": (3000, 20, 48000, 240, 1),
-    "aggregate": (1000, 5, 4000, 10, 0),
+    # stage: (mem_mb, runtime min, gpu) for embedded, paper and streaming suites
+    "data": ((2000, 10, 0), (16000, 120, 0), (4000, 60, 0)),
+    # streaming: links cost nothing; a .bin conversion holds one input shard (mmap) + one 5 GB output shard
+    "base": ((2000, 15, 0), (16000, 60, 0), (16000, 240, 0)),
+    "expert": ((3000, 15, 0), (32000, 600, 1), (16000, 240, 0)),
+    # streaming: (m + 2) blocks + shard cap + temporaries ≈ 10 GB fp32 with 2 GB shards (docs/llm.md §1)
+    "merge": ((3000, 15, 0), (64000, 120, 1), (16000, 240, 1)),
+    # streaming: one layer's MLP of base + one expert (1.7 GB fp32) + anchors; the rest is on the GPU
+    "construct": ((3000, 60, 0), (32000, 240, 1), (8000, 120, 1)),
+    # streaming: one layer of base + 2 experts + the init (3.4 GB fp32 MLPs) + anchors
+    "adapt": ((3000, 60, 0), (32000, 240, 1), (12000, 120, 1)),
+    # streaming: one source block + its adapted tensors + the 2 GB shard cap
+    "assemble": ((3000, 10, 0), (64000, 30, 0), (8000, 60, 0)),
+    # streaming: the 13B model loaded for generation (26 GB in bf16) before it moves to the GPU
+    "evaluate": ((3000, 20, 0), (48000, 240, 1), (40000, 720, 1)),
+    "aggregate": ((1000, 5, 0), (4000, 10, 0), (4000, 10, 0)),
 }
-_LLAMA_MEM = 160000  # 13B in fp32 is ~52 GB per copy; merges hold several
 
 
 def _res(stage, index):
     def fn(wildcards):
-        emb_mem, emb_rt, mem, rt, gpu = _RES[stage]
-        embedded = wildcards.suite in _EMBEDDED
-        if index == "mem_mb":
-            if embedded:
-                return emb_mem
-            return _LLAMA_MEM if wildcards.suite == "llama13b" and stage in ("merge", "assemble", "evaluate") else mem
-        if index == "runtime":
-            return emb_rt if embedded else rt
-        return 0 if embedded else gpu
+        kind = 0 if wildcards.suite in _EMBEDDED else 2 if wildcards.suite in STREAMING_SUITES else 1
+        return _RES[stage][kind][index]
 
     return fn
 
 
 def mem(stage):
-    return _res(stage, "mem_mb")
+    return _res(stage, 0)
 
 
 def runtime(stage):
-    return _res(stage, "runtime")
+    return _res(stage, 1)
 
 
 def gpu(stage):
-    return _res(stage, "gpu")
+    return _res(stage, 2)
 
 
 def p_expert_key_all(wildcards):

@@ -4,6 +4,8 @@
 
 rule evaluate_reference:
     # `pretrained`: the base encoder on every task; `individual`: each expert on its own task.
+    wildcard_constraints:
+        suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
         data=DATA,
         base=BASE,
@@ -36,6 +38,8 @@ rule evaluate_reference:
 
 
 rule evaluate_baseline:
+    wildcard_constraints:
+        suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
         data=DATA,
         base=BASE,
@@ -68,6 +72,8 @@ rule evaluate_baseline:
 
 
 rule evaluate_fda:
+    wildcard_constraints:
+        suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
         data=DATA,
         base=BASE,

@@ -4,6 +4,8 @@
 
 
 rule prepare_data:
+    wildcard_constraints:
+        suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     output:
         directory(DATA),
     params:
@@ -27,6 +29,8 @@ rule prepare_data:
 
 
 rule prepare_base:
+    wildcard_constraints:
+        suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
         data=DATA,
     output:
@@ -52,6 +56,8 @@ rule prepare_base:
 
 
 rule prepare_expert:
+    wildcard_constraints:
+        suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
         data=DATA,
         base=BASE,

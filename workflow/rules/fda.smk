@@ -1,6 +1,7 @@
-# FDA: anchors are constructed per (suite, seed, anchor init, block, expert) and shared by every
-# init; adaptation is per (suite, seed, init, anchor init, block). `fda_jobs` chooses the job
-# granularity of each stage (see workflow/schemas/config.schema.yaml):
+# FDA on the in-memory suites (streaming LLM suites: llm.smk, always per layer): anchors are
+# constructed per (suite, seed, anchor init, block, expert) and shared by every init; adaptation
+# is per (suite, seed, init, anchor init, block). `fda_jobs` chooses the job granularity of each
+# stage (see workflow/schemas/config.schema.yaml):
 #   construct fine:   one job per (block, expert)         construct coarse: one job per anchor
 #                                                          init, caching each finished block
 #   adapt fine:       one job per block + assembly job     adapt coarse: one job per (init, anchor
@@ -10,6 +11,8 @@
 if wc_.fda_granularity(config, "construct") == "fine":
 
     rule fda_construct:
+        wildcard_constraints:
+            suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
         input:
             base=BASE,
             experts=expert_dirs,
@@ -47,7 +50,7 @@ else:
     # One job per (suite, seed, anchor init) doing every block and expert. Its outputs list the
     # suite's blocks and tasks, so there is one such rule per suite. Finished blocks are cached in
     # anchors-cache/ (not declared, so not deleted before a rerun): a killed job resumes there.
-    for _suite in SUITES:
+    for _suite in IN_MEMORY_SUITES:  # streaming suites always run per layer (llm.smk)
         if not S(_suite).get("fda"):
             continue
 
@@ -95,6 +98,8 @@ else:
 if wc_.fda_granularity(config, "adapt") == "fine":
 
     rule fda_adapt_block:
+        wildcard_constraints:
+            suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
         input:
             base=BASE,
             experts=expert_dirs,
@@ -132,6 +137,8 @@ if wc_.fda_granularity(config, "adapt") == "fine":
             " > {log} 2>&1"
 
     rule fda_assemble:
+        wildcard_constraints:
+            suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
         input:
             base=BASE,
             experts=expert_dirs,
@@ -173,6 +180,8 @@ else:
         # All blocks in one job. Finished blocks are cached as blocks/block{b}.safetensors (not
         # declared outputs, so snakemake does not delete them when the job is killed); a rerun
         # skips every block whose cache key (settings + input files) still matches.
+        wildcard_constraints:
+            suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
         input:
             base=BASE,
             experts=expert_dirs,

@@ -1,0 +1,327 @@
+# The streaming LLM suites (family llama: llama13b; wc_.is_streaming). Models are sharded HF
+# directories that no job loads whole: base and experts are linked (or converted from .bin),
+# baselines merge block by block (`stream-merge`), FDA runs one job per (decoder layer, expert)
+# construction and one per layer adaptation whatever `fda_jobs` says (a whole-model job cannot hold
+# 13B), the FDA model is assembled streamed over the init's merge, and evaluation generates on the
+# benchmarks of each task. Result cells, tables and figures are the shared rules (evaluate.smk,
+# aggregate.smk): the raw rows have the same format.
+#
+# Jobs get as params only the settings they read (wc_.job_settings), so editing an evaluation
+# setting never refetches or remerges a 13B model. Evaluations also write every prompt,
+# completion and score under work/{suite}/eval/generations/ (for reading; not declared).
+
+
+rule llm_prepare_data:
+    wildcard_constraints:
+        suite=STREAMING,
+    output:
+        directory(DATA),
+    params:
+        settings=p_job_settings("data"),
+        seed=p_data_seed,
+    log:
+        "logs/{suite}/prepare_data.log",
+    benchmark:
+        "logs/benchmarks/{suite}/prepare_data.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("data"),
+        runtime=runtime("data"),
+        gpu=gpu("data"),
+    conda:
+        ENV
+    shell:
+        "fda-bench prepare-data --suite {wildcards.suite} --settings {params.settings:q}"
+        " --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule llm_prepare_base:
+    # hub snapshot (offline: the cache only, failing fast) or local directory, linked file by file
+    wildcard_constraints:
+        suite=STREAMING,
+    input:
+        data=DATA,
+    output:
+        directory(BASE),
+    params:
+        settings=p_job_settings("fetch"),
+        seed=p_data_seed,
+    log:
+        "logs/{suite}/prepare_base.log",
+    benchmark:
+        "logs/benchmarks/{suite}/prepare_base.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("base"),
+        runtime=runtime("base"),
+        gpu=gpu("base"),
+    conda:
+        ENV
+    shell:
+        "fda-bench prepare-base --suite {wildcards.suite} --settings {params.settings:q}"
+        " --data {input.data} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule llm_prepare_expert:
+    # linked like the base, then its tensor headers are checked against the base's
+    wildcard_constraints:
+        suite=STREAMING,
+    input:
+        data=DATA,
+        base=BASE,
+    output:
+        directory(EXPERT),
+    params:
+        settings=p_job_settings("fetch"),
+        seed=p_data_seed,
+    log:
+        "logs/{suite}/prepare_expert/{task}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/prepare_expert/{task}.tsv"
+    threads: 1
+    retries: 1  # hub downloads are flaky
+    resources:
+        mem_mb=mem("expert"),
+        runtime=runtime("expert"),
+        gpu=gpu("expert"),
+    conda:
+        ENV
+    shell:
+        "fda-bench prepare-expert --suite {wildcards.suite} --settings {params.settings:q}"
+        " --task {wildcards.task} --base {input.base} --data {input.data}"
+        " --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule llm_merge:
+    # a killed merge resumes from its staging directory (.{baseline}.partial) on the next run
+    wildcard_constraints:
+        suite=STREAMING,
+    input:
+        base=BASE,
+        experts=expert_dirs,
+    output:
+        directory(LLM_MERGED),
+    params:
+        hparams=p_hparams,
+        experts=expert_args,
+        shard_size=p_shard_size,
+        vocab_mismatch=p_vocab_mismatch,
+    log:
+        "logs/{suite}/merge/{baseline}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/merge/{baseline}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("merge"),
+        runtime=runtime("merge"),
+        gpu=gpu("merge"),
+    conda:
+        ENV
+    shell:
+        "fda-bench stream-merge --method {wildcards.baseline} --hparams {params.hparams:q}"
+        " --base {input.base} {params.experts} --out {output} --shard-size {params.shard_size}"
+        " --vocab-mismatch {params.vocab_mismatch} --resume > {log} 2>&1"
+
+
+rule llm_construct:
+    # one (layer, expert): anchors and construction log at the paths of the in-memory rules
+    wildcard_constraints:
+        suite=STREAMING,
+    input:
+        base=BASE,
+        experts=expert_dirs,
+    output:
+        anchors=ANCHORS,
+        log=ANCHOR_LOG,
+    params:
+        family=p_family,
+        fda=p_fda,
+        size=p_size,
+        n_blocks=p_n_blocks,
+        experts=expert_args,
+    log:
+        "logs/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("construct"),
+        runtime=runtime("construct"),
+        gpu=gpu("construct"),
+    conda:
+        ENV
+    shell:
+        "fda-bench llm-construct --suite {wildcards.suite} --family {params.family} --size {params.size}"
+        " --fda {params.fda:q} --seed {wildcards.seed} --n-blocks {params.n_blocks}"
+        " --anchor-init {wildcards.anchorinit} --base {input.base} {params.experts}"
+        " --layer {wildcards.block} --task {wildcards.task} --out {output.anchors} --log {output.log} > {log} 2>&1"
+
+
+rule llm_adapt:
+    # one layer, on the anchors of every expert, from the init's merged directory
+    wildcard_constraints:
+        suite=STREAMING,
+    input:
+        base=BASE,
+        experts=expert_dirs,
+        anchors=block_anchors,
+        init_model=llm_init_model,
+    output:
+        ADAPTED,
+    params:
+        family=p_family,
+        fda=p_fda,
+        size=p_size,
+        n_blocks=p_n_blocks,
+        experts=expert_args,
+        anchors=p_anchor_args,
+        init_model=p_init_model,
+    log:
+        "logs/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("adapt"),
+        runtime=runtime("adapt"),
+        gpu=gpu("adapt"),
+    conda:
+        ENV
+    shell:
+        "fda-bench llm-adapt --family {params.family} --size {params.size} --fda {params.fda:q}"
+        " --seed {wildcards.seed} --n-blocks {params.n_blocks} --anchor-init {wildcards.anchorinit}"
+        " --base {input.base} {params.experts} --init {wildcards.init} {params.init_model}"
+        " --layer {wildcards.block} {params.anchors} --out {output} > {log} 2>&1"
+
+
+rule llm_assemble:
+    # the init's merge (fda non_block: init, the official LLM setting) with the adapted layers in
+    wildcard_constraints:
+        suite=STREAMING,
+    input:
+        base=BASE,
+        blocks=adapted_blocks,
+        init_model=llm_init_model,
+    output:
+        directory(LLM_FDA_MERGED),
+    params:
+        family=p_family,
+        fda=p_fda,
+        size=p_size,
+        n_blocks=p_n_blocks,
+        init_model=p_init_model,
+        shard_size=p_shard_size,
+    log:
+        "logs/{suite}/fda/seed{seed}/assemble-{init}-{anchorinit}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/fda/seed{seed}/assemble-{init}-{anchorinit}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("assemble"),
+        runtime=runtime("assemble"),
+        gpu=gpu("assemble"),
+    conda:
+        ENV
+    shell:
+        "fda-bench llm-assemble --family {params.family} --size {params.size} --fda {params.fda:q}"
+        " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base}"
+        " --init {wildcards.init} {params.init_model} --blocks {input.blocks}"
+        " --out {output} --shard-size {params.shard_size} --resume > {log} 2>&1"
+
+
+rule llm_evaluate_reference:
+    # `pretrained`: the base on every benchmark; `individual`: each expert on its task's benchmarks
+    wildcard_constraints:
+        suite=STREAMING,
+    input:
+        data=DATA,
+        base=BASE,
+        experts=expert_dirs,
+    output:
+        EVAL_REF,
+    params:
+        settings=p_job_settings("eval"),
+        tasks=p_tasks,
+        limit=p_limit,
+        experts=expert_args,
+        model=p_reference_model,
+        seed=p_data_seed,
+    log:
+        "logs/{suite}/evaluate/{reference}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/evaluate/{reference}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("evaluate"),
+        runtime=runtime("evaluate"),
+        gpu=gpu("evaluate"),
+    conda:
+        ENV
+    shell:
+        "fda-bench llm-eval --suite {wildcards.suite} --settings {params.settings:q} {params.model}"
+        " --tasks {params.tasks} {params.experts} --data {input.data} {params.limit}"
+        " --generations-dir work/{wildcards.suite}/eval/generations/{wildcards.reference}"
+        " --method {wildcards.reference} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule llm_evaluate_baseline:
+    wildcard_constraints:
+        suite=STREAMING,
+    input:
+        data=DATA,
+        model=LLM_MERGED,
+    output:
+        EVAL_BASELINE,
+    params:
+        settings=p_job_settings("eval"),
+        tasks=p_tasks,
+        limit=p_limit,
+        seed=p_data_seed,
+    log:
+        "logs/{suite}/evaluate/{baseline}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/evaluate/{baseline}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("evaluate"),
+        runtime=runtime("evaluate"),
+        gpu=gpu("evaluate"),
+    conda:
+        ENV
+    shell:
+        "fda-bench llm-eval --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
+        " --tasks {params.tasks} --data {input.data} {params.limit}"
+        " --generations-dir work/{wildcards.suite}/eval/generations/{wildcards.baseline}"
+        " --method {wildcards.baseline} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule llm_evaluate_fda:
+    wildcard_constraints:
+        suite=STREAMING,
+    input:
+        data=DATA,
+        model=LLM_FDA_MERGED,
+    output:
+        EVAL_FDA,
+    params:
+        settings=p_job_settings("eval"),
+        tasks=p_tasks,
+        limit=p_limit,
+    log:
+        "logs/{suite}/evaluate/fda-seed{seed}-{init}-{anchorinit}.log",
+    benchmark:
+        "logs/benchmarks/{suite}/evaluate/fda-seed{seed}-{init}-{anchorinit}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("evaluate"),
+        runtime=runtime("evaluate"),
+        gpu=gpu("evaluate"),
+    conda:
+        ENV
+    shell:
+        "fda-bench llm-eval --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
+        " --tasks {params.tasks} --data {input.data} {params.limit}"
+        " --generations-dir work/{wildcards.suite}/eval/generations/fda/seed"
+        "{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}"
+        " --method fda --init {wildcards.init} --anchor-init {wildcards.anchorinit} --seed {wildcards.seed}"
+        " --out {output} > {log} 2>&1"
