@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     inits = {i: (pre if i == "pretrained" else load_state_dict(work / "merged" / f"{i}.safetensors")) for i in args.inits}
     report: dict[str, Any] = {"suite": args.suite, "block": args.block, "anchor_init": args.anchor_init,
                               "steps": args.steps, "budgets": args.budgets, "tasks": tasks,
-                              "init_accuracy": {i: score(s) for i, s in inits.items()}, "runs": []}
+                              "init_accuracy": {i: score(s) for i, s in inits.items()}, "runs": [],
+                              "adapt_settings": {i: wc.fda_hparams(section, i) for i in inits}}
     for n in args.n_anchors:
         cfg = fda.FDAConfig.for_family(section["family"], **{**wc.fda_hparams(section), "n_anchors": n,
                                                               "construct_steps": args.steps, "progress": False,
@@ -116,6 +117,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Accuracy without adapting the block: " + ", ".join(f"{i} {a:.1f}" for i, a in report["init_accuracy"].items()) + ".",
         "Steps 0 = the unconstructed anchors (control).",
+        "Adaptation settings (config overrides per init): "
+        + "; ".join(f"{i}: {json.dumps(h, sort_keys=True)}" for i, h in report.get("adapt_settings", {}).items()) + ".",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---:|" * len(head),

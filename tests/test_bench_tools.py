@@ -1,0 +1,68 @@
+"""The small benchmark helpers: job_times (stage sums of Snakemake benchmark files) and
+bench_reduction's pure parts (budget cosine, one-block replacement, Markdown)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_reduction  # noqa: E402
+import job_times  # noqa: E402
+from fda.anchors import ConstructLog, ConstructResult  # noqa: E402
+
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def _tsv(path: Path, seconds: float, rss: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(HEADER + f"{seconds}\t0:00:01\t{rss}\t1\t1\t1\t0\t0\t50\t{seconds}\n")
+
+
+def test_job_times_sums_by_suite_and_stage(tmp_path):
+    _tsv(tmp_path / "mt/prepare_expert/a.tsv", 10.0, 100)
+    _tsv(tmp_path / "mt/prepare_expert/b.tsv", 5.0, 300)
+    _tsv(tmp_path / "mt/fda/seed0/construct-gauss.tsv", 7.0, 50)
+    _tsv(tmp_path / "mt/construction-figures-gauss.tsv", 1.0, 20)  # a figure job, not construction
+    _tsv(tmp_path / "mt/fda/seed0/adapt-ta-gauss.tsv", 3.0, 40)
+    got = job_times.summarise(tmp_path)
+    assert got[("mt", "experts (fine-tuning)")] == [2, 15.0, 300.0]
+    assert got[("mt", "FDA construction")] == [1, 7.0, 50.0]
+    assert got[("mt", "FDA adaptation")] == [1, 3.0, 40.0]
+    assert got[("mt", "cells, tables, figures")] == [1, 1.0, 20.0]
+    assert "**26**" in job_times.markdown(got)
+
+
+def _result(losses: list[float], mean_cos: list[float]) -> ConstructResult:
+    steps = len(losses)
+    cos = torch.tensor(mean_cos).unsqueeze(1).repeat(1, 2)  # two tensors, equal cosines
+    log = ConstructLog(["w", "b"], torch.tensor(losses), cos, torch.zeros(steps, 2), [], [], [])
+    return ConstructResult(0, 0, torch.zeros(1), torch.zeros(1), min(losses), 0, log)
+
+
+def test_budget_cosine_is_the_cosine_at_the_best_step_within_the_budget():
+    r = _result([5.0, 3.0, 4.0, 1.0], [0.1, 0.5, 0.4, 0.9])
+    assert bench_reduction.budget_cosine(r, 0) == pytest.approx(0.1)  # the initial anchors
+    assert bench_reduction.budget_cosine(r, 3) == pytest.approx(0.5)  # best of steps 0..2 is step 1
+    assert bench_reduction.budget_cosine(r, 4) == pytest.approx(0.9)
+
+
+def test_with_block_replaces_only_the_block_and_keeps_dtypes():
+    state = {"a": torch.zeros(2, dtype=torch.float16), "b": torch.ones(2)}
+    out = bench_reduction.with_block(state, {"a": torch.full((2,), 3.0)})
+    assert out["a"].dtype == torch.float16 and out["a"].tolist() == [3.0, 3.0]
+    assert out["b"] is state["b"] and state["a"].tolist() == [0.0, 0.0]
+
+
+def test_reduction_markdown_lists_every_run_and_the_adaptation_settings():
+    report = {"suite": "s", "block": 1, "anchor_init": "gauss", "steps": 4, "tasks": ["x", "y"],
+              "init_accuracy": {"ta": 50.0}, "adapt_settings": {"ta": {"adapt_lr": 0.01}},
+              "runs": [{"n_anchors": 8, "budget": 0, "cos": 0.1, "acc_ta": 51.0},
+                       {"n_anchors": 8, "budget": 4, "cos": 0.7, "acc_ta": 53.25}]}
+    md = bench_reduction.markdown(report)
+    assert "| 8 | 0 | 0.100 | 51.0 |" in md and "| 8 | 4 | 0.700 | 53.2 |" in md
+    assert '"adapt_lr": 0.01' in md
