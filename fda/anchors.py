@@ -6,6 +6,9 @@ Objective, exactly as the official code (reference §2.2), for expert i and bloc
   ``-mean (out0 - outi)^2`` (``"mse"``), or ``-mean |out0 - outi|`` (``"l1"``);
 * ``g_p = dS/dθ0[p]`` for every parameter tensor p of the block, with ``create_graph=True``;
 * ``L(X) = Σ_p (1 - cos(g_p, τ_p))``, minimised over X with AdamW (PyTorch defaults, wd 0.01);
+  p runs over the block's tensors in the layout the official code saw them: ``qkv_layout="fused"``
+  makes q, k, v one tensor (open_clip's ``in_proj``, the official vision blocks) on a model that
+  stores them apart, ``"split"`` the reverse (:meth:`fda.blocks.BlockAdapter.loss_terms`);
 * the best X seen is returned (the loss is evaluated before the step, so it belongs to that X).
 
 Speed-ups over the official loop, none of which changes the result:
@@ -33,7 +36,7 @@ from torch import nn
 from torch.func import vmap
 from tqdm.auto import tqdm
 
-from fda.blocks import BlockAdapter
+from fda.blocks import BlockAdapter, LossTerm
 
 StateDict = dict[str, torch.Tensor]
 
@@ -168,8 +171,25 @@ def module_mode(module: nn.Module, train: bool) -> Iterator[None]:
             m.training = flag
 
 
+def _term_vector(tensors: Mapping[str, torch.Tensor], term: LossTerm, lead: int) -> torch.Tensor:
+    """The members of ``term`` flattened and concatenated: ``[*lead dims, size]``. ``lead``: leading
+    batch dimensions kept (1 for expert-stacked tensors); a member's third slices its rows."""
+    parts = []
+    for name, third in term.members:
+        x = tensors[name]
+        if third is not None:
+            rows = x.shape[lead] // 3
+            x = x.narrow(lead, third * rows, rows)
+        parts.append(x.reshape(*x.shape[:lead], -1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=lead)
+
+
 class _Objective:
-    """Per-expert construction losses and their anchor gradients for stacked anchors ``X [E, ...]``."""
+    """Per-expert construction losses and their anchor gradients for stacked anchors ``X [E, ...]``.
+
+    The loss sums 1 - cos over :class:`~fda.blocks.LossTerm` s: the block's tensors, or with
+    ``qkv_layout`` its attention q/k/v fused or split (see ``BlockAdapter.loss_terms``).
+    """
 
     def __init__(
         self,
@@ -180,26 +200,29 @@ class _Objective:
         kind: str,
         batching: str,
         zero_grad: str = "keep",
+        qkv_layout: str | None = None,
     ):
         self.adapter, self.block, self.kind, self.batching = adapter, block, kind, batching
         self.names = adapter.param_names(block)
         if zero_grad not in ZERO_GRAD_POLICIES:
             raise ValueError(f"zero_grad must be one of {ZERO_GRAD_POLICIES}, got {zero_grad!r}")
-        self.unalignable = adapter.zero_gradient_names(block)
-        # 1 where the tensor's cosine counts, 0 where it is held at its exact value 0
-        self.mask = torch.tensor([0.0 if zero_grad == "constant" and n in self.unalignable else 1.0 for n in self.names])
+        self.terms = adapter.loss_terms(block, qkv_layout)
+        self.term_names = [t.name for t in self.terms]
+        self.unalignable = adapter.zero_gradient_terms(block, self.terms)
+        # 1 where the term's cosine counts, 0 where it is held at its exact value 0
+        self.mask = torch.tensor([0.0 if zero_grad == "constant" and n in self.unalignable else 1.0 for n in self.term_names])
         E = len(experts)
         self.theta0 = {k: theta0[k].detach() for k in self.names}
         # finetuned params: plain tensors, never leaves needing grad
         self.thetas = [{k: ex[k].detach() for k in self.names} for ex in experts]
-        self.taus = [[ex[k] - self.theta0[k] for k in self.names] for ex in self.thetas]
+        self.taus = [[_term_vector({k: ex[k] - self.theta0[k] for k in self.names}, t, 0) for t in self.terms] for ex in self.thetas]
         if batching == "vmap":
             # θ0 seen once per expert through a stride-0 view (no copies): the gradient wrt the view,
             # d(Σ_e S_e)/dθ0_rep[e], is expert e's own gradient
             leaf = {k: v.detach().requires_grad_(True) for k, v in self.theta0.items()}
             self.theta0_rep = {k: v.unsqueeze(0).expand(E, *v.shape) for k, v in leaf.items()}
             self.theta_stack = {k: torch.stack([t[k] for t in self.thetas]) for k in self.names}
-            self.tau_stack = [torch.stack([t[p] for t in self.taus]) for p in range(len(self.names))]
+            self.tau_stack = [torch.stack([t[p] for t in self.taus]) for p in range(len(self.terms))]
             self.thetas, self.taus = [], []  # stacked copies only: one block per expert resident
         elif batching == "loop":
             # detach() shares storage: the leaf costs no copy of the block
@@ -213,15 +236,16 @@ class _Objective:
         return similarity(out0, outi, self.kind)
 
     def __call__(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss [E], cos [E, P], grad_norm [E, P], dloss/dX [E, ...]) for the anchors ``X``."""
+        """(loss [E], cos [E, P], grad_norm [E, P], dloss/dX [E, ...]) for the anchors ``X``; P terms."""
         if self.batching == "vmap":
             S = vmap(self._sim)(self.theta0_rep, self.theta_stack, X)  # [E]
-            grads = torch.autograd.grad(S.sum(), [self.theta0_rep[k] for k in self.names], create_graph=True)
-            cos = torch.stack([vmap(_flat_cos)(g, t) for g, t in zip(grads, self.tau_stack)], dim=1)  # [E, P]
+            grads = dict(zip(self.names, torch.autograd.grad(S.sum(), [self.theta0_rep[k] for k in self.names], create_graph=True)))
+            g_terms = [_term_vector(grads, t, 1) for t in self.terms]  # [E, size] each
+            cos = torch.stack([vmap(_flat_cos)(g, t) for g, t in zip(g_terms, self.tau_stack)], dim=1)  # [E, P]
             cos = cos * self.mask.to(cos.device)
             loss = (1 - cos).sum(dim=1)
             (gx,) = torch.autograd.grad(loss.sum(), [X])  # only X: no second-order weight gradients
-            gnorm = torch.stack([g.detach().flatten(1).norm(dim=1) for g in grads], dim=1)
+            gnorm = torch.stack([g.detach().norm(dim=1) for g in g_terms], dim=1)
             return loss.detach(), cos.detach(), gnorm, gx
         # one expert at a time, each graph freed before the next: peak memory of one expert
         losses, coss, norms, gxs = [], [], [], []
@@ -230,13 +254,14 @@ class _Objective:
         for e, theta in enumerate(self.thetas):
             xe = X[e]
             S = self._sim(self.theta0_leaf, theta, xe)
-            grads = torch.autograd.grad(S, leaves, create_graph=True)
-            cos = torch.stack([_flat_cos(g, t) for g, t in zip(grads, self.taus[e])]) * mask
+            grads = dict(zip(self.names, torch.autograd.grad(S, leaves, create_graph=True)))
+            g_terms = [_term_vector(grads, t, 0) for t in self.terms]
+            cos = torch.stack([_flat_cos(g, t) for g, t in zip(g_terms, self.taus[e])]) * mask
             loss = (1 - cos).sum()
             (gx,) = torch.autograd.grad(loss, [xe])
             losses.append(loss.detach())
             coss.append(cos.detach())
-            norms.append(torch.stack([g.detach().norm() for g in grads]))
+            norms.append(torch.stack([g.detach().norm() for g in g_terms]))
             gxs.append(gx)
         return torch.stack(losses), torch.stack(coss), torch.stack(norms), torch.stack(gxs)
 
@@ -250,7 +275,8 @@ class ConstructLog:
     """Per-step record of one expert's construction.
 
     ``loss [steps]`` and ``cos [steps, P]`` / ``grad_norm [steps, P]`` belong to the anchors
-    *before* that step; ``param_names`` gives the P columns. ``unalignable`` names the tensors
+    *before* that step; ``param_names`` gives the P columns: the loss terms (the block's tensors,
+    or q/k/v fused or split as ``qkv_layout`` asked). ``unalignable`` names the terms
     whose induced gradient is identically zero (attention key biases): their cosine is round-off
     (or 0 with ``zero_grad="constant"``) and caps the mean cosine at (P - u)/P — not a failure.
     ``sv`` holds normalised singular values (divided by the largest) of the anchors reshaped
@@ -328,6 +354,7 @@ def construct_anchors(
     expert_ids: Sequence[int] | None = None,
     zero_grad: str = "keep",
     snapshot_steps: Sequence[int] = (),
+    qkv_layout: str | None = None,
 ) -> list[ConstructResult]:
     """Construct the anchors of E experts of one block together.
 
@@ -338,7 +365,9 @@ def construct_anchors(
     with the block in eval mode (no dropout, as the official construction). ``snapshot_steps``:
     budgets s (0 <= s <= steps) whose best-so-far anchors are kept in ``budget_anchors`` (one long
     run answers "what would s steps give", e.g. for a step-budget study; s = 0 is the initial
-    anchors). Returns one :class:`ConstructResult` per expert, in order.
+    anchors). ``qkv_layout``: the q/k/v layout of the loss's per-tensor cosines (None: as the block
+    stores them; see :meth:`fda.blocks.BlockAdapter.loss_terms`). Returns one
+    :class:`ConstructResult` per expert, in order.
     """
     E = len(experts)
     if init.shape[0] != E:
@@ -353,7 +382,7 @@ def construct_anchors(
         raise ValueError(f"snapshot_steps must lie in 0..{steps} (the construction steps), got {budgets}")
     dev = init.device
     to_dev = lambda sd: {k: v.to(dev, init.dtype) for k, v in sd.items()}  # noqa: E731
-    objective = _Objective(adapter, block, to_dev(theta0), [to_dev(e) for e in experts], similarity_kind, batching, zero_grad)
+    objective = _Objective(adapter, block, to_dev(theta0), [to_dev(e) for e in experts], similarity_kind, batching, zero_grad, qkv_layout)
     X = init.detach().clone().requires_grad_(True)
     opt = torch.optim.AdamW([X], lr=lr)  # PyTorch defaults, weight_decay=0.01, as the official code
     best = X.detach().clone()
@@ -395,7 +424,7 @@ def construct_anchors(
         snapshot(steps)
     if steps in budgets:
         kept[steps] = best.clone()
-    P = len(objective.names)
+    P = len(objective.terms)
     L = torch.stack(losses, dim=1) if losses else torch.empty(E, 0)
     C = torch.stack(coss, dim=1) if coss else torch.empty(E, 0, P)
     N = torch.stack(norms, dim=1) if norms else torch.empty(E, 0, P)
@@ -407,7 +436,7 @@ def construct_anchors(
             initial=init[e].detach().clone(),
             best_loss=float(best_loss[e]) if steps else math.nan,
             best_step=int(best_step[e]),
-            log=ConstructLog(list(objective.names), L[e], C[e], N[e], list(objective.unalignable), list(sv_steps), svs[e]),
+            log=ConstructLog(list(objective.term_names), L[e], C[e], N[e], list(objective.unalignable), list(sv_steps), svs[e]),
             budget_anchors={s: kept[s][e].detach().clone() for s in budgets},
         )
         for e in range(E)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from fda.adapt import ADAPT_LOSSES, AdaptResult, adapt
 from fda.anchors import ANCHOR_INITS, SIMILARITIES, ConstructResult, construct_anchors, derive_seed, init_anchors
-from fda.blocks import BlockAdapter, adapter_for
+from fda.blocks import QKV_LAYOUTS, BlockAdapter, adapter_for
 from fda.checkpoints import LazyCheckpoint, read_metadata, save_state_dict
 
 StateDict = dict[str, torch.Tensor]
@@ -53,7 +53,12 @@ class FDAConfig:
     ``keep`` leaves them in the loss with their round-off gradient, as the official RoBERTa code;
     ``constant`` holds their 1 - cos at 1. None: ``constant`` for HF CLIP — the official open_clip
     blocks have no separate key bias, and the isolated round-off term makes HF CLIP trajectories
-    depend on summation order — ``keep`` elsewhere), ``init_hparams`` (extra hyperparameters for ``baselines.merge`` when ``fda.merge`` computes
+    depend on summation order — ``keep`` elsewhere; it matters only where a key bias is its own
+    loss term, i.e. HF blocks with ``qkv_layout="split"``), ``qkv_layout`` (the q/k/v layout of the
+    construction loss's per-tensor cosines: ``fused`` treats q, k, v weights and biases as one
+    tensor each, as open_clip's ``in_proj`` in the official vision code; ``split`` as three, as HF
+    stores them; None: as the model stores them. Official: ``fused`` for vision, ``split`` for
+    text and LLM; it does not touch adaptation, which matches block outputs), ``init_hparams`` (extra hyperparameters for ``baselines.merge`` when ``fda.merge`` computes
     the merged init).
     """
 
@@ -80,6 +85,7 @@ class FDAConfig:
     progress: bool = True
     sv_every: int = 0
     zero_grad: Literal["keep", "constant"] | None = None
+    qkv_layout: Literal["split", "fused"] | None = None
     init_hparams: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -96,21 +102,22 @@ class FDAConfig:
             # Vision/construct.sh, Vision/adapt.sh; merged-init lr 1e-2 (TA script), TSV/WUDI assumed the same
             v.update(construct_steps=1200, adapt_epochs=100, adapt_lr=1e-2 if merged else 1e-5, adapt_batch=128,
                      adapt_loss="cos", ta_lambda=0.3, train_mode=True, non_block="pretrained",
-                     zero_grad="constant" if family == "clip-vision" else "keep")
+                     zero_grad="constant" if family == "clip-vision" else "keep",
+                     qkv_layout="fused")  # the official blocks are open_clip's (fused in_proj)
         elif kind == "text":
             large = size == "large"
             epochs = (15 if large else 100) if merged else (25 if large else 125)
             v.update(construct_steps=1200, adapt_epochs=epochs, adapt_lr=1e-2 if merged else 5e-5, adapt_batch=128,
                      adapt_loss="mse", ta_lambda=0.2 if large else 0.3,
                      # official NLU: eval mode from pretrained, train mode (dropout) from a merged init
-                     train_mode=merged, non_block="pretrained", zero_grad="keep")
+                     train_mode=merged, non_block="pretrained", zero_grad="keep", qkv_layout="split")
         else:
             # NLG scripts: MLP anchors 8192 x 1 token, 200 steps; adaptation 50 epochs, lr 1e-2, batch 8192.
             # The official LLM path only adapts from a TA merge (λ 0.5) and keeps its non-MLP tensors.
             # From pretrained (no official run) weights are trained with lr 1e-5, the vision value.
             v.update(n_anchors=8192, construct_steps=200, adapt_epochs=50, adapt_lr=1e-2 if merged else 1e-5,
                      adapt_batch=8192, adapt_loss="cos", ta_lambda=0.5, train_mode=True, non_block="init",
-                     zero_grad="keep")
+                     zero_grad="keep", qkv_layout="split")
         v.update(overrides)
         return cls(**v)
 
@@ -134,6 +141,8 @@ class FDAConfig:
             cfg.non_block = ref.non_block
         if cfg.zero_grad is None:
             cfg.zero_grad = ref.zero_grad
+        if cfg.qkv_layout is None:
+            cfg.qkv_layout = ref.qkv_layout
         cfg.validate()
         return cfg
 
@@ -146,6 +155,8 @@ class FDAConfig:
             raise ValueError(f"non_block must be 'pretrained' or 'init', got {self.non_block!r}")
         if self.zero_grad not in (None, "keep", "constant"):
             raise ValueError(f"zero_grad must be 'keep' or 'constant', got {self.zero_grad!r}")
+        if self.qkv_layout not in (None, *QKV_LAYOUTS):
+            raise ValueError(f"qkv_layout must be 'split' or 'fused', got {self.qkv_layout!r}")
         if self.batching not in ("auto", "vmap", "loop"):
             raise ValueError(f"batching must be 'auto', 'vmap' or 'loop', got {self.batching!r}")
         for name in ("n_anchors", "adapt_batch"):
@@ -156,7 +167,7 @@ class FDAConfig:
                 raise ValueError(f"{name} must be >= 0")
 
     def construction_metadata(self) -> dict[str, Any]:
-        keys = ("family", "n_anchors", "tokens", "construct_steps", "construct_lr", "sigma", "similarity", "gauss_shared", "seed", "part", "zero_grad", "batching")
+        keys = ("family", "n_anchors", "tokens", "construct_steps", "construct_lr", "sigma", "similarity", "gauss_shared", "seed", "part", "zero_grad", "qkv_layout", "batching")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -230,7 +241,7 @@ def construct_block(
         adapter, block, theta0, thetas, torch.stack(inits).to(dev),
         steps=cfg.construct_steps, lr=cfg.construct_lr, similarity_kind=cfg.similarity, batching=cfg.batching,
         sv_every=cfg.sv_every, progress=cfg.progress, expert_ids=ids, zero_grad=str(cfg.zero_grad),
-        snapshot_steps=snapshot_steps,
+        snapshot_steps=snapshot_steps, qkv_layout=cfg.qkv_layout,
     )  # fmt: skip
     for res in results:
         res.settings = {**cfg.construction_metadata(), "anchor_init": anchor_init, "layout": "canonical"}

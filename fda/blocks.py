@@ -24,6 +24,7 @@ import abc
 import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -33,6 +34,24 @@ from torch.func import functional_call
 StateDict = dict[str, torch.Tensor]
 
 _KEY_BIAS = re.compile(r"(^|\.)(key|k_proj|k)\.bias$")
+# separate attention projections, HF names: (prefix, projection, weight|bias)
+_SPLIT_QKV = re.compile(r"^((?:.*\.)?)(q_proj|k_proj|v_proj|query|key|value)\.(weight|bias)$")
+_QKV_ROLE = {"q_proj": 0, "k_proj": 1, "v_proj": 2, "query": 0, "key": 1, "value": 2}
+QKV_LAYOUTS = ("split", "fused")
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One per-tensor cosine term of the construction loss.
+
+    ``members``: ``(local parameter name, third)`` pairs whose flattened values are concatenated
+    in order; ``third`` None takes the whole tensor, 0/1/2 the q/k/v third of its rows (q/k/v
+    split out of a fused ``[3d, ...]`` tensor). A fused term lists the q, k, v tensors in that
+    order, the row order of open_clip's ``in_proj_weight``, so its cosine is the fused tensor's.
+    """
+
+    name: str
+    members: tuple[tuple[str, int | None], ...]
 
 
 @contextlib.contextmanager
@@ -153,6 +172,71 @@ class BlockAdapter(abc.ABC):
         """Tensors whose induced gradient is identically zero: attention key biases (softmax is
         invariant to a per-query constant, and q·b_k is one). Their (1 - cos) term is a constant 1."""
         return [n for n in self.param_names(block) if _KEY_BIAS.search(n)]
+
+    # -- the q/k/v layout of the construction loss -------------------------------------------------
+    def qkv_groups(self, block: int) -> list[tuple[str, tuple[str, ...]]]:
+        """The block's attention projections as ``(fused name, member tensors)``: three members
+        (q, k, v) where the block stores them apart (HF), one where it stores them fused
+        (open_clip ``in_proj``); empty without attention. Found by the HF names ``q_proj``/``k_proj``/
+        ``v_proj`` or ``query``/``key``/``value``; override for other names."""
+        found: dict[tuple[str, str, str], dict[int, str]] = {}
+        for name in self.param_names(block):
+            m = _SPLIT_QKV.match(name)
+            if m:
+                prefix, proj, kind = m.groups()
+                style = "qkv_proj" if proj.endswith("_proj") else "qkv"
+                found.setdefault((prefix, style, kind), {})[_QKV_ROLE[proj]] = name
+        return [(f"{prefix}{style}.{kind}", (roles[0], roles[1], roles[2]))
+                for (prefix, style, kind), roles in found.items() if len(roles) == 3]
+
+    def loss_terms(self, block: int, qkv_layout: str | None = None) -> list[LossTerm]:
+        """The cosine terms of the construction loss, in parameter order.
+
+        ``qkv_layout``: None (or the block's own layout): one term per stored tensor. ``"fused"``:
+        q, k, v weights form one term and q, k, v biases another, as open_clip's ``in_proj``
+        (the official vision code's tensors). ``"split"``: a fused ``in_proj`` gives three terms,
+        one per third of its rows. Blocks without attention have one term per tensor either way.
+        """
+        if qkv_layout not in (None, *QKV_LAYOUTS):
+            raise ValueError(f"qkv_layout must be one of {QKV_LAYOUTS} or None, got {qkv_layout!r}")
+        names = self.param_names(block)
+        groups = self.qkv_groups(block)
+        native = None if not groups else ("split" if len(groups[0][1]) == 3 else "fused")
+        if qkv_layout is None or native is None or qkv_layout == native:
+            return [LossTerm(n, ((n, None),)) for n in names]
+        terms: list[LossTerm] = []
+        if qkv_layout == "fused":
+            group_of = {m: g for g in groups for m in g[1]}
+            emitted: set[str] = set()
+            for n in names:
+                if n not in group_of:
+                    terms.append(LossTerm(n, ((n, None),)))
+                elif group_of[n][0] not in emitted:  # the fused term sits where its first member was
+                    fused, members = group_of[n]
+                    emitted.add(fused)
+                    terms.append(LossTerm(fused, tuple((m, None) for m in members)))
+            return terms
+        fused_names = {g[1][0] for g in groups}
+        for n in names:
+            if n in fused_names:
+                terms.extend(LossTerm(f"{n}[{role}]", ((n, i),)) for i, role in enumerate("qkv"))
+            else:
+                terms.append(LossTerm(n, ((n, None),)))
+        return terms
+
+    def zero_gradient_terms(self, block: int, terms: list[LossTerm]) -> list[str]:
+        """Names of the ``terms`` whose induced gradient is identically zero: every member is a
+        key bias (a separate one, or the k third of a fused q/k/v bias)."""
+        zero = set(self.zero_gradient_names(block))
+        fused = {g[1][0] for g in self.qkv_groups(block) if len(g[1]) == 1}
+        dims = {n: p.dim() for n, p in self.block_module(block).named_parameters()}
+
+        def is_zero(name: str, third: int | None) -> bool:
+            if third is None:
+                return name in zero
+            return third == 1 and name in fused and dims[name] == 1
+
+        return [t.name for t in terms if all(is_zero(n, i) for n, i in t.members)]
 
     # -- calling ---------------------------------------------------------------------------------
     def call(self, block: int, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -286,6 +370,10 @@ class OpenClipAdapter(BlockAdapter):
 
     def _width(self, block: nn.Module) -> int:
         return block.attn.embed_dim
+
+    def qkv_groups(self, block: int) -> list[tuple[str, tuple[str, ...]]]:
+        """``nn.MultiheadAttention`` keeps q, k, v fused in ``in_proj_weight`` / ``in_proj_bias``."""
+        return [(n, (n,)) for n in self.param_names(block) if n.endswith(("attn.in_proj_weight", "attn.in_proj_bias"))]
 
     def _call(self, module: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         seq_first = not getattr(module.attn, "batch_first", False)

@@ -86,17 +86,27 @@ def _experts(pairs: Sequence[tuple[str, Path]]):
     return [t for t, _ in pairs], [load_state_dict(d) for _, d in pairs]
 
 
+def _merge_layout(suite) -> str:
+    """The q/k/v layout (``split``/``fused``) a suite's merges and FDA construction run in."""
+    return str(getattr(suite, "qkv_layout", "split"))
+
+
 def _fda_config(args: argparse.Namespace, init: str = "pretrained"):
     """``FDAConfig.for_family(family, init, size)`` (the paper's values) with the configured
     overrides and the seed. Construction uses ``init="pretrained"``: its settings do not depend
-    on the init, and the anchors are shared by every init."""
+    on the init, and the anchors are shared by every init. Jobs given a suite's ``--settings``
+    construct in the suite's q/k/v layout unless ``--fda`` sets ``qkv_layout``: one layout per
+    suite, recorded in every result row."""
     from fda import FDAConfig
 
     fields = {f.name for f in dataclasses.fields(FDAConfig)}
     unknown = sorted(set(args.fda) - fields)
     if unknown:
         raise SystemExit(f"unknown FDA hyperparameter(s) {unknown}; FDAConfig fields: {', '.join(sorted(fields))}")
-    return FDAConfig.for_family(args.family, init=init, size=args.size, **{**args.fda, "seed": args.seed})
+    overrides = {**args.fda, "seed": args.seed}
+    if "qkv_layout" not in overrides and hasattr(args, "settings"):
+        overrides["qkv_layout"] = _merge_layout(_suite(args))
+    return FDAConfig.for_family(args.family, init=init, size=args.size, **overrides)
 
 
 def _count_blocks(model) -> int | None:
@@ -255,7 +265,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     # TSV-M and WUDI are not invariant to splitting a matrix: merge in the suite's layout (fused
     # q/k/v for the paper's CLIP checkpoints), store in the canonical HF layout.
     suite = _suite(args) if args.suite else None
-    layout = getattr(suite, "qkv_layout", "split")
+    layout = _merge_layout(suite)
     if suite is not None and hasattr(suite, "to_merge_layout"):
         pre, experts = suite.to_merge_layout(pre), [suite.to_merge_layout(e) for e in experts]
     _log(f"merge {args.method} over {tasks} with {args.hparams} (qkv layout {layout})")
@@ -292,7 +302,7 @@ def cmd_fda_construct(args: argparse.Namespace) -> int:
     work_dir = Path(args.cache_dir) if args.cache_dir else out_dir
     key = _inputs_key([Path(args.base)] + [d for _, d in args.expert],
                       {"fda": args.fda, "size": args.size, "family": args.family, "seed": args.seed,
-                       "anchor_init": args.anchor_init})
+                       "anchor_init": args.anchor_init, "qkv_layout": cfg.qkv_layout})
     for block in args.block:
         files = {t: work_dir / f"block{block}" / f"{t}.safetensors" for t in want}
         if all(f.is_file() and read_metadata(f).get("cache_key") == json.dumps(key) for f in files.values()):
