@@ -84,10 +84,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "steps": args.steps, "budgets": args.budgets, "tasks": tasks,
                               "init_accuracy": {i: score(s) for i, s in inits.items()}, "runs": [],
                               "adapt_settings": {i: wc.fda_hparams(section, i) for i in inits}}
+    layout = wc.merge_layout(config, args.suite)  # as the workflow's construction jobs
     for n in args.n_anchors:
         cfg = fda.FDAConfig.for_family(section["family"], **{**wc.fda_hparams(section), "n_anchors": n,
                                                               "construct_steps": args.steps, "progress": False,
-                                                              "sv_every": 0})
+                                                              "sv_every": 0, "qkv_layout": layout})
         t0 = time.perf_counter()
         built = fda.construct_block(model, pre, experts, args.block, args.anchor_init, cfg, snapshot_steps=args.budgets)
         seconds = time.perf_counter() - t0
