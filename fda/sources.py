@@ -26,8 +26,6 @@ import os
 import re
 import shutil
 import tempfile
-import types
-import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,61 +319,11 @@ def verify_checkpoint(
 
 
 def parse_settings(cls: type, mapping: Mapping[str, Any] | None, *, suite: str) -> Any:
-    """Build the settings dataclass ``cls`` from a config mapping.
+    """Build the settings dataclass ``cls`` from a config mapping (:func:`fda.suites.settings.parse`:
+    unknown keys and wrong types raise ``SettingsError`` naming the key); an instance passes through."""
+    from fda.suites.settings import parse  # noqa: PLC0415 - fda.suites imports this module
 
-    Unknown keys raise ``SettingsError`` (a ``ValueError``) listing the valid ones; values of a wrong
-    basic type raise it naming the key and the expected type. An instance of ``cls`` passes through.
-    """
-    from fda.suites.settings import SettingsError  # noqa: PLC0415 - the registry's error type
-
-    if isinstance(mapping, cls):
-        return mapping
-    mapping = dict(mapping or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - set(fields))
-    if unknown:
-        raise SettingsError(f"suite '{suite}': unknown setting(s) {unknown}; valid settings: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    for key, value in list(mapping.items()):
-        if isinstance(value, str) and _accepts_float(hints[key]) and not _type_ok(value, hints[key]):
-            try:  # PyYAML reads `1e-5` (no dot) as a string
-                mapping[key] = value = float(value)
-            except ValueError:
-                pass
-        if not _type_ok(value, hints[key]):
-            raise SettingsError(f"suite '{suite}': setting '{key}' = {value!r} is not of type {_type_name(hints[key])}")
-    return cls(**mapping)
-
-
-def _accepts_float(hint: Any) -> bool:
-    return hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint))
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if origin in (dict, Mapping):
-        return isinstance(value, Mapping)
-    if origin in (list, tuple):
-        return isinstance(value, (list, tuple))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    return mapping if isinstance(mapping, cls) else parse(cls, dict(mapping or {}), suite=suite)
 
 
 def resolve_device(setting: str | None) -> torch.device:

@@ -228,7 +228,7 @@ def test_vit_taskvectors_source_fused_layout(clip_world, tmp_path):
 
 
 def test_vision_settings_errors(clip_world):
-    with pytest.raises(ValueError, match=r"unknown setting.*'bogus'.*valid settings"):
+    with pytest.raises(ValueError, match=r"unknown settings key.*'bogus'.*valid keys"):
         VitB32Suite({"bogus": 1})
     with pytest.raises(ValueError, match="unknown task"):
         VitB32Suite({"tasks": ["imagenet"]})

@@ -88,6 +88,11 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         return tuple(_coerce(name, v, item_tp) for v in value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML (YAML 1.1) reads `1e-5`, without a dot, as a string
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise SettingsError(f"setting '{name}': expected bool, got {value!r}")
     if tp in (int, float) and isinstance(value, bool):
