@@ -215,7 +215,8 @@ class _Objective:
         self.theta0 = {k: theta0[k].detach() for k in self.names}
         # finetuned params: plain tensors, never leaves needing grad
         self.thetas = [{k: ex[k].detach() for k in self.names} for ex in experts]
-        self.taus = [[_term_vector({k: ex[k] - self.theta0[k] for k in self.names}, t, 0) for t in self.terms] for ex in self.thetas]
+        taus = [{k: ex[k] - self.theta0[k] for k in self.names} for ex in self.thetas]
+        self.taus = [[_term_vector(tau, t, 0) for t in self.terms] for tau in taus]
         if batching == "vmap":
             # θ0 seen once per expert through a stride-0 view (no copies): the gradient wrt the view,
             # d(Σ_e S_e)/dθ0_rep[e], is expert e's own gradient

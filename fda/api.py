@@ -58,8 +58,8 @@ class FDAConfig:
     construction loss's per-tensor cosines: ``fused`` treats q, k, v weights and biases as one
     tensor each, as open_clip's ``in_proj`` in the official vision code; ``split`` as three, as HF
     stores them; None: as the model stores them. Official: ``fused`` for vision, ``split`` for
-    text and LLM; it does not touch adaptation, which matches block outputs), ``init_hparams`` (extra hyperparameters for ``baselines.merge`` when ``fda.merge`` computes
-    the merged init).
+    text and LLM; it does not touch adaptation, which matches block outputs), ``init_hparams``
+    (extra hyperparameters for ``baselines.merge`` when ``fda.merge`` computes the merged init).
     """
 
     family: str | None = None
