@@ -29,6 +29,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,22 +70,42 @@ class Scorer:
         return 100.0 * sum(accs) / len(accs)
 
 
+@dataclass
+class BuiltSuite:
+    """What the workflow built for a suite under ``work/{suite}``, loaded: the config section,
+    the encoder skeleton, θ0, the experts (in task order), the baseline merges asked for
+    (``inits``; ``pretrained`` is θ0) and a :class:`Scorer`."""
+
+    config: dict[str, Any]
+    section: dict[str, Any]
+    tasks: list[str]
+    model: torch.nn.Module
+    pre: dict[str, torch.Tensor]
+    experts: list[dict[str, torch.Tensor]]
+    inits: dict[str, dict[str, torch.Tensor]]
+    score: Scorer
+
+
+def load_built_suite(config_path: str, name: str, work: str | None, inits: list[str]) -> BuiltSuite:
+    config = wc.load_config([config_path])
+    section = wc.effective_suite(config, name)
+    tasks = list(section["tasks"])
+    root = Path(work or f"work/{name}")
+    suite = get_suite(name, wc.suite_settings_for(config, name))
+    pre = load_state_dict(root / "base")
+    states = {i: (pre if i == "pretrained" else load_state_dict(root / "merged" / f"{i}.safetensors")) for i in inits}
+    return BuiltSuite(config, section, tasks, suite.load_encoder(root / "base"), pre,
+                      [load_state_dict(root / "experts" / t) for t in tasks], states, Scorer(suite, root, tasks))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    config = wc.load_config([args.config])
-    section = wc.effective_suite(config, args.suite)
-    tasks = section["tasks"]
-    work = Path(args.work or f"work/{args.suite}")
-    suite = get_suite(args.suite, wc.suite_settings_for(config, args.suite))
-    model = suite.load_encoder(work / "base")
-    pre = load_state_dict(work / "base")
-    experts = [load_state_dict(work / "experts" / t) for t in tasks]
-    score = Scorer(suite, work, tasks)
-    inits = {i: (pre if i == "pretrained" else load_state_dict(work / "merged" / f"{i}.safetensors")) for i in args.inits}
+    b = load_built_suite(args.config, args.suite, args.work, args.inits)
+    section, model, pre, experts, inits, score = b.section, b.model, b.pre, b.experts, b.inits, b.score
     report: dict[str, Any] = {"suite": args.suite, "block": args.block, "anchor_init": args.anchor_init,
-                              "steps": args.steps, "budgets": args.budgets, "tasks": tasks,
+                              "steps": args.steps, "budgets": args.budgets, "tasks": b.tasks,
                               "init_accuracy": {i: score(s) for i, s in inits.items()}, "runs": [],
                               "adapt_settings": {i: wc.fda_hparams(section, i) for i in inits}}
-    layout = wc.merge_layout(config, args.suite)  # as the workflow's construction jobs
+    layout = wc.merge_layout(b.config, args.suite)  # as the workflow's construction jobs
     for n in args.n_anchors:
         cfg = fda.FDAConfig.for_family(section["family"], **{**wc.fda_hparams(section), "n_anchors": n,
                                                               "construct_steps": args.steps, "progress": False,

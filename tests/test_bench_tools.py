@@ -1,5 +1,5 @@
-"""The small benchmark helpers: job_times (stage sums of Snakemake benchmark files) and
-bench_reduction's pure parts (budget cosine, one-block replacement, Markdown)."""
+"""The small benchmark helpers: job_times (stage sums of Snakemake benchmark files), and the pure
+parts of bench_reduction (budget cosine, one-block replacement, Markdown) and bench_qkv_layout."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import bench_qkv_layout  # noqa: E402
 import bench_reduction  # noqa: E402
 import job_times  # noqa: E402
 from fda.anchors import ConstructLog, ConstructResult  # noqa: E402
@@ -66,3 +67,24 @@ def test_reduction_markdown_lists_every_run_and_the_adaptation_settings():
     md = bench_reduction.markdown(report)
     assert "| 8 | 0 | 0.100 | 51.0 |" in md and "| 8 | 4 | 0.700 | 53.2 |" in md
     assert '"adapt_lr": 0.01' in md
+
+
+def test_qkv_layout_cosine_is_taken_at_the_kept_anchors():
+    r = _result([5.0, 3.0, 4.0, 1.0], [0.1, 0.5, 0.4, 0.9])
+    r.best_step = 3
+    assert bench_qkv_layout.best_cosine(r) == pytest.approx(0.9)
+    r.best_step = -1  # zero steps: the initial anchors
+    assert bench_qkv_layout.best_cosine(r) == pytest.approx(0.1)
+
+
+def test_qkv_layout_markdown_has_a_row_per_layout_and_a_column_per_init():
+    entry = lambda acc, terms: {"construct_s": 12.0, "block_cos": [0.5, 0.25], "terms": terms, "accuracy": acc}  # noqa: E731
+    report = {"suite": "s", "anchor_init": "gauss", "tasks": ["x"], "recorded_layout": "split",
+              "init_accuracy": {"pretrained": 40.0, "ta": 50.0}, "construct_settings": {"n_anchors": 4},
+              "adapt_settings": {"pretrained": {}, "ta": {"adapt_lr": 0.01}},
+              "layouts": {"split": entry({"pretrained": 41.0, "ta": 52.5}, 16),
+                          "fused": entry({"pretrained": 42.0, "ta": 49.0}, 12)}}
+    md = bench_qkv_layout.markdown(report)
+    assert "| init (no FDA) | 40.0 | 50.0 |" in md
+    assert "| FDA, `split` loss | 41.0 | 52.5 |" in md and "| FDA, `fused` loss | 42.0 | 49.0 |" in md
+    assert "| `fused` | 12 | 0.500, 0.250 | 12 |" in md and '"adapt_lr": 0.01' in md
