@@ -48,11 +48,11 @@ def best_cosine(result: fda.ConstructResult) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     b = load_built_suite(args.config, args.suite, args.work, args.inits)
     family, n_blocks = b.section["family"], b.section["fda"]["n_blocks"]
-    report: dict[str, Any] = {"suite": args.suite, "anchor_init": args.anchor_init, "tasks": b.tasks,
+    report: dict[str, Any] = {"suite": args.suite, "anchor_init": args.anchor_init, "seed": args.seed, "tasks": b.tasks,
                               "recorded_layout": wc.merge_layout(b.config, args.suite),
                               "init_accuracy": {i: b.score(s) for i, s in b.inits.items()},
-                              "construct_settings": wc.fda_hparams(b.section),
-                              "adapt_settings": {i: wc.fda_hparams(b.section, i) for i in b.inits}, "layouts": {}}
+                              "adapt_settings": {i: {k: v for k, v in wc.fda_hparams(b.section, i).items() if k in wc.ADAPT_FIELDS}
+                                                 for i in b.inits}, "layouts": {}}
     for layout in args.layouts:
         cfg = fda.FDAConfig.for_family(family, **{**wc.fda_hparams(b.section), "seed": args.seed,
                                                   "progress": False, "sv_every": 0, "qkv_layout": layout})
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             anchors.append([r.anchors for r in built])
             cosines.append(sum(best_cosine(r) for r in built) / len(built))
         entry: dict[str, Any] = {"construct_s": time.perf_counter() - t0, "block_cos": cosines,
-                                 "terms": len(built[0].log.param_names), "accuracy": {}}
+                                 "terms": len(built[0].log.param_names), "settings": built[0].settings, "accuracy": {}}
         print(f"[bench] {layout}: constructed {n_blocks} blocks in {entry['construct_s']:.0f} s, "
               f"cos {[round(c, 3) for c in cosines]}", file=sys.stderr, flush=True)
         for init, init_state in b.inits.items():
@@ -83,7 +83,8 @@ def markdown(report: dict[str, Any]) -> str:
     layouts = report["layouts"]
     lines = [
         f"### {report['suite']}: FDA with the construction loss in each q/k/v layout "
-        f"({report['anchor_init']} anchors, {len(report['tasks'])} tasks, the suite records `{report['recorded_layout']}`)",
+        f"({report['anchor_init']} anchors, seed {report['seed']}, {len(report['tasks'])} tasks, "
+        f"the suite records `{report['recorded_layout']}`)",
         "",
         "Mean accuracy over the tasks (%). The init row is the starting merge itself.",
         "",
@@ -97,8 +98,10 @@ def markdown(report: dict[str, Any]) -> str:
               "|---|---:|---|---:|"]
     for layout, e in layouts.items():
         lines.append(f"| `{layout}` | {e['terms']} | {', '.join(f'{c:.3f}' for c in e['block_cos'])} | {e['construct_s']:.0f} |")
-    lines += ["", "Construction settings: " + json.dumps(report["construct_settings"], sort_keys=True) + "; adaptation "
-              "overrides per init: " + "; ".join(f"{i}: {json.dumps(h, sort_keys=True)}" for i, h in report["adapt_settings"].items()) + "."]
+    first = next(iter(layouts.values()))["settings"]
+    shown = ("n_anchors", "tokens", "construct_steps", "construct_lr", "sigma", "seed", "zero_grad")
+    lines += ["", "Construction: " + ", ".join(f"{k} {first[k]}" for k in shown if k in first) + ". Adaptation, the suite's "
+              "settings per init: " + "; ".join(f"{i}: {json.dumps(h, sort_keys=True)}" for i, h in report["adapt_settings"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -78,9 +78,10 @@ def test_qkv_layout_cosine_is_taken_at_the_kept_anchors():
 
 
 def test_qkv_layout_markdown_has_a_row_per_layout_and_a_column_per_init():
-    entry = lambda acc, terms: {"construct_s": 12.0, "block_cos": [0.5, 0.25], "terms": terms, "accuracy": acc}  # noqa: E731
-    report = {"suite": "s", "anchor_init": "gauss", "tasks": ["x"], "recorded_layout": "split",
-              "init_accuracy": {"pretrained": 40.0, "ta": 50.0}, "construct_settings": {"n_anchors": 4},
+    entry = lambda acc, terms: {"construct_s": 12.0, "block_cos": [0.5, 0.25], "terms": terms, "accuracy": acc,  # noqa: E731
+                                "settings": {"n_anchors": 4, "construct_steps": 3, "qkv_layout": "x"}}
+    report = {"suite": "s", "anchor_init": "gauss", "tasks": ["x"], "recorded_layout": "split", "seed": 0,
+              "init_accuracy": {"pretrained": 40.0, "ta": 50.0},
               "adapt_settings": {"pretrained": {}, "ta": {"adapt_lr": 0.01}},
               "layouts": {"split": entry({"pretrained": 41.0, "ta": 52.5}, 16),
                           "fused": entry({"pretrained": 42.0, "ta": 49.0}, 12)}}
@@ -88,3 +89,4 @@ def test_qkv_layout_markdown_has_a_row_per_layout_and_a_column_per_init():
     assert "| init (no FDA) | 40.0 | 50.0 |" in md
     assert "| FDA, `split` loss | 41.0 | 52.5 |" in md and "| FDA, `fused` loss | 42.0 | 49.0 |" in md
     assert "| `fused` | 12 | 0.500, 0.250 | 12 |" in md and '"adapt_lr": 0.01' in md
+    assert "Construction: n_anchors 4, construct_steps 3." in md
