@@ -24,19 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fda  # noqa: E402
-from bench_reduction import load_built_suite  # noqa: E402
+from bench_reduction import load_built_suite, publish  # noqa: E402
 from fda import workflow_config as wc  # noqa: E402
 
 
@@ -117,14 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="JSON report")
     p.add_argument("--md", help="also write the Markdown table here")
     args = p.parse_args(argv)
-    report = run(args)
-    report["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    md = markdown(report)
-    print(md)
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1))
-    if args.md:
-        Path(args.md).write_text(md)
+    publish(run(args), markdown, args.out, args.md)
     return 0
 
 

@@ -168,15 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     if max(args.budgets) > args.steps:
         p.error(f"--budgets must not exceed --steps {args.steps}")
     torch.manual_seed(0)
-    report = run(args)
-    report["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    md = markdown(report)
-    print(md)
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1))
-    if args.md:
-        Path(args.md).write_text(md)
+    publish(run(args), markdown, args.out, args.md)
     return 0
+
+
+def publish(report: dict[str, Any], render: Any, out: str | None, md_path: str | None) -> None:
+    """Add the machine to ``report``, print ``render(report)`` (Markdown) and write the JSON to
+    ``out`` and the Markdown to ``md_path`` when given."""
+    report["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    md = render(report)
+    print(md)
+    if out:
+        Path(out).write_text(json.dumps(report, indent=1))
+    if md_path:
+        Path(md_path).write_text(md)
 
 
 if __name__ == "__main__":
