@@ -86,11 +86,6 @@ def _experts(pairs: Sequence[tuple[str, Path]]):
     return [t for t, _ in pairs], [load_state_dict(d) for _, d in pairs]
 
 
-def _merge_layout(suite) -> str:
-    """The q/k/v layout (``split``/``fused``) a suite's merges and FDA construction run in."""
-    return str(getattr(suite, "qkv_layout", "split"))
-
-
 def _fda_config(args: argparse.Namespace, init: str = "pretrained"):
     """``FDAConfig.for_family(family, init, size)`` (the paper's values) with the configured
     overrides and the seed. Construction uses ``init="pretrained"``: its settings do not depend
@@ -105,7 +100,7 @@ def _fda_config(args: argparse.Namespace, init: str = "pretrained"):
         raise SystemExit(f"unknown FDA hyperparameter(s) {unknown}; FDAConfig fields: {', '.join(sorted(fields))}")
     overrides = {**args.fda, "seed": args.seed}
     if "qkv_layout" not in overrides and hasattr(args, "settings"):
-        overrides["qkv_layout"] = _merge_layout(_suite(args))
+        overrides["qkv_layout"] = _suite(args).qkv_layout
     return FDAConfig.for_family(args.family, init=init, size=args.size, **overrides)
 
 
@@ -265,7 +260,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     # TSV-M and WUDI are not invariant to splitting a matrix: merge in the suite's layout (fused
     # q/k/v for the paper's CLIP checkpoints), store in the canonical HF layout.
     suite = _suite(args) if args.suite else None
-    layout = _merge_layout(suite)
+    layout = suite.qkv_layout if suite is not None else "split"
     if suite is not None and hasattr(suite, "to_merge_layout"):
         pre, experts = suite.to_merge_layout(pre), [suite.to_merge_layout(e) for e in experts]
     _log(f"merge {args.method} over {tasks} with {args.hparams} (qkv layout {layout})")

@@ -514,7 +514,7 @@ def merge_layout(config: Mapping[str, Any], suite: str) -> str:
         return "split"
     from fda.suites import get_suite
 
-    return str(getattr(get_suite(suite, suite_settings_for(config, suite)), "qkv_layout", "split"))
+    return get_suite(suite, suite_settings_for(config, suite)).qkv_layout
 
 
 #: FDAConfig fields that only adaptation reads (construction jobs neither get nor depend on them)

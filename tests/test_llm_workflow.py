@@ -250,6 +250,8 @@ def test_fetch_links_safetensors_and_converts_bin(llama, tmp_path):
     linked = fetch_checkpoint(f"file:{base}", tmp_path / "linked", shard_size="5GB")
     for f in base.iterdir():
         assert (linked / f.name).samefile(f), f.name  # a link, not a copy
+    fetch_checkpoint(f"file:{base}", tmp_path / "linked", shard_size="5GB")  # again over a killed run's links
+    assert all((linked / f.name).samefile(f) for f in base.iterdir())
     # a .bin-only checkpoint (pickled state dict + config) is converted to sharded safetensors
     pickled = tmp_path / "pickled"
     pickled.mkdir()

@@ -130,7 +130,8 @@ def test_merge_command_runs_in_the_suites_layout(tmp_path):
 
 def test_fda_construct_runs_in_the_suites_layout(tmp_path):
     """`fda-bench fda-construct --suite vitb32` builds its loss in the suite's q/k/v layout (fused:
-    the open_clip in_proj of the official vision code) and records it with the anchors."""
+    the open_clip in_proj of the official vision code) and records it with the anchors. Both runs
+    share one block cache: anchors of the other layout are not reused from it."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     import fda
@@ -150,7 +151,7 @@ def test_fda_construct_runs_in_the_suites_layout(tmp_path):
         cli.main(["fda-construct", "--suite", "vitb32", "--settings", json.dumps({"qkv_layout": layout}),
                   "--family", "openclip", "--fda", fda_hp, "--anchor-init", "gauss", "--n-blocks", "2",
                   "--base", str(tmp_path / "base"), "--expert", f"MNIST={tmp_path / 'mnist.safetensors'}",
-                  "--block", "1", "--out-dir", str(out)])
+                  "--block", "1", "--out-dir", str(out), "--cache-dir", str(tmp_path / "cache")])
         _, meta = fda.load_anchors(out / "block1" / "MNIST.safetensors")
         assert meta["qkv_layout"] == layout
         log = json.loads((out / "block1" / "MNIST.json").read_text())

@@ -27,6 +27,9 @@ class Suite(abc.ABC):
     name: str
     #: block-adapter family of the encoder (see fda.blocks): "bert", "clip-vision", ...
     family: str
+    #: q/k/v layout ("split"/"fused") the merges and FDA's construction loss run in, recorded in
+    #: every result row; the HF layout unless a suite says otherwise (paper CLIP suites)
+    qkv_layout: str = "split"
 
     def __init__(self, settings: dict[str, Any]):
         #: the suite's validated section of the workflow config

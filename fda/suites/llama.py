@@ -295,6 +295,8 @@ def link_files(src: Path, out_dir: Path) -> list[Path]:
             continue
         dst = out_dir / f.name
         real = f.resolve()
+        if dst.is_symlink() or dst.exists():  # left by a killed run: link afresh
+            dst.unlink()
         try:
             os.link(real, dst)
         except OSError:  # another file system (or no hard links): a symbolic link
