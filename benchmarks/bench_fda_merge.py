@@ -119,7 +119,7 @@ def tiny_spec(spec: ModelSpec) -> ModelSpec:
 
 def build_model(spec: ModelSpec, seed: int) -> nn.Module:
     """The HF model of ``spec`` with seeded random weights, in eval mode, with eager attention as the
-    paper suites load it (fda/suites/clip_vision.py, glue.py)."""
+    paper suites load it (fda/bench/suites/clip_vision.py, glue.py)."""
     import transformers  # lazy: importing it takes seconds
 
     torch.manual_seed(seed)  # HF initialises the weights from the global RNG

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fda  # noqa: E402
 from bench_reduction import load_built_suite, publish  # noqa: E402
-from fda import workflow_config as wc  # noqa: E402
+from fda.bench import workflow_config as wc  # noqa: E402
 
 
 def best_cosine(result: fda.ConstructResult) -> float:

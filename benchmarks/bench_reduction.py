@@ -38,9 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fda  # noqa: E402
-from fda import workflow_config as wc  # noqa: E402
-from fda.checkpoints import load_state_dict  # noqa: E402
-from fda.suites import get_suite  # noqa: E402
+from fda.bench import workflow_config as wc  # noqa: E402
+from fda.io.checkpoints import load_state_dict  # noqa: E402
+from fda.bench.suites import get_suite  # noqa: E402
 
 
 def budget_cosine(result: fda.ConstructResult, budget: int) -> float:
@@ -59,7 +59,7 @@ def with_block(state: dict[str, torch.Tensor], block_tensors: dict[str, torch.Te
 class Scorer:
     """Mean accuracy over the suite's tasks, each with its expert's head (as the workflow scores)."""
 
-    def __init__(self, suite, work: Path, tasks: list[str]):  # noqa: ANN001 - fda.suites.Suite
+    def __init__(self, suite, work: Path, tasks: list[str]):  # noqa: ANN001 - fda.bench.suites.Suite
         self.suite, self.work, self.tasks = suite, work, tasks
 
     def __call__(self, state: dict[str, torch.Tensor]) -> float:

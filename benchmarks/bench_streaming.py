@@ -1,7 +1,7 @@
 """Peak host memory and time of the streaming merge vs. the in-memory merge, per model depth.
 
 For each layer count, writes a synthetic Llama base and experts (sharded safetensors), then runs
-each merge in a fresh interpreter that measures its own peak (see ``fda.streaming_synth.rss_probe``).
+each merge in a fresh interpreter that measures its own peak (see ``fda.io.synthetic.rss_probe``).
 Prints a Markdown table; ``--out`` writes the rows as JSON (``--md`` the table as a file).
 
     python benchmarks/bench_streaming.py --layers 4 8 16 32 --out benchmarks/out/streaming.json
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fda.streaming_synth import make_merge_inputs, rss_probe  # noqa: E402
+from fda.io.synthetic import make_merge_inputs, rss_probe  # noqa: E402
 
 
 def run(layers: list[int], hidden: int, intermediate: int, experts: int, shard_size: str, modes: list[str], work: Path) -> list[dict]:

@@ -2,7 +2,7 @@
 
 ``model`` is always an ``nn.Module`` of the pretrained architecture, used for structure only;
 the weights come from the state dicts (``pretrained``, ``experts``, ``init_state``). State dicts
-may also be :class:`fda.checkpoints.LazyCheckpoint` objects: only the block in hand is read.
+may also be :class:`fda.io.checkpoints.LazyCheckpoint` objects: only the block in hand is read.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from fda.adapt import ADAPT_LOSSES, AdaptResult, adapt
 from fda.anchors import ANCHOR_INITS, SIMILARITIES, ConstructResult, construct_anchors, derive_seed, init_anchors
 from fda.blocks import QKV_LAYOUTS, BlockAdapter, adapter_for
-from fda.checkpoints import LazyCheckpoint, read_metadata, save_state_dict
+from fda.io.checkpoints import LazyCheckpoint, read_metadata, save_state_dict
 
 StateDict = dict[str, torch.Tensor]
 StateLike = Union[Mapping[str, torch.Tensor], LazyCheckpoint]
@@ -263,7 +263,7 @@ def save_anchors(result: ConstructResult, path: str | os.PathLike, metadata: Map
 
 def load_anchors(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
     """Read anchors written by :func:`save_anchors`: ``(tensor, metadata)`` with JSON values decoded."""
-    from fda.checkpoints import load_state_dict
+    from fda.io.checkpoints import load_state_dict
 
     tensor = load_state_dict(path)["anchors"]
     meta: dict[str, Any] = {}

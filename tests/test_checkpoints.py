@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fda.checkpoints import (
+from fda.io.checkpoints import (
     CheckpointError,
     LazyCheckpoint,
     atomic_path,
@@ -112,7 +112,7 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
 
 
 def test_atomic_files_get_the_umask_mode_not_mkstemp_private(tmp_path):
-    from fda import atomic
+    from fda.io import atomic
 
     path = atomic.write_json_atomic({"a": 1}, tmp_path / "x.json")
     assert path.stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK

@@ -1,5 +1,5 @@
 """The `fda-bench` CLI: config commands, cell/aggregate/figures commands, construction logs, GPU
-slot leasing. Commands run in-process through ``fda.cli.main``."""
+slot leasing. Commands run in-process through ``fda.bench.cli.main``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from fda import cli, gpu, results
+from fda.bench import cli, gpu
+from fda.bench.report import results
 
 ROOT = Path(__file__).resolve().parents[1]
 

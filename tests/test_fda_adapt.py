@@ -13,7 +13,7 @@ import fda
 from fda import FDAConfig
 from fda.adapt import adapt_loss
 from fda.blocks import adapter_for
-from fda.checkpoints import LazyCheckpoint, save_state_dict
+from fda.io.checkpoints import LazyCheckpoint, save_state_dict
 
 
 def small_config(family: str, init: str = "pretrained", **kw) -> FDAConfig:

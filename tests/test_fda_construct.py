@@ -318,7 +318,7 @@ def _clip_and_openclip_block(n_experts: int):
     ``(hf adapter, hf θ0, hf experts, open_clip adapter, open_clip θ0, open_clip experts)``."""
     import transformers
 
-    from fda.openclip_convert import hf_to_openclip_visual
+    from fda.bench.openclip_convert import hf_to_openclip_visual
 
     torch.manual_seed(0)
     vcfg = transformers.CLIPVisionConfig(hidden_size=D, intermediate_size=4 * D, num_hidden_layers=1, num_attention_heads=4,

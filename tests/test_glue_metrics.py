@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fda.glue_metrics import glue_metrics, metric_rows
+from fda.bench.eval.glue_metrics import glue_metrics, metric_rows
 
 # 8 binary predictions: TP=3 (idx 0,1,2), FN=1 (idx 3), FP=1 (idx 4), TN=3 (idx 5,6,7)
 LABELS = [1, 1, 1, 1, 0, 0, 0, 0]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from fda.llm_eval import code_tasks, gsm8k, math_eval
-from fda.llm_eval.data import LLMEvalDataError, load_benchmark
-from fda.llm_eval.evaluate import MAX_NEW_TOKENS, build_prompt, evaluate_llm, score
-from fda.llm_eval.prompts import ALPACA_TEMPLATE, alpaca_prompt
-from fda.llm_eval.sandbox import run_program
+from fda.bench.eval.llm import code_tasks, gsm8k, math_eval
+from fda.bench.eval.llm.data import LLMEvalDataError, load_benchmark
+from fda.bench.eval.llm.evaluate import MAX_NEW_TOKENS, build_prompt, evaluate_llm, score
+from fda.bench.eval.llm.prompts import ALPACA_TEMPLATE, alpaca_prompt
+from fda.bench.eval.llm.sandbox import run_program
 
 # --------------------------------------------------------------------------------------------
 # GSM8K
@@ -264,14 +264,14 @@ def test_vllm_backend_missing_is_a_clear_error(tmp_path):
         pytest.skip("vllm installed")
     except ImportError:
         pass
-    from fda.llm_eval.generation import generate
+    from fda.bench.eval.llm.generation import generate
 
     with pytest.raises(RuntimeError, match="pip install vllm"):
         generate(tmp_path, ["hi"], max_new_tokens=1, backend="vllm")
 
 
 def test_alpaca_eval_file_format(tmp_path):
-    from fda.llm_eval.alpaca_eval import write_alpaca_eval_outputs
+    from fda.bench.eval.llm.alpaca_eval import write_alpaca_eval_outputs
 
     (tmp_path / "ae.json").write_text(json.dumps([{"instruction": "Say hi", "dataset": "helpful_base"}]))
     seen = []

@@ -20,14 +20,14 @@ import pytest
 import torch
 import yaml
 
-from fda import cli, cli_llm
-from fda import workflow_config as wc
-from fda.checkpoints import SAFETENSORS_INDEX, load_state_dict
-from fda.llm_eval.data import LLMEvalDataError
-from fda.results import read_cells
-from fda.sources import SourceError
-from fda.streaming_synth import llama_config, write_expert, write_synthetic_llama
-from fda.suites.llama import LlamaSuite, fetch_checkpoint, job_settings
+from fda.bench import cli, cli_llm
+from fda.bench import workflow_config as wc
+from fda.io.checkpoints import SAFETENSORS_INDEX, load_state_dict
+from fda.bench.eval.llm.data import LLMEvalDataError
+from fda.bench.report.results import read_cells
+from fda.bench.sources import SourceError
+from fda.io.synthetic import llama_config, write_expert, write_synthetic_llama
+from fda.bench.suites.llama import LlamaSuite, fetch_checkpoint, job_settings
 from test_workflow import ROOT, dry_run, snakemake  # tests/ on sys.path
 
 PAPER = ROOT / "config" / "paper.yaml"
@@ -71,7 +71,7 @@ def build_llama(root: Path, *, layers: int = 2) -> tuple[Path, dict[str, Path]]:
 
 
 def build_benchmarks(root: Path) -> dict[str, Path]:
-    """Two examples of each benchmark, with the fields fda.llm_eval.data expects."""
+    """Two examples of each benchmark, with the fields fda.bench.eval.llm.data expects."""
     rows = {
         "gsm8k": [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(2)],
         "math": [{"problem": f"Compute ${i}+{i}$.", "solution": f"It is $\\boxed{{{2 * i}}}$."} for i in range(2)],

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fda.checkpoints import CheckpointError, load_state_dict
-from fda.openclip_convert import (
+from fda.io.checkpoints import CheckpointError, load_state_dict
+from fda.bench.openclip_convert import (
     ConversionError,
     convert_taskvectors_encoder,
     convert_taskvectors_dir,

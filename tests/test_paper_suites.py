@@ -13,12 +13,12 @@ import torch
 
 from torch import nn
 
-from fda.checkpoints import CheckpointError, load_state_dict, save_state_dict
-from fda.openclip_convert import hf_to_openclip_visual, is_fused
-from fda.sources import SourceError
-from fda.suites.clip_vision import ClipVisionSettings, VitB16Suite, VitB32Suite, VitL14Suite
-from fda.suites.glue import GlueSettings, RobertaBaseSuite, build_classifier
-from fda.zeroshot import load_head
+from fda.io.checkpoints import CheckpointError, load_state_dict, save_state_dict
+from fda.bench.openclip_convert import hf_to_openclip_visual, is_fused
+from fda.bench.sources import SourceError
+from fda.bench.suites.clip_vision import ClipVisionSettings, VitB16Suite, VitB32Suite, VitL14Suite
+from fda.bench.suites.glue import GlueSettings, RobertaBaseSuite, build_classifier
+from fda.bench.eval.zeroshot import load_head
 
 VWORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "photo", "of", "the", "number", ":", '"', ".", "centered", "satellite",
           "annual", "crop", "land", "forest", "river", "0", "1", "2"]
@@ -409,7 +409,7 @@ def test_glue_expert_dtype_checked_or_cast(glue_world, tmp_path):
 def test_classnames_resolution():
     import datasets
 
-    from fda.suites.vision_classnames import FALLBACK_CLASSNAMES, TEMPLATES, VISION_TASKS, resolve_classnames
+    from fda.bench.suites.vision_classnames import FALLBACK_CLASSNAMES, TEMPLATES, VISION_TASKS, resolve_classnames
 
     feats = datasets.Features({"label": datasets.ClassLabel(names=["/a/abbey", "/b/bar_indoor"])})
     assert resolve_classnames("sun397", feats, "label") == (["abbey", "bar indoor"], "dataset")

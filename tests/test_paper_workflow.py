@@ -1,5 +1,5 @@
 """The paper suites through the workflow: the config's `base`/`experts`/`expert_source` reach the
-suite as its settings (fda.workflow_config.suite_settings_for), merges run in the suite's q/k/v
+suite as its settings (fda.bench.workflow_config.suite_settings_for), merges run in the suite's q/k/v
 layout, and the real Snakemake rules (fda_jobs: fine, as config/paper.yaml) run a tiny
 `vitb32`-shaped suite (task_vectors checkpoints, fused q/k/v) and a tiny `robertab`-shaped suite
 (local RoBERTa classifiers) from local models and `save_to_disk` datasets to result cells.
@@ -16,10 +16,10 @@ import pytest
 import torch
 import yaml
 
-from fda import workflow_config as wc
-from fda.checkpoints import load_state_dict, read_metadata, save_state_dict
-from fda.openclip_convert import hf_to_openclip_visual
-from fda.results import read_cells
+from fda.bench import workflow_config as wc
+from fda.io.checkpoints import load_state_dict, read_metadata, save_state_dict
+from fda.bench.openclip_convert import hf_to_openclip_visual
+from fda.bench.report.results import read_cells
 from test_paper_suites import build_clip, build_glue, build_glue_expert, build_images, build_roberta  # tests/ on sys.path
 from test_workflow import snakemake
 
@@ -102,8 +102,8 @@ def test_merge_command_runs_in_the_suites_layout(tmp_path):
     import baselines
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from fda import cli
-    from fda.openclip_convert import fuse_qkv, split_qkv
+    from fda.bench import cli
+    from fda.bench.openclip_convert import fuse_qkv, split_qkv
 
     torch.manual_seed(0)
     cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -135,7 +135,7 @@ def test_fda_construct_runs_in_the_suites_layout(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     import fda
-    from fda import cli
+    from fda.bench import cli
 
     torch.manual_seed(0)
     cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from fda.checkpoints import save_state_dict
-from fda.sources import (
+from fda.io.checkpoints import save_state_dict
+from fda.bench.sources import (
     DatasetSpec,
     Source,
     SourceError,

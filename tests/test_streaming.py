@@ -11,22 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from fda import checkpoints
-from fda.checkpoints import SAFETENSORS_INDEX, load_state_dict
-from fda.sharded_writer import PROGRESS_FILE, ShardedWriter, parse_size
-from fda.streaming import (
+from fda.io import checkpoints
+from fda.io.checkpoints import SAFETENSORS_INDEX, load_state_dict
+from fda.io.sharded_writer import PROGRESS_FILE, ShardedWriter, parse_size
+from fda.io.stream_source import (
     REST_BLOCK,
     StreamingError,
     StreamSource,
-    convert_bin_to_safetensors,
     iter_blocks,
     plan_blocks,
     plan_reads,
     read_block,
-    stream_merge,
 )
-from fda.streaming_synth import llama_config, write_expert, write_synthetic_llama
-from fda.streaming_ties import kth_largest_abs_multi
+from fda.io.streaming import convert_bin_to_safetensors, stream_merge
+from fda.io.synthetic import llama_config, write_expert, write_synthetic_llama
+from fda.io.streaming_ties import kth_largest_abs_multi
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,7 +174,7 @@ def test_fresh_writer_removes_stale_index_first(tmp_path):
 
 _KILL_SCRIPT = """
 import os, sys
-from fda.streaming import stream_merge
+from fda.io.streaming import stream_merge
 calls = []
 def ta(pre, exps):
     calls.append(1)
@@ -256,7 +255,7 @@ def test_streamed_fda_layer_jobs_equal_in_memory(llama_dirs, tmp_path):
 
     import fda.api as fda_api
 
-    from fda.streaming_fda import adapt_layer, assemble_streamed, construct_layer
+    from fda.streamed import adapt_layer, assemble_streamed, construct_layer
 
     base, experts = llama_dirs
     stream_merge(_ta, base, experts, tmp_path / "ta")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from fda.streaming_synth import make_merge_inputs, rss_probe
+from fda.io.synthetic import make_merge_inputs, rss_probe
 
 HIDDEN, INTER = 256, 704  # one decoder layer ≈ 0.8M params ≈ 3.2 MB fp32
 

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from fda.checkpoints import load_state_dict
-from fda.suites import (SUITES, MinitextSettings, MinivisionSettings, MissingAssetError, SettingsError, get_suite,
+from fda.io.checkpoints import load_state_dict
+from fda.bench.suites import (SUITES, MinitextSettings, MinivisionSettings, MissingAssetError, SettingsError, get_suite,
                         suite_settings_schema)
-from fda.suites import assets
-from fda.suites.heads import HEAD_FILE, head_metadata, load_head
-from fda.suites.splits import balanced_split
+from fda.bench.suites import assets
+from fda.bench.suites.heads import HEAD_FILE, head_metadata, load_head
+from fda.bench.suites.splits import balanced_split
 
 SMOKE = {"minitext": MinitextSettings.smoke(), "minivision": MinivisionSettings.smoke()}
 

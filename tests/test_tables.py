@@ -8,7 +8,7 @@ import random
 import pandas as pd
 import pytest
 
-from fda import results, tables
+from fda.bench.report import results, tables
 
 TASKS = ["a", "b"]
 # value per (method, init, anchor_init) and task; the individual experts score 0.8 and 0.5
@@ -183,7 +183,7 @@ def test_glue_suites_keep_the_metric_scale(tmp_path):
 
 def test_figures_without_any_normalized_value(tmp_path):
     """Experts that score 0 everywhere (tiny smoke runs) leave `normalized` empty: rows stay, as NaN."""
-    from fda import figures
+    from fda.bench.report import figures
 
     zero = {"a": 0.0, "b": 0.0}
     individual = _raw_rows(("individual", "", ""), values=zero)
@@ -197,7 +197,7 @@ def test_figures_without_any_normalized_value(tmp_path):
 
 
 def test_figures(tmp_path):
-    from fda import figures
+    from fda.bench.report import figures
 
     cells = _cells()
     out = figures.write_cell_figures(cells, "minitext", TASKS, tmp_path)

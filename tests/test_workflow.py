@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fda import workflow_config as wc
+from fda.bench import workflow_config as wc
 
 ROOT = Path(__file__).resolve().parents[1]
 _VENV_SNAKEMAKE = Path(sys.executable).with_name("snakemake")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fda import workflow_config as wc
+from fda.bench import workflow_config as wc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "config" / "config.yaml"
@@ -168,7 +168,7 @@ def test_fda_init_needs_its_baseline():
 
 
 def test_unknown_suite_setting_lists_the_settings():
-    pytest.importorskip("fda.suites")
+    pytest.importorskip("fda.bench.suites")
     cfg = _raw()
     cfg["suites"]["minitext"]["settings"] = {"stepz": 3}
     msg = _error(cfg)
@@ -210,7 +210,7 @@ def test_smoke_overrides_apply_only_with_smoke():
 
 
 def test_tasks_are_injected_into_suite_settings():
-    pytest.importorskip("fda.suites")
+    pytest.importorskip("fda.bench.suites")
     config = wc.load_config([DEFAULT])
     assert wc.effective_suite(config, "minitext")["settings"]["tasks"] == config["suites"]["minitext"]["tasks"]
 

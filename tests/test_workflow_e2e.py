@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fda.tables import row_label
+from fda.bench.report.tables import row_label
 from test_workflow import ROOT, parse_jobs, snakemake  # tests/ is on sys.path (pytest prepend mode)
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ def test_kill_9_mid_construction_resumes_without_redoing_finished_blocks(tmp_pat
     import signal
     import subprocess
 
-    from fda.checkpoints import load_state_dict, read_metadata
+    from fda.io.checkpoints import load_state_dict, read_metadata
     from test_workflow import ENV, SNAKEMAKE
 
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fda.zeroshot import (
+from fda.bench.eval.zeroshot import (
     build_zeroshot_head,
     cached_zeroshot_head,
     head_cache_path,

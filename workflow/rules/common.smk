@@ -1,5 +1,5 @@
 # Helpers for the workflow: config loading and validation, wildcard constraints, file names,
-# the config slices that jobs get as params, resources. The logic lives in fda.workflow_config;
+# the config slices that jobs get as params, resources. The logic lives in fda.bench.workflow_config;
 # this file only maps wildcards onto it.
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from snakemake.utils import min_version, validate
 
-import fda.workflow_config as wc_
+import fda.bench.workflow_config as wc_
 
 min_version("9.0")
 

@@ -1,0 +1,1 @@
+"""Reporting: tidy result cells (``results``), paper-shaped tables and figures."""

@@ -1,0 +1,132 @@
+"""Result cells: tidy CSV rows, one per (suite, method, init, anchor_init, seed, task, metric).
+
+A cell is written from raw evaluation rows plus the individual experts' rows (for ``normalized``)
+and provenance. Rows are sorted and floats formatted with a fixed rule, without timestamps, so the
+same inputs always give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fda.io.atomic import atomic_path
+
+#: columns of a raw evaluation file (what ``fda-bench evaluate`` writes)
+RAW_COLUMNS = ["method", "init", "anchor_init", "seed", "task", "metric", "headline", "value"]
+
+#: columns of a result cell, in order
+CELL_COLUMNS = [
+    "suite", "method", "init", "anchor_init", "seed", "task", "metric", "headline",
+    "value", "normalized", "expert_source", "qkv_layout", "config_hash", "fda_bench_version",
+]
+SORT_KEYS = ["suite", "method", "init", "anchor_init", "seed", "task", "metric"]
+FLOAT_FORMAT = "%.10g"
+
+
+class CellError(ValueError):
+    """A raw evaluation file or result cell is malformed or inconsistent."""
+
+
+def raw_frame(rows: Sequence[Mapping[str, Any]], *, method: str, init: str = "", anchor_init: str = "",
+              seed: int = 0) -> pd.DataFrame:
+    """Raw rows (``{"task", "metric", "value"}`` from ``Suite.evaluate``) tagged with what was
+    evaluated. Per task, the first metric the suite returned is the headline metric."""
+    records = []
+    seen: set[str] = set()
+    for r in rows:
+        missing = {"task", "metric", "value"} - set(r)
+        if missing:
+            raise CellError(f"evaluation row {dict(r)} lacks {sorted(missing)}")
+        headline = r["task"] not in seen
+        seen.add(r["task"])
+        records.append({"method": method, "init": init, "anchor_init": anchor_init, "seed": int(seed),
+                        "task": str(r["task"]), "metric": str(r["metric"]), "headline": headline,
+                        "value": float(r["value"])})
+    return pd.DataFrame.from_records(records, columns=RAW_COLUMNS)
+
+
+def read_raw(path: str | os.PathLike) -> pd.DataFrame:
+    df = pd.read_csv(path, keep_default_na=False, dtype={"init": str, "anchor_init": str})
+    missing = set(RAW_COLUMNS) - set(df.columns)
+    if missing:
+        raise CellError(f"{path}: not a raw evaluation file (missing columns {sorted(missing)})")
+    df["headline"] = df["headline"].map(_as_bool)
+    return df[RAW_COLUMNS]
+
+
+def _as_bool(v: Any) -> bool:
+    return v if isinstance(v, bool) else str(v).strip().lower() == "true"
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Atomic, deterministic CSV: fixed float format, '\\n' line ends, no index."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+    return Path(path)
+
+
+def normalize(df: pd.DataFrame, individual: pd.DataFrame) -> pd.Series:
+    """``value / individual value`` on the same (task, metric); NaN where the expert's value is
+    missing or zero (a ratio to zero means nothing)."""
+    ref = individual.drop_duplicates(["task", "metric"]).set_index(["task", "metric"])["value"]
+    keys = pd.MultiIndex.from_frame(df[["task", "metric"]])
+    denom = ref.reindex(keys).to_numpy(dtype=float)
+    vals = df["value"].to_numpy(dtype=float)
+    out = [v / d if (not math.isnan(d) and d != 0.0) else math.nan for v, d in zip(vals, denom)]
+    return pd.Series(out, index=df.index, dtype=float)
+
+
+def build_cell(raw: Iterable[pd.DataFrame], individual: pd.DataFrame, *, suite: str, expert_source: str,
+               config_hash: str, version: str | None = None, qkv_layout: str = "split") -> pd.DataFrame:
+    """Concatenate raw frames, add ``normalized`` and provenance (``qkv_layout``: the q/k/v layout
+    the merges ran in), sort. Duplicated keys are an error."""
+    if version is None:
+        from fda import __version__ as version
+    frames = [f for f in raw if len(f)]
+    if not frames:
+        raise CellError("no evaluation rows to build a cell from")
+    df = pd.concat(frames, ignore_index=True)
+    df.insert(0, "suite", suite)
+    for col in ("init", "anchor_init"):
+        df[col] = df[col].fillna("").astype(str)
+    df["seed"] = df["seed"].astype(int)
+    dup = df.duplicated(SORT_KEYS, keep=False)
+    if dup.any():
+        raise CellError(f"duplicate rows for {df.loc[dup, SORT_KEYS].head(3).to_dict('records')}")
+    df["normalized"] = normalize(df, individual)
+    df["expert_source"] = expert_source
+    df["qkv_layout"] = qkv_layout
+    df["config_hash"] = config_hash
+    df["fda_bench_version"] = version
+    return df.sort_values(SORT_KEYS, kind="mergesort").reset_index(drop=True)[CELL_COLUMNS]
+
+
+def write_cell(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a cell built by :func:`build_cell` (atomic, byte-stable)."""
+    missing = set(CELL_COLUMNS) - set(df.columns)
+    if missing:
+        raise CellError(f"cannot write cell {path}: missing columns {sorted(missing)}")
+    return write_csv(df.sort_values(SORT_KEYS, kind="mergesort")[CELL_COLUMNS], path)
+
+
+def read_cells(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """All rows of the given cells in one frame (empty strings stay empty, not NaN)."""
+    frames = []
+    for p in paths:
+        df = pd.read_csv(p, keep_default_na=False, na_values={"value": [""], "normalized": ["", "nan", "NaN"]},
+                         dtype={"init": str, "anchor_init": str, "qkv_layout": str, "config_hash": str,
+                                "fda_bench_version": str})
+        missing = set(CELL_COLUMNS) - set(df.columns)
+        if missing:
+            raise CellError(f"{p}: not a result cell (missing columns {sorted(missing)})")
+        df["headline"] = df["headline"].map(_as_bool)
+        frames.append(df[CELL_COLUMNS])
+    if not frames:
+        return pd.DataFrame(columns=CELL_COLUMNS)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,253 @@
+"""Paper-shaped tables from result cells: rows Pretrained, Individual, each baseline and
+"FDA (init, anchor init)"; columns the tasks, Avg and Δ (row Avg minus the Avg of the row the FDA
+run started from). Absolute and normalised (value / individual expert's value) versions, and the
+paper's published numbers beside ours where it has them. Written as CSV, Markdown and LaTeX.
+
+Tables use each task's headline metric (the first metric the suite's evaluation returns) and the
+mean over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from fda.io.atomic import atomic_path
+
+BASELINE_ORDER = ["pretrained", "individual", "ta", "tsvm", "wudi", "average", "ties"]
+INIT_ORDER = ["pretrained", "ta", "tsvm", "wudi"]
+ANCHOR_ORDER = ["gauss", "weight"]
+METHOD_LABELS = {"pretrained": "Pretrained", "individual": "Individual", "ta": "TA", "tsvm": "TSV-M",
+                 "wudi": "WUDI", "average": "Average", "ties": "TIES"}
+INIT_LABELS = {"pretrained": "Pretrained", "ta": "TA", "tsvm": "TSV-M", "wudi": "WUDI"}
+ANCHOR_LABELS = {"gauss": "Gauss", "weight": "Weight"}
+#: suites whose tables (and the paper's) are in percent; the others keep the metric's 0-1 scale
+PERCENT_SUITES = {"minitext", "minivision", "vitb32", "vitb16", "vitl14", "llama13b"}
+KEY = ["method", "init", "anchor_init"]
+AVG, DELTA = "Avg", "Δ"
+
+
+def row_label(method: str, init: str = "", anchor_init: str = "") -> str:
+    """Display name of a table row: 'TA', 'FDA (WUDI, Gauss)', ..."""
+    if method == "fda":
+        return f"FDA ({INIT_LABELS.get(init, init)}, {ANCHOR_LABELS.get(anchor_init, anchor_init)})"
+    return METHOD_LABELS.get(method, method)
+
+
+def _row_order(key: tuple[str, str, str]) -> tuple[int, int, int, str]:
+    method, init, anchor = key
+    if method == "fda":
+        return (len(BASELINE_ORDER) + 1, _index(INIT_ORDER, init), _index(ANCHOR_ORDER, anchor), "")
+    if method in BASELINE_ORDER:
+        return (BASELINE_ORDER.index(method), 0, 0, "")
+    return (len(BASELINE_ORDER), 0, 0, method)  # paper-only rows (RegMean, ...) after ours
+
+
+def _index(seq: Sequence[str], item: str) -> int:
+    return seq.index(item) if item in seq else len(seq)
+
+
+def scale_for(suite: str, values: pd.Series | None = None) -> float:
+    """Display factor: 100 for percent suites unless the values already look like percents."""
+    if suite not in PERCENT_SUITES:
+        return 1.0
+    if values is not None and len(values) and float(values.abs().max()) > 1.5:
+        return 1.0
+    return 100.0
+
+
+# -------------------------------------------------------------------------------- building
+
+
+def headline(cells: pd.DataFrame, suite: str, column: str = "value") -> pd.DataFrame:
+    """Per (method, init, anchor_init, task): the headline metric's ``column``, mean over seeds."""
+    df = cells[(cells["suite"] == suite) & cells["headline"]]
+    for c in ("init", "anchor_init"):
+        df = df.assign(**{c: df[c].fillna("").astype(str)})
+    return df.groupby(KEY + ["task"], sort=False, dropna=False)[column].mean().reset_index()
+
+
+def build_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str] | None = None,
+                column: str = "value") -> pd.DataFrame:
+    """The paper-shaped table (unscaled values): index columns method/init/anchor_init/row, then
+    one column per task, ``Avg`` (mean over the tasks) and ``Δ`` (FDA rows: Avg minus the Avg of
+    the init's row; NaN elsewhere or when the init's row is missing)."""
+    long = headline(cells, suite, column)
+    if tasks is None:
+        tasks = list(dict.fromkeys(long["task"]))
+    wide = long.pivot_table(index=KEY, columns="task", values=column, aggfunc="mean", sort=False)
+    wide = wide.reindex(columns=list(tasks))
+    wide[AVG] = wide[list(tasks)].mean(axis=1, skipna=False)
+    wide = wide.reset_index()
+    avg_of = {(m, i, a): v for m, i, a, v in wide[KEY + [AVG]].itertuples(index=False)}
+    wide[DELTA] = [
+        v - avg_of.get((i, "", ""), math.nan) if m == "fda" else math.nan
+        for m, i, v in wide[["method", "init", AVG]].itertuples(index=False)
+    ]
+    wide.insert(3, "row", [row_label(*k) for k in wide[KEY].itertuples(index=False)])
+    order = sorted(range(len(wide)), key=lambda j: _row_order(tuple(wide.loc[j, KEY])))
+    out = wide.iloc[order].reset_index(drop=True)
+    out.columns.name = None
+    return out
+
+
+def paper_rows(suite: str, path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The paper's published numbers for ``suite`` (package data ``fda/bench/report/data/paper_tables.csv``):
+    columns suite, source, row, method, init, anchor_init, task, value (task ``avg`` = printed Avg)."""
+    if path is None:
+        text = resources.files("fda.bench.report").joinpath("data/paper_tables.csv").read_text()
+        from io import StringIO
+
+        df = pd.read_csv(StringIO(text), keep_default_na=False, na_values={"value": [""]})
+    else:
+        df = pd.read_csv(path, keep_default_na=False, na_values={"value": [""]})
+    return df[df["suite"] == suite].reset_index(drop=True)
+
+
+def paper_table(suite: str, tasks: Sequence[str], path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The paper's rows in the shape of :func:`build_table` (Avg as printed; Δ recomputed from
+    the printed Avg of the init's row, as the paper does). Empty if the paper has no table."""
+    rows = paper_rows(suite, path)
+    if rows.empty:
+        return pd.DataFrame(columns=KEY + ["row"] + list(tasks) + [AVG, DELTA])
+    rows = rows.assign(task=rows["task"].replace({"avg": AVG}))
+    wide = rows.pivot_table(index=KEY + ["row"], columns="task", values="value", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=list(tasks) + [AVG]).reset_index()
+    avg_of = {(m, i, a): v for m, i, a, v in wide[KEY + [AVG]].itertuples(index=False)}
+    wide[DELTA] = [v - avg_of.get((i, "", ""), math.nan) if m == "fda" else math.nan
+                   for m, i, v in wide[["method", "init", AVG]].itertuples(index=False)]
+    order = sorted(range(len(wide)), key=lambda j: _row_order(tuple(wide.loc[j, KEY])))
+    out = wide.iloc[order].reset_index(drop=True)
+    out.columns.name = None
+    return out
+
+
+def compare_with_paper(ours: pd.DataFrame, paper: pd.DataFrame, tasks: Sequence[str], scale: float) -> pd.DataFrame:
+    """Ours (times ``scale``, the paper's unit) and the paper's value side by side:
+    columns ``{col} ours`` and ``{col} paper`` for every task, Avg and Δ; rows of both tables."""
+    cols = list(tasks) + [AVG, DELTA]
+    left = ours.set_index(KEY)[cols] * scale
+    right = paper.set_index(KEY)[cols]
+    keys = list(dict.fromkeys(list(left.index) + list(right.index)))
+    keys.sort(key=_row_order)
+    paper_labels = {tuple(k): r for *k, r in paper[KEY + ["row"]].itertuples(index=False)}
+    labels = [row_label(*k) if k in left.index or k not in paper_labels else paper_labels[k] for k in keys]
+    out = pd.DataFrame({"method": [k[0] for k in keys], "init": [k[1] for k in keys],
+                        "anchor_init": [k[2] for k in keys], "row": labels})
+    for c in cols:
+        out[f"{c} ours"] = [left[c].get(k, math.nan) if k in left.index else math.nan for k in keys]
+        out[f"{c} paper"] = [right[c].get(k, math.nan) if k in right.index else math.nan for k in keys]
+    return out
+
+
+# -------------------------------------------------------------------------------- rendering
+
+
+def _fmt(v: float, decimals: int, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
+
+
+def render_rows(table: pd.DataFrame, scale: float, decimals: int, *, pair_with_paper: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and string rows for Markdown/LaTeX. With ``pair_with_paper`` cells read 'ours / paper'."""
+    if pair_with_paper:
+        cols = [c[: -len(" ours")] for c in table.columns if c.endswith(" ours")]
+        body = []
+        for _, r in table.iterrows():
+            cells = [r["row"]]
+            for c in cols:
+                signed = c == DELTA
+                cells.append(f"{_fmt(r[f'{c} ours'], decimals, signed)} / {_fmt(r[f'{c} paper'], decimals, signed)}")
+            body.append(cells)
+        return ["Method"] + cols, body
+    cols = [c for c in table.columns if c not in KEY + ["row"]]
+    body = [[r["row"]] + [_fmt(r[c] * scale, decimals, signed=c == DELTA) for c in cols] for _, r in table.iterrows()]
+    return ["Method"] + cols, body
+
+
+def to_markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "Δ": r"$\Delta$", "–": "--"}
+
+
+def _tex(s: str) -> str:
+    for a, b in _LATEX_ESCAPES.items():
+        s = s.replace(a, b)
+    return s
+
+
+def to_latex(header: list[str], body: list[list[str]], caption: str = "") -> str:
+    """A booktabs tabular (needs ``\\usepackage{booktabs}``)."""
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+             " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(c) for c in r) + r" \\" for r in body]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.insert(0, f"% {caption}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(text: str, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _write_frame(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.10g", lineterminator="\n")
+
+
+def table_paths(out_dir: str | os.PathLike, suite: str) -> dict[str, Path]:
+    """The files :func:`write_tables` writes for ``suite``."""
+    d = Path(out_dir)
+    out = {}
+    for kind in ("absolute", "normalized", "paper"):
+        stem = suite if kind == "absolute" else f"{suite}-{kind}"
+        for ext in ("csv", "md", "tex"):
+            out[f"{kind}.{ext}"] = d / f"{stem}.{ext}"
+    return out
+
+
+def write_tables(cells: pd.DataFrame, suite: str, tasks: Sequence[str], out_dir: str | os.PathLike,
+                 paper_csv: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Write the absolute, normalised and ours-vs-paper tables of ``suite`` (CSV, Markdown, LaTeX)."""
+    paths = table_paths(out_dir, suite)
+    absolute = build_table(cells, suite, tasks, "value")
+    scale = scale_for(suite, cells.loc[cells["suite"] == suite, "value"])
+    decimals = 2 if scale == 100.0 or suite in PERCENT_SUITES else 4
+    unit = "percent" if suite in PERCENT_SUITES else "metric scale 0-1"
+    _write_frame(absolute, paths["absolute.csv"])
+    h, b = render_rows(absolute, scale, decimals)
+    _write_text(f"### {suite}: absolute ({unit}; Δ = Avg minus the init's Avg)\n\n" + to_markdown(h, b), paths["absolute.md"])
+    _write_text(to_latex(h, b, f"{suite}: absolute ({unit})"), paths["absolute.tex"])
+
+    normalized = build_table(cells, suite, tasks, "normalized")
+    _write_frame(normalized, paths["normalized.csv"])
+    h, b = render_rows(normalized, 100.0, 2)
+    _write_text(f"### {suite}: normalised (merged / individual expert, percent)\n\n" + to_markdown(h, b), paths["normalized.md"])
+    _write_text(to_latex(h, b, f"{suite}: normalised (percent of the individual expert)"), paths["normalized.tex"])
+
+    paper = paper_table(suite, tasks, paper_csv)
+    if paper.empty:
+        note = f"No published numbers for {suite} in paper_tables.csv.\n"
+        _write_frame(compare_with_paper(absolute, paper, tasks, scale).iloc[0:0], paths["paper.csv"])
+        _write_text(f"### {suite}: ours / paper\n\n{note}", paths["paper.md"])
+        _write_text(f"% {note}", paths["paper.tex"])
+        return paths
+    both = compare_with_paper(absolute, paper, tasks, scale)
+    _write_frame(both, paths["paper.csv"])
+    source = "; ".join(sorted(set(paper_rows(suite, paper_csv)["source"])))
+    h, b = render_rows(both, 1.0, decimals, pair_with_paper=True)
+    _write_text(f"### {suite}: ours / paper ({source}; – = not run or not published)\n\n" + to_markdown(h, b), paths["paper.md"])
+    _write_text(to_latex(h, b, f"{suite}: ours / paper ({source})"), paths["paper.tex"])
+    return paths
