@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fda  # noqa: E402
 from bench_reduction import load_built_suite, publish  # noqa: E402
-from fda.bench import workflow_config as wc  # noqa: E402
+from fda.bench.config import naming as cfg_names  # noqa: E402
+from fda.bench.config import suite_views as cfg_views  # noqa: E402
 
 
 def best_cosine(result: fda.ConstructResult) -> float:
@@ -46,12 +47,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     b = load_built_suite(args.config, args.suite, args.work, args.inits)
     family, n_blocks = b.section["family"], b.section["fda"]["n_blocks"]
     report: dict[str, Any] = {"suite": args.suite, "anchor_init": args.anchor_init, "seed": args.seed, "tasks": b.tasks,
-                              "recorded_layout": wc.merge_layout(b.config, args.suite),
+                              "recorded_layout": cfg_views.merge_layout(b.config, args.suite),
                               "init_accuracy": {i: b.score(s) for i, s in b.inits.items()},
-                              "adapt_settings": {i: {k: v for k, v in wc.fda_hparams(b.section, i).items() if k in wc.ADAPT_FIELDS}
+                              "adapt_settings": {i: {k: v for k, v in cfg_names.fda_hparams(b.section, i).items() if k in cfg_names.ADAPT_FIELDS}
                                                  for i in b.inits}, "layouts": {}}
     for layout in args.layouts:
-        cfg = fda.FDAConfig.for_family(family, **{**wc.fda_hparams(b.section), "seed": args.seed,
+        cfg = fda.FDAConfig.for_family(family, **{**cfg_names.fda_hparams(b.section), "seed": args.seed,
                                                   "progress": False, "sv_every": 0, "qkv_layout": layout})
         t0 = time.perf_counter()
         anchors, cosines = [], []
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[bench] {layout}: constructed {n_blocks} blocks in {entry['construct_s']:.0f} s, "
               f"cos {[round(c, 3) for c in cosines]}", file=sys.stderr, flush=True)
         for init, init_state in b.inits.items():
-            acfg = fda.FDAConfig.for_family(family, init=init, **{**wc.fda_hparams(b.section, init), "seed": args.seed,
+            acfg = fda.FDAConfig.for_family(family, init=init, **{**cfg_names.fda_hparams(b.section, init), "seed": args.seed,
                                                                   "progress": False, "qkv_layout": layout})
             start = None if init == "pretrained" else init_state
             adapted = [fda.adapt_block(b.model, b.pre, b.experts, block, anchors[block], init, start, acfg)

@@ -38,7 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fda  # noqa: E402
-from fda.bench import workflow_config as wc  # noqa: E402
+from fda.bench.config import load as cfg_load  # noqa: E402
+from fda.bench.config import naming as cfg_names  # noqa: E402
+from fda.bench.config import suite_views as cfg_views  # noqa: E402
 from fda.io.checkpoints import load_state_dict  # noqa: E402
 from fda.bench.suites import get_suite  # noqa: E402
 
@@ -87,11 +89,11 @@ class BuiltSuite:
 
 
 def load_built_suite(config_path: str, name: str, work: str | None, inits: list[str]) -> BuiltSuite:
-    config = wc.load_config([config_path])
-    section = wc.effective_suite(config, name)
+    config = cfg_load.load_config([config_path])
+    section = cfg_views.effective_suite(config, name)
     tasks = list(section["tasks"])
     root = Path(work or f"work/{name}")
-    suite = get_suite(name, wc.suite_settings_for(config, name))
+    suite = get_suite(name, cfg_views.suite_settings_for(config, name))
     pre = load_state_dict(root / "base")
     states = {i: (pre if i == "pretrained" else load_state_dict(root / "merged" / f"{i}.safetensors")) for i in inits}
     return BuiltSuite(config, section, tasks, suite.load_encoder(root / "base"), pre,
@@ -104,10 +106,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"suite": args.suite, "block": args.block, "anchor_init": args.anchor_init,
                               "steps": args.steps, "budgets": args.budgets, "tasks": b.tasks,
                               "init_accuracy": {i: score(s) for i, s in inits.items()}, "runs": [],
-                              "adapt_settings": {i: wc.fda_hparams(section, i) for i in inits}}
-    layout = wc.merge_layout(b.config, args.suite)  # as the workflow's construction jobs
+                              "adapt_settings": {i: cfg_names.fda_hparams(section, i) for i in inits}}
+    layout = cfg_views.merge_layout(b.config, args.suite)  # as the workflow's construction jobs
     for n in args.n_anchors:
-        cfg = fda.FDAConfig.for_family(section["family"], **{**wc.fda_hparams(section), "n_anchors": n,
+        cfg = fda.FDAConfig.for_family(section["family"], **{**cfg_names.fda_hparams(section), "n_anchors": n,
                                                               "construct_steps": args.steps, "progress": False,
                                                               "sv_every": 0, "qkv_layout": layout})
         t0 = time.perf_counter()
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             anchors = [r.budget_anchors[s] for r in built]
             for init, init_state in inits.items():
                 acfg = fda.FDAConfig.for_family(section["family"], init=init,
-                                                **{**wc.fda_hparams(section, init), "n_anchors": n, "progress": False})
+                                                **{**cfg_names.fda_hparams(section, init), "n_anchors": n, "progress": False})
                 adapted = fda.adapt_block(model, pre, experts, args.block, anchors, init, init_state, acfg)
                 row[f"acc_{init}"] = score(with_block(init_state, adapted.params))
             report["runs"].append(row)

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from fda.bench import cli, gpu
+from fda.bench.cli.common import construct_log_record, inputs_key
 from fda.bench.report import results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def test_construct_log_record_from_a_construct_result():
                        unalignable=[], sv_steps=[0, 2], sv=[torch.tensor([1.0, 0.5]), torch.tensor([1.0, 0.1])])
     res = ConstructResult(block=1, expert=0, anchors=torch.zeros(2, 3, 4), initial=torch.zeros(2, 3, 4),
                           best_loss=0.5, best_step=2, log=log)
-    rec = cli.construct_log_record(res, suite="s", block=1, task="t", anchor_init="gauss", seed=0)
+    rec = construct_log_record(res, suite="s", block=1, task="t", anchor_init="gauss", seed=0)
     assert rec["loss"] == [2.0, 1.0, 0.5] and rec["steps"] == [0, 1, 2]
     assert rec["cos_mean"] == pytest.approx([0.1, 0.6, 0.85])
     assert rec["cos"]["b"] == pytest.approx([0.2, 0.7, 0.9])
@@ -96,11 +97,11 @@ def test_construct_log_record_from_a_construct_result():
 def test_inputs_key_follows_files_and_settings(tmp_path):
     f = tmp_path / "a.safetensors"
     f.write_bytes(b"x")
-    k1 = cli._inputs_key([f], {"lr": 1})
-    assert k1 == cli._inputs_key([f], {"lr": 1})
-    assert k1 != cli._inputs_key([f], {"lr": 2})
+    k1 = inputs_key([f], {"lr": 1})
+    assert k1 == inputs_key([f], {"lr": 1})
+    assert k1 != inputs_key([f], {"lr": 2})
     f.write_bytes(b"xy")
-    assert k1 != cli._inputs_key([f], {"lr": 1})
+    assert k1 != inputs_key([f], {"lr": 1})
 
 
 def test_bad_json_argument_is_a_usage_error(capsys):

@@ -20,8 +20,12 @@ import pytest
 import torch
 import yaml
 
-from fda.bench import cli, cli_llm
-from fda.bench import workflow_config as wc
+from fda.bench import cli
+from fda.bench.cli import llm as cli_llm
+from fda.bench.config import load as cfg_load
+from fda.bench.config import naming as cfg_names
+from fda.bench.config import suite_views as cfg_views
+from fda.bench.config.vocabulary import ConfigError
 from fda.io.checkpoints import SAFETENSORS_INDEX, load_state_dict
 from fda.bench.eval.llm.data import LLMEvalDataError
 from fda.bench.report.results import read_cells
@@ -105,11 +109,11 @@ def _section(**over) -> dict:
 
 
 def test_streaming_suites_are_decided_by_family():
-    paper = wc.load_config([PAPER])
-    assert wc.streaming_suites(paper) == ["llama13b"]
-    assert [s for s in paper["suites"] if wc.is_streaming(paper, s)] == ["llama13b"]
-    assert wc.streaming_suites(wc.load_config([ROOT / "config" / "config.yaml"])) == []
-    assert wc.STREAMING_FAMILIES == {"llama"}
+    paper = cfg_load.load_config([PAPER])
+    assert cfg_views.streaming_suites(paper) == ["llama13b"]
+    assert [s for s in paper["suites"] if cfg_views.is_streaming(paper, s)] == ["llama13b"]
+    assert cfg_views.streaming_suites(cfg_load.load_config([ROOT / "config" / "config.yaml"])) == []
+    assert cfg_views.STREAMING_FAMILIES == {"llama"}
 
 
 @pytest.mark.parametrize("suite, section, match", [
@@ -118,21 +122,21 @@ def test_streaming_suites_are_decided_by_family():
      r"robertab.family: 'llama' does not fit suite 'robertab'"),
 ], ids=["llama-suite-not-streaming", "streaming-family-on-an-in-memory-suite"])
 def test_a_streaming_family_needs_a_streaming_suite(suite, section, match):
-    with pytest.raises(wc.ConfigError, match=match):
-        wc.validate_config({"suites": {suite: section}})
+    with pytest.raises(ConfigError, match=match):
+        cfg_load.validate_config({"suites": {suite: section}})
 
 
 def test_config_sources_and_result_tasks_of_the_llama_suite():
-    cfg = wc.validate_config({"suites": {"llama13b": _section()}})
-    assert wc.suite_settings_for(cfg, "llama13b") == {"tasks": ["math", "code"], "base": "file:/m/base",
+    cfg = cfg_load.validate_config({"suites": {"llama13b": _section()}})
+    assert cfg_views.suite_settings_for(cfg, "llama13b") == {"tasks": ["math", "code"], "base": "file:/m/base",
                                                       "experts": {"math": "file:/m/math", "code": "hf:owner/code"}}
-    assert wc.result_tasks(cfg, "llama13b") == BENCHMARK_NAMES
-    one = wc.validate_config({"suites": {"llama13b": _section(tasks=["code"], experts={"code": {"path": "/m/code"}},
+    assert cfg_views.result_tasks(cfg, "llama13b") == BENCHMARK_NAMES
+    one = cfg_load.validate_config({"suites": {"llama13b": _section(tasks=["code"], experts={"code": {"path": "/m/code"}},
                                                               settings={"benchmarks": {"code": ["mbpp"]}})}})
-    assert wc.result_tasks(one, "llama13b") == ["MBPP"]
-    paper = wc.load_config([PAPER])
-    assert wc.stream_options(paper, "llama13b") == {"shard_size": "2GB", "vocab_mismatch": "truncate"}
-    assert wc.merge_layout(paper, "llama13b") == "split"
+    assert cfg_views.result_tasks(one, "llama13b") == ["MBPP"]
+    paper = cfg_load.load_config([PAPER])
+    assert cfg_views.stream_options(paper, "llama13b") == {"shard_size": "2GB", "vocab_mismatch": "truncate"}
+    assert cfg_views.merge_layout(paper, "llama13b") == "split"
 
 
 @pytest.mark.parametrize("settings, match", [
@@ -145,20 +149,20 @@ def test_config_sources_and_result_tasks_of_the_llama_suite():
     ({"limt": 3}, r"llama13b.settings: unknown key\(s\) \['limt'\]; allowed keys: .*limit"),
 ])
 def test_bad_llama_settings_name_the_key(settings, match):
-    with pytest.raises(wc.ConfigError, match=match):
-        wc.validate_config({"suites": {"llama13b": _section(settings=settings)}})
+    with pytest.raises(ConfigError, match=match):
+        cfg_load.validate_config({"suites": {"llama13b": _section(settings=settings)}})
 
 
 def test_jobs_get_only_the_settings_they_read():
     """Editing an evaluation or merge setting changes those jobs' params only (no 13B refetch)."""
     settings = {"limit": 5, "data_path": {"gsm8k": "g.jsonl"}, "shard_size": "1GB", "vocab_mismatch": "error"}
-    cfg = wc.validate_config({"suites": {"llama13b": _section(settings=settings)}})
-    fetch, data, ev = (wc.job_settings(cfg, "llama13b", s) for s in ("fetch", "data", "eval"))
+    cfg = cfg_load.validate_config({"suites": {"llama13b": _section(settings=settings)}})
+    fetch, data, ev = (cfg_views.job_settings(cfg, "llama13b", s) for s in ("fetch", "data", "eval"))
     assert fetch == {"tasks": ["math", "code"], "base": "file:/m/base",
                      "experts": {"math": "file:/m/math", "code": "hf:owner/code"}}
     assert data == {"tasks": ["math", "code"], "data_path": {"gsm8k": "g.jsonl"}}
     assert ev == {"tasks": ["math", "code"], "limit": 5}
-    assert wc.stream_options(cfg, "llama13b") == {"shard_size": "1GB", "vocab_mismatch": "error"}
+    assert cfg_views.stream_options(cfg, "llama13b") == {"shard_size": "1GB", "vocab_mismatch": "error"}
     with pytest.raises(ValueError, match="unknown llama13b job stage 'merge'"):
         job_settings({}, "merge")
 
@@ -362,7 +366,7 @@ def test_llama_suite_runs_through_the_workflow(tmp_path):
     work = tmp_path / "run"
     work.mkdir()
     (work / "tiny.yaml").write_text(yaml.safe_dump(config))
-    cells = wc.cells(wc.validate_config(config))
+    cells = cfg_names.cells(cfg_load.validate_config(config))
     assert sorted(cells) == sorted(f"results/llama13b_{m}.csv" for m in ("pretrained", "individual", "ta", "ta_fda"))
     figures = ["results/figures/llama13b-methods.png", "results/figures/llama13b-construction-gauss.png"]
     snakemake(*cells, "results/tables/llama13b.csv", *figures, "--cores", "2", "--configfile", str(work / "tiny.yaml"), cwd=work)

@@ -1,5 +1,5 @@
 """The paper suites through the workflow: the config's `base`/`experts`/`expert_source` reach the
-suite as its settings (fda.bench.workflow_config.suite_settings_for), merges run in the suite's q/k/v
+suite as its settings (fda.bench.config.suite_views.suite_settings_for), merges run in the suite's q/k/v
 layout, and the real Snakemake rules (fda_jobs: fine, as config/paper.yaml) run a tiny
 `vitb32`-shaped suite (task_vectors checkpoints, fused q/k/v) and a tiny `robertab`-shaped suite
 (local RoBERTa classifiers) from local models and `save_to_disk` datasets to result cells.
@@ -16,7 +16,10 @@ import pytest
 import torch
 import yaml
 
-from fda.bench import workflow_config as wc
+from fda.bench.config import load as cfg_load
+from fda.bench.config import naming as cfg_names
+from fda.bench.config import suite_views as cfg_views
+from fda.bench.config.vocabulary import ConfigError
 from fda.io.checkpoints import load_state_dict, read_metadata, save_state_dict
 from fda.bench.openclip_convert import hf_to_openclip_visual
 from fda.bench.report.results import read_cells
@@ -28,7 +31,7 @@ GLUE_TASKS = ["RTE", "MRPC"]
 
 
 def _config(**suites) -> dict:
-    return wc.validate_config({"suites": suites})
+    return cfg_load.validate_config({"suites": suites})
 
 
 def _vit(**over) -> dict:
@@ -48,25 +51,25 @@ def test_settings_mapping_translates_sources_tasks_and_family():
                             "base": {"path": "models/roberta"}, "methods": {"ta": {}},
                             "experts": {"STS-B": {"hub": "SphereLab/nlu", "subfolder": "stsb/rb", "revision": "abc"},
                                         "RTE": {"recipe": "suite-default"}}})
-    vit = wc.suite_settings_for(cfg, "vitb32")
+    vit = cfg_views.suite_settings_for(cfg, "vitb32")
     assert vit == {"taskvectors_dir": "/tv", "tasks": ["mnist", "eurosat"], "base": "hf:openai/clip-vit-base-patch32",
                    "experts": {"eurosat": "file:ft/eurosat.safetensors"}, "expert_source": "taskvectors"}
-    assert wc.merge_layout(cfg, "vitb32") == "fused"
-    glue = wc.suite_settings_for(cfg, "robertab")
+    assert cfg_views.merge_layout(cfg, "vitb32") == "fused"
+    glue = cfg_views.suite_settings_for(cfg, "robertab")
     # a relative path stays local (file:), a hub entry keeps subfolder and revision, suite-default is the suite's
     assert glue == {"tasks": ["stsb", "rte"], "base": "file:models/roberta", "experts": {"stsb": "hf:SphereLab/nlu/stsb/rb@abc"}}
-    assert wc.merge_layout(cfg, "robertab") == "split"
+    assert cfg_views.merge_layout(cfg, "robertab") == "split"
 
     fb = _config(vitb32=_vit(expert_source="fusionbench-hf", settings={}))
-    assert wc.suite_settings_for(fb, "vitb32")["expert_source"] == "fusionbench"
-    assert wc.merge_layout(fb, "vitb32") == "split"
+    assert cfg_views.suite_settings_for(fb, "vitb32")["expert_source"] == "fusionbench"
+    assert cfg_views.merge_layout(fb, "vitb32") == "split"
 
 
 def test_embedded_suites_get_their_settings_unchanged():
-    cfg = wc.load_config(["config/config.yaml"])
+    cfg = cfg_load.load_config(["config/config.yaml"])
     for suite in ("minitext", "minivision"):
-        assert wc.suite_settings_for(cfg, suite) == wc.effective_suite(cfg, suite)["settings"]
-        assert wc.merge_layout(cfg, suite) == "split"
+        assert cfg_views.suite_settings_for(cfg, suite) == cfg_views.effective_suite(cfg, suite)["settings"]
+        assert cfg_views.merge_layout(cfg, suite) == "split"
 
 
 @pytest.mark.parametrize("section, match", [
@@ -83,15 +86,15 @@ def test_embedded_suites_get_their_settings_unchanged():
      r"vitb32.fda.hparams: unknown key\(s\) 'qkv_layout'"),
 ])
 def test_source_errors_name_the_key_and_the_fix(section, match):
-    with pytest.raises(wc.ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
         _config(vitb32=section)
 
 
 def test_paper_config_maps_every_suite():
-    cfg = wc.load_config(["config/paper.yaml"])
-    assert wc.suite_settings_for(cfg, "vitb32")["expert_source"] == "taskvectors"
-    assert wc.merge_layout(cfg, "vitl14") == "fused"
-    rl = wc.suite_settings_for(cfg, "robertal")
+    cfg = cfg_load.load_config(["config/paper.yaml"])
+    assert cfg_views.suite_settings_for(cfg, "vitb32")["expert_source"] == "taskvectors"
+    assert cfg_views.merge_layout(cfg, "vitl14") == "fused"
+    rl = cfg_views.suite_settings_for(cfg, "robertal")
     assert rl["experts"]["sst2"] == "hf:SphereLab/nlu_models_in_FDA/sst2/roberta-large_lr1e-05"
     assert rl["base"] == "hf:FacebookAI/roberta-large"
 
@@ -222,11 +225,11 @@ def _tiny_config(tmp) -> dict:
 @pytest.mark.slow
 def test_paper_suites_run_through_the_workflow(tmp_path):
     config = _tiny_config(tmp_path / "assets")
-    wc.validate_config(config)  # the same schema and checks as config/paper.yaml
+    cfg_load.validate_config(config)  # the same schema and checks as config/paper.yaml
     work = tmp_path / "run"
     work.mkdir()
     (work / "tiny.yaml").write_text(yaml.safe_dump(config))
-    cells = wc.cells(wc.validate_config(config))
+    cells = cfg_names.cells(cfg_load.validate_config(config))
     snakemake(*cells, "--cores", "1", "--configfile", str(work / "tiny.yaml"), cwd=work)
 
     want = {"vitb32": ("task-vectors", "fused", VISION_TASKS, ["pretrained", "individual", "ta", "tsvm", "wudi"]),

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fda.bench import workflow_config as wc
+from fda.bench.config import load as cfg_load
+from fda.bench.config import naming as cfg_names
+from fda.bench.config import suite_views as cfg_views
 
 ROOT = Path(__file__).resolve().parents[1]
 _VENV_SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -78,10 +80,10 @@ CASES = [
 def test_dry_run_resolves_every_cell(scratch, args, configfile, fda_jobs):
     jobs = dry_run(scratch, *args)
     outputs = {o for j in jobs for o in j["output"]}
-    config = wc.load_config([ROOT / configfile], [f"fda_jobs={fda_jobs}"])
+    config = cfg_load.load_config([ROOT / configfile], [f"fda_jobs={fda_jobs}"])
     # exactly the configured suites: --configfile replaces the default suites, it does not extend them
     assert {j["wildcards"].get("suite") for j in jobs} - {None} == set(config["suites"])
-    for cell in wc.cells(config):
+    for cell in cfg_names.cells(config):
         assert cell in outputs, cell
     for suite in config["suites"]:
         assert f"results/tables/{suite}-paper.md" in outputs
@@ -91,7 +93,7 @@ def test_dry_run_resolves_every_cell(scratch, args, configfile, fda_jobs):
     n_suites = len(config["suites"])
     assert rules["cell"] == 7 * n_suites and rules["cell_fda"] == 4 * n_suites
     # streaming (LLM) suites run llm.smk's rules, the others the in-memory ones
-    llm = wc.streaming_suites(config)
+    llm = cfg_views.streaming_suites(config)
     in_memory = [s for s in config["suites"] if s not in llm]
     assert rules["merge_baseline"] == 5 * len(in_memory) and rules["llm_merge"] == 5 * len(llm)
     # anchors are shared by the four inits: construction never depends on the init

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fda.bench import workflow_config as wc
+from fda.bench.config import load as cfg_load
+from fda.bench.config import naming as cfg_names
+from fda.bench.config import suite_views as cfg_views
+from fda.bench.config.vocabulary import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "config" / "config.yaml"
@@ -20,14 +23,14 @@ def _raw(path: Path = DEFAULT) -> dict:
 
 
 def _error(config: dict) -> str:
-    with pytest.raises(wc.ConfigError) as info:
-        wc.validate_config(config)
+    with pytest.raises(ConfigError) as info:
+        cfg_load.validate_config(config)
     return str(info.value)
 
 
 @pytest.mark.parametrize("path", [DEFAULT, PAPER], ids=["default", "paper"])
 def test_shipped_configs_validate(path):
-    config = wc.load_config([path])
+    config = cfg_load.load_config([path])
     assert config["smoke"] is False
     assert config["fda_jobs"] in ("fine", "coarse")
     for suite, section in config["suites"].items():
@@ -37,17 +40,17 @@ def test_shipped_configs_validate(path):
 
 
 def test_default_config_has_every_method_and_fda_variant():
-    config = wc.load_config([DEFAULT])
+    config = cfg_load.load_config([DEFAULT])
     assert set(config["suites"]) == {"minitext", "minivision"}
     for section in config["suites"].values():
-        assert list(section["methods"]) == list(wc.METHODS)
-        assert section["fda"]["inits"] == list(wc.FDA_INITS)
-        assert section["fda"]["anchor_inits"] == list(wc.ANCHOR_INITS)
-    assert len(wc.cells(config)) == 2 * (7 + 4)
+        assert list(section["methods"]) == list(cfg_names.METHODS)
+        assert section["fda"]["inits"] == list(cfg_names.FDA_INITS)
+        assert section["fda"]["anchor_inits"] == list(cfg_names.ANCHOR_INITS)
+    assert len(cfg_names.cells(config)) == 2 * (7 + 4)
 
 
 def test_paper_config_uses_the_papers_hyperparameters():
-    config = wc.load_config([PAPER])
+    config = cfg_load.load_config([PAPER])
     s = config["suites"]
     assert set(s) == {"vitb32", "vitb16", "vitl14", "robertab", "robertal", "llama13b"}
     assert [s[n]["methods"]["ta"]["alpha"] for n in ("vitb16", "robertab", "robertal", "llama13b")] == [0.3, 0.3, 0.2, 0.5]
@@ -93,7 +96,7 @@ def test_unknown_method_lists_the_methods():
     cfg["suites"]["minivision"]["methods"]["fisher"] = {}
     msg = _error(cfg)
     assert "suites.minivision.methods" in msg and "'fisher'" in msg
-    for m in wc.METHODS:
+    for m in cfg_names.METHODS:
         assert m in msg
 
 
@@ -190,16 +193,16 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_overrides_like_snakemake_config():
-    config = wc.load_config([DEFAULT], ["smoke=true"])
+    config = cfg_load.load_config([DEFAULT], ["smoke=true"])
     assert config["smoke"] is True
-    with pytest.raises(wc.ConfigError, match="KEY=VALUE"):
-        wc.load_config([DEFAULT], ["smoke"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        cfg_load.load_config([DEFAULT], ["smoke"])
 
 
 def test_smoke_overrides_apply_only_with_smoke():
-    config = wc.load_config([DEFAULT])
-    full = wc.effective_suite(config, "minivision")
-    smoke = wc.effective_suite({**config, "smoke": True}, "minivision")
+    config = cfg_load.load_config([DEFAULT])
+    full = cfg_views.effective_suite(config, "minivision")
+    smoke = cfg_views.effective_suite({**config, "smoke": True}, "minivision")
     assert full["fda"]["n_blocks"] == 4 and smoke["fda"]["n_blocks"] == 2
     assert smoke["tasks"] == config["suites"]["minivision"]["smoke_overrides"]["tasks"]
     assert len(smoke["tasks"]) < len(full["tasks"])
@@ -211,14 +214,14 @@ def test_smoke_overrides_apply_only_with_smoke():
 
 def test_tasks_are_injected_into_suite_settings():
     pytest.importorskip("fda.bench.suites")
-    config = wc.load_config([DEFAULT])
-    assert wc.effective_suite(config, "minitext")["settings"]["tasks"] == config["suites"]["minitext"]["tasks"]
+    config = cfg_load.load_config([DEFAULT])
+    assert cfg_views.effective_suite(config, "minitext")["settings"]["tasks"] == config["suites"]["minitext"]["tasks"]
 
 
 def test_config_hash_is_stable_and_order_free():
-    assert wc.config_hash({"a": 1, "b": [1, 2]}) == wc.config_hash({"b": [1, 2], "a": 1})
-    assert wc.config_hash({"a": 1}) != wc.config_hash({"a": 2})
-    assert len(wc.config_hash({})) == 12
+    assert cfg_names.config_hash({"a": 1, "b": [1, 2]}) == cfg_names.config_hash({"b": [1, 2], "a": 1})
+    assert cfg_names.config_hash({"a": 1}) != cfg_names.config_hash({"a": 2})
+    assert len(cfg_names.config_hash({})) == 12
 
 
 def _with(cfg: dict, path: tuple, value) -> dict:
@@ -227,37 +230,37 @@ def _with(cfg: dict, path: tuple, value) -> dict:
     for k in path[:-1]:
         node = node.setdefault(k, {})
     node[path[-1]] = value
-    return wc.validate_config(cfg)
+    return cfg_load.validate_config(cfg)
 
 
 def test_slices_change_only_where_a_setting_is_read():
-    base = wc.load_config([DEFAULT])
+    base = cfg_load.load_config([DEFAULT])
     s = ("suites", "minitext")
     wudi_lr = _with(base, s + ("methods", "wudi", "lr"), 3e-5)
-    assert wc.merge_slice(wudi_lr, "minitext", "wudi") != wc.merge_slice(base, "minitext", "wudi")
-    assert wc.merge_slice(wudi_lr, "minitext", "ta") == wc.merge_slice(base, "minitext", "ta")
-    assert wc.adapt_slice(wudi_lr, "minitext", "wudi", "gauss", 0) != wc.adapt_slice(base, "minitext", "wudi", "gauss", 0)
-    assert wc.adapt_slice(wudi_lr, "minitext", "ta", "gauss", 0) == wc.adapt_slice(base, "minitext", "ta", "gauss", 0)
-    assert wc.construct_slice(wudi_lr, "minitext", "gauss", 0) == wc.construct_slice(base, "minitext", "gauss", 0)
+    assert cfg_names.merge_slice(wudi_lr, "minitext", "wudi") != cfg_names.merge_slice(base, "minitext", "wudi")
+    assert cfg_names.merge_slice(wudi_lr, "minitext", "ta") == cfg_names.merge_slice(base, "minitext", "ta")
+    assert cfg_names.adapt_slice(wudi_lr, "minitext", "wudi", "gauss", 0) != cfg_names.adapt_slice(base, "minitext", "wudi", "gauss", 0)
+    assert cfg_names.adapt_slice(wudi_lr, "minitext", "ta", "gauss", 0) == cfg_names.adapt_slice(base, "minitext", "ta", "gauss", 0)
+    assert cfg_names.construct_slice(wudi_lr, "minitext", "gauss", 0) == cfg_names.construct_slice(base, "minitext", "gauss", 0)
 
     epochs = _with(base, s + ("fda", "hparams", "adapt_epochs"), 7)
-    assert wc.construct_slice(epochs, "minitext", "gauss", 0) == wc.construct_slice(base, "minitext", "gauss", 0)
-    assert wc.adapt_slice(epochs, "minitext", "ta", "gauss", 0) != wc.adapt_slice(base, "minitext", "ta", "gauss", 0)
+    assert cfg_names.construct_slice(epochs, "minitext", "gauss", 0) == cfg_names.construct_slice(base, "minitext", "gauss", 0)
+    assert cfg_names.adapt_slice(epochs, "minitext", "ta", "gauss", 0) != cfg_names.adapt_slice(base, "minitext", "ta", "gauss", 0)
 
     per_init = _with(base, s + ("fda", "per_init", "tsvm"), {"adapt_epochs": 9})
-    assert wc.adapt_slice(per_init, "minitext", "tsvm", "weight", 0)["fda"]["adapt_epochs"] == 9
-    assert wc.adapt_slice(per_init, "minitext", "ta", "weight", 0) == wc.adapt_slice(base, "minitext", "ta", "weight", 0)
+    assert cfg_names.adapt_slice(per_init, "minitext", "tsvm", "weight", 0)["fda"]["adapt_epochs"] == 9
+    assert cfg_names.adapt_slice(per_init, "minitext", "ta", "weight", 0) == cfg_names.adapt_slice(base, "minitext", "ta", "weight", 0)
 
     steps = _with(base, s + ("fda", "hparams", "construct_steps"), 11)
-    assert wc.construct_slice(steps, "minitext", "gauss", 0) != wc.construct_slice(base, "minitext", "gauss", 0)
-    h = lambda c, m, i=None: wc.config_hash(wc.cell_slice(c, "minitext", m, i))  # noqa: E731
+    assert cfg_names.construct_slice(steps, "minitext", "gauss", 0) != cfg_names.construct_slice(base, "minitext", "gauss", 0)
+    h = lambda c, m, i=None: cfg_names.config_hash(cfg_names.cell_slice(c, "minitext", m, i))  # noqa: E731
     assert h(steps, "fda", "ta") != h(base, "fda", "ta") and h(steps, "ta") == h(base, "ta")
     assert h(base, "ta") != h(base, "tsvm")
 
 
 def test_cells_follow_the_config():
-    config = wc.load_config([PAPER])
-    cells = wc.cells(config)
+    config = cfg_load.load_config([PAPER])
+    cells = cfg_names.cells(config)
     assert "results/vitb16_wudi_fda.csv" in cells and "results/llama13b_individual.csv" in cells
     assert len(cells) == len(set(cells)) == 6 * 11
     for c in cells:
@@ -265,20 +268,20 @@ def test_cells_follow_the_config():
 
 
 def test_fda_job_granularity_per_stage():
-    config = wc.load_config([DEFAULT])
-    assert wc.fda_granularity(config, "construct") == "coarse"
+    config = cfg_load.load_config([DEFAULT])
+    assert cfg_names.fda_granularity(config, "construct") == "coarse"
     cfg = _raw()
     cfg["fda_jobs"] = {"construct": "fine"}
-    config = wc.validate_config(cfg)
-    assert wc.fda_granularity(config, "construct") == "fine" and wc.fda_granularity(config, "adapt") == "coarse"
+    config = cfg_load.validate_config(cfg)
+    assert cfg_names.fda_granularity(config, "construct") == "fine" and cfg_names.fda_granularity(config, "adapt") == "coarse"
     cfg["fda_jobs"] = {"construct": "fine", "assemble": "fine"}
     assert "'assemble'" in _error(cfg)
 
 
 def test_construction_params_leave_out_adaptation_fields():
-    config = wc.load_config([PAPER])
-    section = wc.effective_suite(config, "robertal")
-    construct = wc.fda_hparams(section)
+    config = cfg_load.load_config([PAPER])
+    section = cfg_views.effective_suite(config, "robertal")
+    construct = cfg_names.fda_hparams(section)
     assert "adapt_epochs" not in construct and construct["construct_steps"] == 1200
-    assert wc.fda_hparams(section, "pretrained")["adapt_epochs"] == 25
-    assert wc.fda_hparams(section, "wudi")["adapt_epochs"] == 15
+    assert cfg_names.fda_hparams(section, "pretrained")["adapt_epochs"] == 25
+    assert cfg_names.fda_hparams(section, "wudi")["adapt_epochs"] == 15

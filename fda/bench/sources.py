@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 
+from fda.bench.settings import parse
 from fda.io.checkpoints import CheckpointError, LazyCheckpoint, load_state_dict, resolve_weight_files
 
 SourceKind = Literal["hub", "local", "recipe"]
@@ -319,10 +320,8 @@ def verify_checkpoint(
 
 
 def parse_settings(cls: type, mapping: Mapping[str, Any] | None, *, suite: str) -> Any:
-    """Build the settings dataclass ``cls`` from a config mapping (:func:`fda.bench.suites.settings.parse`:
+    """Build the settings dataclass ``cls`` from a config mapping (:func:`fda.bench.settings.parse`:
     unknown keys and wrong types raise ``SettingsError`` naming the key); an instance passes through."""
-    from fda.bench.suites.settings import parse  # noqa: PLC0415 - fda.bench.suites imports this module
-
     return mapping if isinstance(mapping, cls) else parse(cls, dict(mapping or {}), suite=suite)
 
 

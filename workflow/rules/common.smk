@@ -1,6 +1,8 @@
 # Helpers for the workflow: config loading and validation, wildcard constraints, file names,
-# the config slices that jobs get as params, resources. The logic lives in fda.bench.workflow_config;
-# this file only maps wildcards onto it.
+# the config slices that jobs get as params, resources. The logic lives in fda.bench.config
+# (cfg_load: loading and validation; cfg_views: a suite's section as jobs see it, streaming
+# suites; cfg_names: the vocabulary, config slices, hashes and result cells); this file only maps
+# wildcards onto it.
 
 import json
 import shlex
@@ -9,7 +11,9 @@ from pathlib import Path
 import yaml
 from snakemake.utils import min_version, validate
 
-import fda.bench.workflow_config as wc_
+import fda.bench.config.load as cfg_load
+import fda.bench.config.naming as cfg_names
+import fda.bench.config.suite_views as cfg_views
 
 min_version("9.0")
 
@@ -20,25 +24,25 @@ min_version("9.0")
 # any suites; `--config KEY=VALUE` overrides still apply on top of it.
 if "suites" not in config:
     _default = yaml.safe_load((Path(workflow.basedir) / "config" / "config.yaml").read_text())
-    _merged = wc_.deep_update(_default, config)
+    _merged = cfg_views.deep_update(_default, config)
     config.clear()
     config.update(_merged)
 
 # Our validator first (its messages name the key and the allowed values), then snakemake's own
 # with the same schema; both fill in the schema's defaults.
-config.update(wc_.validate_config(config))
+config.update(cfg_load.validate_config(config))
 validate(config, "../schemas/config.schema.yaml")
 
 SUITES = list(config["suites"])
 # The in-memory rules (experts/baselines/fda/evaluate.smk) and the streaming LLM ones (llm.smk)
 # write the same file patterns for different suites, told apart by a per-rule suite constraint.
-STREAMING_SUITES = wc_.streaming_suites(config)
+STREAMING_SUITES = cfg_views.streaming_suites(config)
 IN_MEMORY_SUITES = [s for s in SUITES if s not in STREAMING_SUITES]
 
 
 def S(suite):
     """The suite's config section as jobs see it (smoke overrides applied)."""
-    return wc_.effective_suite(config, suite)
+    return cfg_views.effective_suite(config, suite)
 
 
 def _alt(names):
@@ -56,11 +60,11 @@ STREAMING = _suites_re(STREAMING_SUITES)
 
 wildcard_constraints:
     suite=_alt(SUITES),
-    method=_alt(wc_.METHODS),
-    baseline=_alt(wc_.BASELINE_METHODS),
-    reference=_alt(wc_.REFERENCE_METHODS),
-    init=_alt(wc_.FDA_INITS),
-    anchorinit=_alt(wc_.ANCHOR_INITS),
+    method=_alt(cfg_names.METHODS),
+    baseline=_alt(cfg_names.BASELINE_METHODS),
+    reference=_alt(cfg_names.REFERENCE_METHODS),
+    init=_alt(cfg_names.FDA_INITS),
+    anchorinit=_alt(cfg_names.ANCHOR_INITS),
     task=r"[A-Za-z0-9][A-Za-z0-9.+-]*",
     block=r"[0-9]+",
     seed=r"[0-9]+",
@@ -116,8 +120,8 @@ def block_args(suite):
 
 
 def p_settings(wildcards):
-    """The suite's settings with the config's sources translated (wc_.suite_settings_for)."""
-    return wc_.canonical_json(wc_.suite_settings_for(config, wildcards.suite))
+    """The suite's settings with the config's sources translated (cfg_views.suite_settings_for)."""
+    return cfg_names.canonical_json(cfg_views.suite_settings_for(config, wildcards.suite))
 
 
 def p_data_seed(wildcards):
@@ -129,29 +133,29 @@ def p_family(wildcards):
 
 
 def p_data_key(wildcards):
-    return wc_.canonical_json(wc_.data_slice(config, wildcards.suite))
+    return cfg_names.canonical_json(cfg_names.data_slice(config, wildcards.suite))
 
 
 def p_base_key(wildcards):
-    return wc_.canonical_json(wc_.base_slice(config, wildcards.suite))
+    return cfg_names.canonical_json(cfg_names.base_slice(config, wildcards.suite))
 
 
 def p_expert_key(wildcards):
-    return wc_.canonical_json(wc_.expert_slice(config, wildcards.suite, wildcards.task))
+    return cfg_names.canonical_json(cfg_names.expert_slice(config, wildcards.suite, wildcards.task))
 
 
 def p_expert_source(wildcards):
-    return wc_.canonical_json(S(wildcards.suite).get("experts", {}).get(wildcards.task, {}))
+    return cfg_names.canonical_json(S(wildcards.suite).get("experts", {}).get(wildcards.task, {}))
 
 
 def p_hparams(wildcards):
-    return wc_.canonical_json(S(wildcards.suite)["methods"].get(wildcards.baseline, {}))
+    return cfg_names.canonical_json(S(wildcards.suite)["methods"].get(wildcards.baseline, {}))
 
 
 def p_fda(wildcards):
     """FDAConfig overrides; adaptation jobs (with an `init` wildcard) add fda.per_init[init]."""
     init = getattr(wildcards, "init", None)
-    return wc_.canonical_json(wc_.fda_hparams(S(wildcards.suite), init))
+    return cfg_names.canonical_json(cfg_names.fda_hparams(S(wildcards.suite), init))
 
 
 def p_size(wildcards):
@@ -159,12 +163,14 @@ def p_size(wildcards):
 
 
 def p_construct_key(wildcards):
-    return wc_.canonical_json(wc_.construct_slice(config, wildcards.suite, wildcards.anchorinit, wildcards.seed))
+    return cfg_names.canonical_json(
+        cfg_names.construct_slice(config, wildcards.suite, wildcards.anchorinit, wildcards.seed)
+    )
 
 
 def p_adapt_key(wildcards):
-    return wc_.canonical_json(
-        wc_.adapt_slice(config, wildcards.suite, wildcards.init, wildcards.anchorinit, wildcards.seed)
+    return cfg_names.canonical_json(
+        cfg_names.adapt_slice(config, wildcards.suite, wildcards.init, wildcards.anchorinit, wildcards.seed)
     )
 
 
@@ -181,8 +187,8 @@ def p_tasks(wildcards):
 
 
 def p_result_tasks(wildcards):
-    """Table columns: the tasks of the result rows (an LLM suite's benchmarks, wc_.result_tasks)."""
-    return " ".join(shlex.quote(t) for t in wc_.result_tasks(config, wildcards.suite))
+    """Table columns: the tasks of the result rows (an LLM suite's benchmarks, cfg_views.result_tasks)."""
+    return " ".join(shlex.quote(t) for t in cfg_views.result_tasks(config, wildcards.suite))
 
 
 def p_limit(wildcards):
@@ -191,7 +197,7 @@ def p_limit(wildcards):
 
 
 def p_eval_key(wildcards):
-    return wc_.canonical_json(wc_.eval_slice(config, wildcards.suite))
+    return cfg_names.canonical_json(cfg_names.eval_slice(config, wildcards.suite))
 
 
 def p_expert_source_name(wildcards):
@@ -199,15 +205,15 @@ def p_expert_source_name(wildcards):
 
 
 def p_qkv_layout(wildcards):
-    return wc_.merge_layout(config, wildcards.suite)
+    return cfg_views.merge_layout(config, wildcards.suite)
 
 
 def p_cell_hash(wildcards):
-    return wc_.config_hash(wc_.cell_slice(config, wildcards.suite, wildcards.method))
+    return cfg_names.config_hash(cfg_names.cell_slice(config, wildcards.suite, wildcards.method))
 
 
 def p_cell_fda_hash(wildcards):
-    return wc_.config_hash(wc_.cell_slice(config, wildcards.suite, "fda", wildcards.init))
+    return cfg_names.config_hash(cfg_names.cell_slice(config, wildcards.suite, "fda", wildcards.init))
 
 
 def p_init_model(wildcards, input):
@@ -218,17 +224,17 @@ def p_job_settings(stage):
     """The suite's settings a `stage` job reads (data, fetch, eval), as JSON."""
 
     def fn(wildcards):
-        return wc_.canonical_json(wc_.job_settings(config, wildcards.suite, stage))
+        return cfg_names.canonical_json(cfg_views.job_settings(config, wildcards.suite, stage))
 
     return fn
 
 
 def p_shard_size(wildcards):
-    return wc_.stream_options(config, wildcards.suite)["shard_size"]
+    return cfg_views.stream_options(config, wildcards.suite)["shard_size"]
 
 
 def p_vocab_mismatch(wildcards):
-    return wc_.stream_options(config, wildcards.suite)["vocab_mismatch"]
+    return cfg_views.stream_options(config, wildcards.suite)["vocab_mismatch"]
 
 
 def p_anchor_args(wildcards, input):
@@ -300,7 +306,7 @@ def construction_logs(wildcards):
 
 
 def suite_cells(wildcards):
-    return [c for c in wc_.cells(config) if Path(c).name.startswith(f"{wildcards.suite}_")]
+    return [c for c in cfg_names.cells(config) if Path(c).name.startswith(f"{wildcards.suite}_")]
 
 
 # ---------------------------------------------------------------- targets
@@ -325,7 +331,7 @@ def figure_files(suite):
 
 
 def all_targets():
-    out = list(wc_.cells(config))
+    out = list(cfg_names.cells(config))
     for suite in SUITES:
         out += table_files(suite) + figure_files(suite)
     return out
@@ -377,7 +383,7 @@ def gpu(stage):
 
 
 def p_expert_key_all(wildcards):
-    return wc_.canonical_json(wc_.expert_slice(config, wildcards.suite))
+    return cfg_names.canonical_json(cfg_names.expert_slice(config, wildcards.suite))
 
 
 def p_reference_model(wildcards, input):

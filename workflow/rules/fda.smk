@@ -8,7 +8,7 @@
 #                                                          init), caching each finished block
 
 
-if wc_.fda_granularity(config, "construct") == "fine":
+if cfg_names.fda_granularity(config, "construct") == "fine":
 
     rule fda_construct:
         wildcard_constraints:
@@ -95,7 +95,7 @@ else:
                 " > {log} 2>&1"
 
 
-if wc_.fda_granularity(config, "adapt") == "fine":
+if cfg_names.fda_granularity(config, "adapt") == "fine":
 
     rule fda_adapt_block:
         wildcard_constraints:

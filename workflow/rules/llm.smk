@@ -1,4 +1,4 @@
-# The streaming LLM suites (family llama: llama13b; wc_.is_streaming). Models are sharded HF
+# The streaming LLM suites (family llama: llama13b; cfg_views.is_streaming). Models are sharded HF
 # directories that no job loads whole: base and experts are linked (or converted from .bin),
 # baselines merge block by block (`stream-merge`), FDA runs one job per (decoder layer, expert)
 # construction and one per layer adaptation whatever `fda_jobs` says (a whole-model job cannot hold
@@ -6,7 +6,7 @@
 # benchmarks of each task. Result cells, tables and figures are the shared rules (evaluate.smk,
 # aggregate.smk): the raw rows have the same format.
 #
-# Jobs get as params only the settings they read (wc_.job_settings), so editing an evaluation
+# Jobs get as params only the settings they read (cfg_views.job_settings), so editing an evaluation
 # setting never refetches or remerges a 13B model. Evaluations also write every prompt,
 # completion and score under work/{suite}/eval/generations/ (for reading; not declared).
 

@@ -13,7 +13,7 @@ from fda.bench.suites.assets import MissingAssetError
 from fda.bench.suites.base import Row, StateDict, Suite
 from fda.bench.suites.minitext import MinitextSettings, MinitextSuite
 from fda.bench.suites.minivision import MinivisionSettings, MinivisionSuite
-from fda.bench.suites.settings import SettingsError, coerce, schema
+from fda.bench.settings import SettingsError, coerce, schema
 
 _REGISTRY: dict[str, type[Suite]] = {"minitext": MinitextSuite, "minivision": MinivisionSuite}
 _SETTINGS: dict[str, type] = {"minitext": MinitextSettings, "minivision": MinivisionSettings}

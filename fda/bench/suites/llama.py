@@ -140,7 +140,7 @@ class LlamaSuite(Suite):
     qkv_layout = "split"
 
     def __init__(self, settings: dict[str, Any] | LlamaSettings | None = None):
-        from fda.bench.suites.settings import parse  # noqa: PLC0415
+        from fda.bench.settings import parse  # noqa: PLC0415
 
         cfg = settings if isinstance(settings, LlamaSettings) else parse(LlamaSettings, settings, suite=self.name)
         super().__init__(dataclasses.asdict(cfg))

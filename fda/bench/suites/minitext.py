@@ -91,7 +91,7 @@ class MinitextSuite(Suite):
     Settings = MinitextSettings
 
     def __init__(self, settings: dict[str, Any] | MinitextSettings | None = None):
-        from fda.bench.suites.settings import parse  # noqa: PLC0415
+        from fda.bench.settings import parse  # noqa: PLC0415
 
         cfg = settings if isinstance(settings, MinitextSettings) else parse(MinitextSettings, settings, suite=self.name)
         super().__init__(dataclasses.asdict(cfg))

@@ -152,7 +152,7 @@ class MinivisionSuite(Suite):
     Settings = MinivisionSettings
 
     def __init__(self, settings: dict[str, Any] | MinivisionSettings | None = None):
-        from fda.bench.suites.settings import parse  # noqa: PLC0415
+        from fda.bench.settings import parse  # noqa: PLC0415
 
         cfg = settings if isinstance(settings, MinivisionSettings) else parse(MinivisionSettings, settings, suite=self.name)
         super().__init__(dataclasses.asdict(cfg))

@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from fda.bench.cli import _fda_config, _inputs_key, _json_arg, _log, _replace_dir, _suite, _suite_task, _task_dir, construct_log_record
+from fda.bench.cli.common import (INITS, AddCommand, construct_log_record, fda_config, inputs_key, json_arg, log,
+                                  replace_dir, suite_of, suite_task, task_dir)
 
 #: the staging directory's record of what it is building (the resume key)
 STAGING_KEY = ".fda-bench-staging.json"
-INITS = ["pretrained", "ta", "tsvm", "wudi"]
-
-AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
 # -------------------------------------------------------------------------------- helpers
@@ -49,7 +47,7 @@ def _staging_dir(out: Path, key: str, resume: bool) -> Path:
 def _publish(stage: Path, out: Path) -> None:
     """Rename the finished staging directory onto ``out`` (atomic on one file system)."""
     (stage / STAGING_KEY).unlink()
-    _replace_dir(stage, out)
+    replace_dir(stage, out)
 
 
 def _num_layers(model_dir: Path) -> int:
@@ -104,14 +102,14 @@ def cmd_stream_merge(args: argparse.Namespace) -> int:
 
     tasks, dirs = _expert_dirs(args.expert)
     out = Path(args.out)
-    key = _inputs_key([Path(args.base), *dirs], {"method": args.method, "hparams": args.hparams,
-                                                 "shard_size": args.shard_size, "vocab_mismatch": args.vocab_mismatch})
+    key = inputs_key([Path(args.base), *dirs], {"method": args.method, "hparams": args.hparams,
+                                                "shard_size": args.shard_size, "vocab_mismatch": args.vocab_mismatch})
     stage = _staging_dir(out, key, args.resume)
-    _log(f"stream-merge {args.method} over {tasks} with {args.hparams} into {stage}")
+    log(f"stream-merge {args.method} over {tasks} with {args.hparams} into {stage}")
     report = stream_merge(args.method, args.base, dirs, stage, hparams=args.hparams, shard_size=args.shard_size,
                           vocab_mismatch=args.vocab_mismatch, resume=args.resume)
-    _log(f"merged {len(report.blocks_merged)} blocks (kept {len(report.blocks_skipped)} from a killed run), "
-         f"{report.total_bytes / 1e9:.2f} GB in {report.seconds:.0f} s")
+    log(f"merged {len(report.blocks_merged)} blocks (kept {len(report.blocks_skipped)} from a killed run), "
+        f"{report.total_bytes / 1e9:.2f} GB in {report.seconds:.0f} s")
     _publish(stage, out)
     return 0
 
@@ -135,8 +133,8 @@ def cmd_llm_construct(args: argparse.Namespace) -> int:
     if args.task not in tasks:
         raise SystemExit(f"--task {args.task} is not one of the experts {tasks}")
     _check_layers(Path(args.base), args.n_blocks, args.layer)
-    cfg = _fda_config(args)  # construction settings do not depend on the init
-    _log(f"construct layer {args.layer} for {args.task} ({args.anchor_init} anchors)")
+    cfg = fda_config(args)  # construction settings do not depend on the init
+    log(f"construct layer {args.layer} for {args.task} ({args.anchor_init} anchors)")
     # the expert's index in the full list fixes its seed: the same anchors as a whole-model run
     (result,) = construct_layer(args.base, dirs, args.layer, args.anchor_init, config=cfg,
                                 experts_subset=[tasks.index(args.task)])
@@ -156,8 +154,8 @@ def cmd_llm_adapt(args: argparse.Namespace) -> int:
     anchors = _anchor_files(args.anchors, tasks)
     _check_init(args)
     _check_layers(Path(args.base), args.n_blocks, args.layer)
-    cfg = _fda_config(args, args.init)
-    _log(f"adapt layer {args.layer} from {args.init} on {args.anchor_init} anchors of {tasks}")
+    cfg = fda_config(args, args.init)
+    log(f"adapt layer {args.layer} from {args.init} on {args.anchor_init} anchors of {tasks}")
     result = adapt_layer(args.base, dirs, args.layer, anchors, init=args.init, init_dir=args.init_model, config=cfg)
     save_state_dict(result.params, args.out, {"layer": str(args.layer), "init": args.init, "anchor_init": args.anchor_init,
                                               "seed": str(args.seed), "fda": json.dumps(args.fda, sort_keys=True)})
@@ -176,11 +174,11 @@ def cmd_llm_assemble(args: argparse.Namespace) -> int:
     _check_init(args)
     if args.n_blocks is not None and len(args.blocks) != args.n_blocks:
         raise SystemExit(f"{len(args.blocks)} adapted block files for fda.n_blocks={args.n_blocks}; pass one per block")
-    source = assembly_source(_fda_config(args, args.init).non_block, args.base, args.init_model)
+    source = assembly_source(fda_config(args, args.init).non_block, args.base, args.init_model)
     out = Path(args.out)
-    key = _inputs_key([Path(source), *map(Path, args.blocks)], {"shard_size": args.shard_size})
+    key = inputs_key([Path(source), *map(Path, args.blocks)], {"shard_size": args.shard_size})
     stage = _staging_dir(out, key, args.resume)
-    _log(f"assemble {len(args.blocks)} adapted blocks over {source}")
+    log(f"assemble {len(args.blocks)} adapted blocks over {source}")
     assemble_streamed(source, args.blocks, stage, shard_size=args.shard_size, resume=args.resume)
     _publish(stage, out)
     return 0
@@ -189,14 +187,14 @@ def cmd_llm_assemble(args: argparse.Namespace) -> int:
 def cmd_llm_eval(args: argparse.Namespace) -> int:
     from fda.bench.report.results import raw_frame, write_csv
 
-    suite = _suite(args)
+    suite = suite_of(args)
     if not hasattr(suite, "evaluate_dir"):
         raise SystemExit(f"suite '{args.suite}' is not an LLM suite; use fda-bench evaluate")
-    tasks = [_suite_task(suite, t) for t in args.tasks]
+    tasks = [suite_task(suite, t) for t in args.tasks]
     experts = dict(args.expert or [])
     gen = Path(args.generations_dir) if args.generations_dir else None
     if args.model:
-        _log(f"evaluate {args.method} {args.init} {args.anchor_init} ({args.model}) on {tasks}")
+        log(f"evaluate {args.method} {args.init} {args.anchor_init} ({args.model}) on {tasks}")
         rows = suite.evaluate_dir(args.model, tasks, args.data, limit=args.limit, generations_dir=gen)
     else:  # `individual`: each expert on its own task's benchmarks
         missing = [t for t in tasks if t not in experts]
@@ -204,7 +202,7 @@ def cmd_llm_eval(args: argparse.Namespace) -> int:
             raise SystemExit(f"without --model every task needs --expert TASK=DIR; missing {missing}")
         rows = []
         for t in tasks:
-            _log(f"evaluate the {t} expert ({experts[t]}) on its own task")
+            log(f"evaluate the {t} expert ({experts[t]}) on its own task")
             rows += suite.evaluate_dir(experts[t], [t], args.data, limit=args.limit, generations_dir=gen / t if gen else None)
     write_csv(raw_frame(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed), args.out)
     return 0
@@ -214,17 +212,17 @@ def cmd_llm_eval(args: argparse.Namespace) -> int:
 
 
 def _fda_flags(sp: argparse.ArgumentParser) -> None:
-    """What ``fda.bench.cli._fda_config`` reads, as fda-construct and fda-adapt take it."""
+    """What :func:`fda.bench.cli.common.fda_config` reads, as fda-construct and fda-adapt take it."""
     sp.add_argument("--family", required=True)
     sp.add_argument("--size", default="base", choices=["base", "large"], help="FDAConfig.for_family size")
-    sp.add_argument("--fda", type=_json_arg, default={}, help="FDAConfig overrides (JSON)")
+    sp.add_argument("--fda", type=json_arg, default={}, help="FDAConfig overrides (JSON)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--n-blocks", type=int, help="expected number of decoder layers (checked against config.json)")
 
 
 def _model_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--base", required=True, help="base model directory (sharded safetensors)")
-    sp.add_argument("--expert", type=_task_dir, action="append", required=True, metavar="TASK=DIR")
+    sp.add_argument("--expert", type=task_dir, action="append", required=True, metavar="TASK=DIR")
 
 
 def _stream_flags(sp: argparse.ArgumentParser) -> None:
@@ -232,11 +230,11 @@ def _stream_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--resume", action="store_true", help="continue a killed run of the same inputs and settings")
 
 
-def add_llm_commands(add: AddCommand) -> None:
+def register(add: AddCommand) -> None:
     """Register the LLM subcommands with ``add(name, fn, help) -> subparser`` (fda.bench.cli.build_parser)."""
     sp = add("stream-merge", cmd_stream_merge, "merge sharded checkpoints block by block into a sharded HF directory")
     sp.add_argument("--method", required=True, help="ta, tsvm, wudi, average or ties")
-    sp.add_argument("--hparams", type=_json_arg, default={}, help="method hyperparameters (JSON)")
+    sp.add_argument("--hparams", type=json_arg, default={}, help="method hyperparameters (JSON)")
     _model_flags(sp)
     sp.add_argument("--out", required=True, help="output model directory")
     sp.add_argument("--vocab-mismatch", default="error", choices=["error", "truncate"],
@@ -265,7 +263,7 @@ def add_llm_commands(add: AddCommand) -> None:
     sp.add_argument("--init", required=True, choices=INITS)
     sp.add_argument("--init-model", help="the init's merged directory (not for pretrained)")
     sp.add_argument("--layer", type=int, required=True)
-    sp.add_argument("--anchors", type=_task_dir, action="append", required=True, metavar="TASK=FILE")
+    sp.add_argument("--anchors", type=task_dir, action="append", required=True, metavar="TASK=FILE")
     sp.add_argument("--out", required=True, help="adapted tensors of the layer (.safetensors)")
 
     sp = add("llm-assemble", cmd_llm_assemble, "write the FDA model: the init (or base) with the adapted layers, streamed")
@@ -279,10 +277,10 @@ def add_llm_commands(add: AddCommand) -> None:
 
     sp = add("llm-eval", cmd_llm_eval, "generate with a model directory and score the benchmarks -> raw rows CSV")
     sp.add_argument("--suite", required=True)
-    sp.add_argument("--settings", type=_json_arg, default={}, help="the suite's settings (JSON)")
+    sp.add_argument("--settings", type=json_arg, default={}, help="the suite's settings (JSON)")
     sp.add_argument("--model", help="model directory; omit for `individual` (each --expert on its own task)")
     sp.add_argument("--tasks", nargs="+", required=True, help="tasks whose benchmarks are scored")
-    sp.add_argument("--expert", type=_task_dir, action="append", metavar="TASK=DIR")
+    sp.add_argument("--expert", type=task_dir, action="append", metavar="TASK=DIR")
     sp.add_argument("--data", required=True, help="the suite's prepared data ({benchmark}.jsonl)")
     sp.add_argument("--limit", type=int)
     sp.add_argument("--generations-dir", help="write each benchmark's prompts, completions and scores here")

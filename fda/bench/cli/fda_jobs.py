@@ -1,0 +1,138 @@
+"""``fda-bench fda-construct``, ``fda-adapt``, ``fda-assemble``: the FDA block jobs of the encoder
+suites. Each finished block is cached under a key of its inputs and settings, so a killed coarse
+job redoes no finished block."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from fda.bench.cli.common import (INITS, AddCommand, check_blocks, construct_log_record, fda_args, fda_config,
+                                  inputs_key, link_or_copy, load_experts, log, suite_of, to_list)
+
+
+def _block_job_inputs(args: argparse.Namespace):
+    """What every FDA block job loads: the encoder skeleton (blocks checked against the config),
+    the base state dict, and the experts: ``(model, pretrained, tasks, experts)``."""
+    from fda.io.checkpoints import load_state_dict
+
+    model = suite_of(args).load_encoder(Path(args.base))
+    check_blocks(model, args.n_blocks, args.block)
+    tasks, experts = load_experts(args.expert)
+    return model, load_state_dict(args.base), tasks, experts
+
+
+def cmd_fda_construct(args: argparse.Namespace) -> int:
+    import fda as F
+    from fda.io.checkpoints import read_metadata, write_json_atomic
+
+    model, pre, tasks, experts = _block_job_inputs(args)
+    want = args.task or tasks
+    subset = [tasks.index(t) for t in want]
+    cfg = fda_config(args)
+    out_dir = Path(args.out_dir)
+    # With --cache-dir, finished blocks are kept outside the job's declared outputs (snakemake
+    # deletes those before a rerun), so a killed coarse job redoes no finished block.
+    work_dir = Path(args.cache_dir) if args.cache_dir else out_dir
+    key = inputs_key([Path(args.base)] + [d for _, d in args.expert],
+                     {"fda": args.fda, "size": args.size, "family": args.family, "seed": args.seed,
+                      "anchor_init": args.anchor_init, "qkv_layout": cfg.qkv_layout})
+    for block in args.block:
+        files = {t: work_dir / f"block{block}" / f"{t}.safetensors" for t in want}
+        if all(f.is_file() and read_metadata(f).get("cache_key") == json.dumps(key) for f in files.values()):
+            log(f"block {block}: cached anchors in {work_dir}")
+        else:
+            log(f"construct block {block} for {want} ({args.anchor_init} anchors)")
+            results = F.construct_block(model, pre, experts, block, args.anchor_init, cfg, experts_subset=subset)
+            for task, res in zip(want, results, strict=True):
+                meta = {"suite": args.suite, "task": task, "anchor_init": args.anchor_init, "seed": args.seed,
+                        "fda": args.fda, "cache_key": key}
+                record = construct_log_record(res, suite=args.suite, block=block, task=task,
+                                              anchor_init=args.anchor_init, seed=args.seed)
+                write_json_atomic(record, files[task].with_suffix(".json"))
+                F.save_anchors(res, files[task], meta)  # last: its presence marks the pair complete
+        if work_dir != out_dir:
+            for task, f in files.items():
+                for src in (f.with_suffix(".json"), f):
+                    link_or_copy(src, out_dir / f"block{block}" / src.name)
+    return 0
+
+
+def cmd_fda_adapt(args: argparse.Namespace) -> int:
+    import fda as F
+    from fda.io.checkpoints import load_state_dict, read_metadata, save_state_dict, write_json_atomic
+
+    model, pre, tasks, experts = _block_job_inputs(args)
+    init_state = load_state_dict(args.init_model) if args.init_model else pre
+    cfg = fda_config(args, args.init)
+    blocks_dir, anchors_dir = Path(args.blocks_dir), Path(args.anchors_dir)
+    for block in args.block:
+        path = blocks_dir / f"block{block}.safetensors"
+        anchor_files = [anchors_dir / f"block{block}" / f"{t}.safetensors" for t in tasks]
+        inputs = anchor_files + [Path(args.base)] + ([Path(args.init_model)] if args.init_model else [])
+        key = inputs_key(inputs, {"fda": args.fda, "init": args.init, "seed": args.seed, "tasks": tasks})
+        if path.is_file() and read_metadata(path).get("cache_key") == key:
+            log(f"block {block}: cached ({path})")  # a killed coarse job resumes here
+            continue
+        anchors = [F.load_anchors(f)[0] for f in anchor_files]
+        log(f"adapt block {block} from {args.init} on {args.anchor_init} anchors")
+        result = F.adapt_block(model, pre, experts, block, anchors, args.init, init_state, cfg)
+        save_state_dict(result.params, path, {"cache_key": key, "block": str(block), "init": args.init,
+                                              "anchor_init": args.anchor_init, "seed": str(args.seed)})
+        write_json_atomic({"block": block, "init": args.init, "anchor_init": args.anchor_init,
+                           "log": to_list(getattr(result, "log", None))}, blocks_dir / f"block{block}.json")
+    if args.assemble:
+        _assemble(args, model, pre, init_state, cfg)
+    return 0
+
+
+def _assemble(args: argparse.Namespace, model, pre, init_state, cfg) -> None:
+    import fda as F
+    from fda.io.checkpoints import load_state_dict, save_state_dict
+
+    blocks_dir = Path(args.blocks_dir)
+    adapted: dict[str, Any] = {}  # every adapted block's tensors, by state-dict key
+    for b in range(args.n_blocks):
+        adapted.update(load_state_dict(blocks_dir / f"block{b}.safetensors"))
+    merged = F.assemble(pre, init_state, adapted, model, cfg)
+    save_state_dict(merged, args.assemble, {"method": "fda", "init": args.init, "anchor_init": args.anchor_init,
+                                            "seed": str(args.seed), "fda": json.dumps(args.fda, sort_keys=True)})
+
+
+def cmd_fda_assemble(args: argparse.Namespace) -> int:
+    from fda.io.checkpoints import load_state_dict
+
+    suite = suite_of(args)
+    model = suite.load_encoder(Path(args.base))
+    pre = load_state_dict(args.base)
+    init_state = load_state_dict(args.init_model) if args.init_model else pre
+    _assemble(args, model, pre, init_state, fda_config(args, args.init))
+    return 0
+
+
+def register(add: AddCommand) -> None:
+    """Register fda-construct, fda-adapt and fda-assemble (see :func:`fda.bench.cli.build_parser`)."""
+    sp = add("fda-construct", cmd_fda_construct, "construct FDA anchors for some blocks (and experts)")
+    fda_args(sp)
+    sp.add_argument("--block", type=int, action="append", required=True)
+    sp.add_argument("--task", action="append", help="only these experts (default: all)")
+    sp.add_argument("--out-dir", required=True, help="writes OUT_DIR/block{b}/{task}.safetensors and .json")
+    sp.add_argument("--cache-dir", help="build (and resume) blocks here, then link them into OUT_DIR")
+
+    sp = add("fda-adapt", cmd_fda_adapt, "adapt blocks on the anchors; each finished block is cached")
+    fda_args(sp)
+    sp.add_argument("--init", required=True, choices=INITS)
+    sp.add_argument("--init-model", help="the init's merged encoder (not for pretrained)")
+    sp.add_argument("--anchors-dir", required=True)
+    sp.add_argument("--block", type=int, action="append", required=True)
+    sp.add_argument("--blocks-dir", required=True, help="writes BLOCKS_DIR/block{b}.safetensors and .json")
+    sp.add_argument("--assemble", help="then assemble all n-blocks blocks into this merged file")
+
+    sp = add("fda-assemble", cmd_fda_assemble, "assemble adapted blocks into the merged encoder")
+    fda_args(sp)
+    sp.add_argument("--init", required=True, choices=INITS)
+    sp.add_argument("--init-model")
+    sp.add_argument("--blocks-dir", required=True)
+    sp.add_argument("--assemble", required=True, metavar="OUT")

@@ -1,0 +1,16 @@
+"""The words of the workflow config that every other module of the package reads: the
+result-cell and file-name vocabulary, and ``ConfigError``. Imports nothing from the package."""
+
+from __future__ import annotations
+
+#: result-cell and file-name vocabulary (see docs/ARCHITECTURE.md); no underscores anywhere
+REFERENCE_METHODS = ("pretrained", "individual")
+BASELINE_METHODS = ("ta", "tsvm", "wudi", "average", "ties")
+METHODS = REFERENCE_METHODS + BASELINE_METHODS
+FDA_INITS = ("pretrained", "ta", "tsvm", "wudi")
+ANCHOR_INITS = ("gauss", "weight")
+SUITES = ("minitext", "minivision", "vitb32", "vitb16", "vitl14", "robertab", "robertal", "llama13b")
+
+
+class ConfigError(ValueError):
+    """The workflow config is invalid; the message names every offending key and what is allowed."""
