@@ -18,15 +18,12 @@ device choice and dataset-split loading.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from fda.bench.settings import parse
+from fda.io.atomic import atomic_dir
 from fda.io.checkpoints import CheckpointError, LazyCheckpoint, load_state_dict, resolve_weight_files
 
 SourceKind = Literal["hub", "local", "recipe"]
@@ -390,24 +388,6 @@ def load_split(spec: DatasetSpec, *, cache_dir: str | None = None):
 # Directories written atomically, prepared task data
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``path``, on error it is removed.
-
-    A reader sees either no ``path``, the old one, or the complete new one (never a partial one)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 DATA_MARKER = "source.json"

@@ -12,6 +12,7 @@ rule merge_baseline:
     output:
         MERGED,
     params:
+        code=METHOD_CODE,  # reruns on an edit of the method's code
         settings=p_settings,
         hparams=p_hparams,
         experts=expert_args,

@@ -14,8 +14,14 @@ from snakemake.utils import min_version, validate
 import fda.bench.config.load as cfg_load
 import fda.bench.config.naming as cfg_names
 import fda.bench.config.suite_views as cfg_views
+from fda.bench.provenance import method_code_version
 
 min_version("9.0")
+
+# The code that computes merges, anchors and adapted blocks (package version + hash of the method's
+# source): a param of those rules, so snakemake's params trigger reruns them after the method
+# changes (the jobs' own block caches are keyed by it too).
+METHOD_CODE = method_code_version()
 
 
 # ---------------------------------------------------------------- config

@@ -20,6 +20,7 @@ if cfg_names.fda_granularity(config, "construct") == "fine":
             anchors=ANCHORS,
             log=ANCHOR_LOG,
         params:
+            code=METHOD_CODE,  # reruns on an edit of the method's code
             settings=p_settings,
             family=p_family,
             fda=p_fda,
@@ -66,6 +67,7 @@ else:
                 anchors=expand(ANCHORS, task=tasks_of(_suite), block=blocks_of(_suite), allow_missing=True),
                 logs=expand(ANCHOR_LOG, task=tasks_of(_suite), block=blocks_of(_suite), allow_missing=True),
             params:
+                code=METHOD_CODE,  # reruns on an edit of the method's code
                 settings=p_settings,
                 family=p_family,
                 fda=p_fda,
@@ -108,6 +110,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
         output:
             ADAPTED,
         params:
+            code=METHOD_CODE,  # reruns on an edit of the method's code
             settings=p_settings,
             family=p_family,
             fda=p_fda,
@@ -147,6 +150,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
         output:
             FDA_MERGED,
         params:
+            code=METHOD_CODE,  # reruns on an edit of the method's code
             settings=p_settings,
             family=p_family,
             fda=p_fda,
@@ -190,6 +194,7 @@ else:
         output:
             FDA_MERGED,
         params:
+            code=METHOD_CODE,  # reruns on an edit of the method's code
             settings=p_settings,
             family=p_family,
             fda=p_fda,

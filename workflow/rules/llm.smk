@@ -102,6 +102,7 @@ rule llm_merge:
     output:
         directory(LLM_MERGED),
     params:
+        code=METHOD_CODE,  # reruns on an edit of the method's code
         hparams=p_hparams,
         experts=expert_args,
         shard_size=p_shard_size,
@@ -134,6 +135,7 @@ rule llm_construct:
         anchors=ANCHORS,
         log=ANCHOR_LOG,
     params:
+        code=METHOD_CODE,  # reruns on an edit of the method's code
         family=p_family,
         fda=p_fda,
         size=p_size,
@@ -169,6 +171,7 @@ rule llm_adapt:
     output:
         ADAPTED,
     params:
+        code=METHOD_CODE,  # reruns on an edit of the method's code
         family=p_family,
         fda=p_fda,
         size=p_size,
@@ -205,6 +208,7 @@ rule llm_assemble:
     output:
         directory(LLM_FDA_MERGED),
     params:
+        code=METHOD_CODE,  # reruns on an edit of the method's code
         family=p_family,
         fda=p_fda,
         size=p_size,

@@ -187,21 +187,29 @@ def construct_log_record(result: Any, **meta: Any) -> dict[str, Any]:
 
 
 def inputs_key(paths: Sequence[Path], extra: Any) -> str:
-    """Cache key of an adapted block: settings plus (path, size, mtime) of every input file."""
+    """Cache key of a job's finished piece (anchors, an adapted block, a resumable merge): the
+    settings, (path, size, mtime) of every input file, and the code that computes it (package
+    version + hash of the method's source), so an edited method never answers from the cache."""
     from fda.bench.config.naming import config_hash
+    from fda.bench.provenance import method_code_version
 
     stats = []
     for p in paths:
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         stats += [(str(q), q.stat().st_size, q.stat().st_mtime_ns) for q in files]
-    return config_hash({"extra": extra, "files": stats})
+    return config_hash({"extra": extra, "files": stats, "code": method_code_version()})
 
 
 # -------------------------------------------------------------------------------- atomic outputs
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished directory into place (rename is atomic on one file system)."""
+    """Move a finished directory into place (rename is atomic on one file system). Its files get
+    the mode a plain ``open`` would give them: some writers (HF ``save_pretrained``'s safetensors
+    files) create them private (0600), and the workflow's outputs are world-readable like the rest."""
+    from fda.io.atomic import normalize_modes
+
+    normalize_modes(tmp)
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,10 @@ def cmd_fda_construct(args: argparse.Namespace) -> int:
                 meta = {"suite": args.suite, "task": task, "anchor_init": args.anchor_init, "seed": args.seed,
                         "fda": args.fda, "cache_key": key}
                 record = construct_log_record(res, suite=args.suite, block=block, task=task,
-                                              anchor_init=args.anchor_init, seed=args.seed)
+                                              anchor_init=args.anchor_init, seed=args.seed, cache_key=key)
+                # Old anchors go first, the new ones last: whenever anchors exist, the log beside
+                # them was written by the same run (a kill in between leaves no anchors: redone).
+                files[task].unlink(missing_ok=True)
                 write_json_atomic(record, files[task].with_suffix(".json"))
                 F.save_anchors(res, files[task], meta)  # last: its presence marks the pair complete
         if work_dir != out_dir:
@@ -79,10 +82,13 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
         anchors = [F.load_anchors(f)[0] for f in anchor_files]
         log(f"adapt block {block} from {args.init} on {args.anchor_init} anchors")
         result = F.adapt_block(model, pre, experts, block, anchors, args.init, init_state, cfg)
+        # The old block goes first and the new one last, after its log: a block on disk always has
+        # the log of the run that wrote it (a kill in between leaves no block, which is redone).
+        path.unlink(missing_ok=True)
+        write_json_atomic({"block": block, "init": args.init, "anchor_init": args.anchor_init, "cache_key": key,
+                           "log": to_list(getattr(result, "log", None))}, blocks_dir / f"block{block}.json")
         save_state_dict(result.params, path, {"cache_key": key, "block": str(block), "init": args.init,
                                               "anchor_init": args.anchor_init, "seed": str(args.seed)})
-        write_json_atomic({"block": block, "init": args.init, "anchor_init": args.anchor_init,
-                           "log": to_list(getattr(result, "log", None))}, blocks_dir / f"block{block}.json")
     if args.assemble:
         _assemble(args, model, pre, init_state, cfg)
     return 0

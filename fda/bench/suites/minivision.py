@@ -27,7 +27,8 @@ from fda.bench.suites import assets
 from fda.bench.suites.base import Row, StateDict, Suite
 from fda.bench.suites.common import load_encoder_state, load_split, task_seed
 from fda.bench.suites.heads import HEAD_FILE, apply_head, load_head, prototype_head, save_head
-from fda.bench.suites.splits import atomic_dir, balanced_split, save_dataset_dict
+from fda.bench.suites.splits import balanced_split, save_dataset_dict
+from fda.io.atomic import atomic_dir
 from fda.bench.suites.training import seeded, train
 
 FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]

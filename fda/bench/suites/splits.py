@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from fda.io.atomic import atomic_dir
 
 SPLITS = ("train", "validation", "test")
 
@@ -39,30 +37,6 @@ def balanced_split(labels: Sequence[int] | np.ndarray, counts: dict[str, int], s
             parts[s].append(idx[start:start + n])
             start += n
     return {s: rng.permutation(np.concatenate(p)) for s, p in parts.items()}
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``path`` (whole), on error it is
-    deleted. A reader never sees a half-written directory."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like a plain mkdir
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old.{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def save_dataset_dict(dd: "datasets.DatasetDict", path: Path) -> None:
