@@ -253,6 +253,26 @@ def test_allowlist_refuses_functions_even_when_trusted(tmp_path):
         load_taskvectors_object(tmp_path / "evil.pt", trust_pickle=True)
 
 
+class _EvilTorch:
+    """A pickle that runs a shell command through a torch function (not a weights rebuilder)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import torch.utils.collect_env
+
+        return (torch.utils.collect_env.run, (f"touch {self.marker}",))
+
+
+def test_allowlist_refuses_torch_functions_that_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"x": _EvilTorch(marker)}, tmp_path / "evil.pt")
+    with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="refusing global torch.utils.collect_env.run"):
+        load_taskvectors_object(tmp_path / "evil.pt", trust_pickle=True)
+    assert not marker.exists()
+
+
 def _import_openclip(monkeypatch):
     """open_clip if installed (the optional extra); without torchvision, behind a module stub
     (only open_clip's image transforms need it, and they are not used here)."""

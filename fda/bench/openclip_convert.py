@@ -229,7 +229,18 @@ TASKVECTORS_NAMES = {
     "svhn": "SVHN", "gtsrb": "GTSRB", "mnist": "MNIST", "dtd": "DTD",
 }
 
-_SAFE_MODULE_ROOTS = ("torch", "collections", "numpy", "_codecs", "copyreg", "__builtin__", "builtins")
+#: the globals a pickled module's weights need, by module: tensor and parameter rebuilders,
+#: containers and the reduce helpers pickle itself emits. Nothing else from torch is resolved
+#: (``torch.utils.collect_env.run`` and friends execute code).
+_ALLOWED_GLOBALS: dict[str, frozenset[str]] = {
+    "torch._utils": frozenset({"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+                               "_rebuild_parameter_with_state", "_rebuild_device_tensor_from_numpy"}),
+    "torch": frozenset({"Size", "device", "Tensor"}),
+    "torch.nn.parameter": frozenset({"Parameter"}),
+    "collections": frozenset({"OrderedDict"}),
+    "_codecs": frozenset({"encode"}),
+    "copyreg": frozenset({"_reconstructor"}),
+}
 _SAFE_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "float", "bool", "str", "bytes", "bytearray", "slice", "complex", "object"}
 
 
@@ -244,21 +255,39 @@ def _stub_class(module: str, name: str) -> type:
     return type(name, (nn.Module,), {"forward": forward, "__module__": f"fda_stub.{module}"})
 
 
+def _torch_class(module: str, name: str) -> Any | None:
+    """The real object for the torch globals a module's weights need beyond the fixed list: storage
+    classes (``torch.FloatStorage``), dtypes (``torch.float32``) and ``torch.nn`` module classes
+    (``torch.nn.modules.linear.Linear``); None for anything else."""
+    if module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)):
+        return getattr(torch, name, None)
+    if module.startswith("torch.nn.modules."):
+        obj = getattr(importlib.import_module(module), name, None)
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            return obj
+    return None
+
+
 class _AllowlistUnpickler(pickle.Unpickler):
-    """Resolves torch/collections globals for real, any other class as an ``nn.Module`` stub, and
-    refuses functions from elsewhere (``os.system`` and friends) even under ``--trust-pickle``."""
+    """Resolves only the globals that rebuild tensors, parameters and ``torch.nn`` modules, stands in
+    any other class with an ``nn.Module`` stub, and refuses every other function (``os.system``,
+    ``torch.utils.collect_env.run``, ...) even under ``trust_pickle``."""
 
     def find_class(self, module: str, name: str):  # noqa: D401
-        root = module.split(".")[0]
-        if root in ("__builtin__", "builtins"):
+        if module in ("__builtin__", "builtins"):
             if name in _SAFE_BUILTINS:
                 return super().find_class("builtins", name)
             raise pickle.UnpicklingError(f"refusing global {module}.{name}")
-        if root in _SAFE_MODULE_ROOTS:
+        if name in _ALLOWED_GLOBALS.get(module, ()):
             return super().find_class(module, name)
-        if name[:1].isupper():  # a class name by convention: stand it in with an nn.Module stub
+        if module == "torch" or module.startswith("torch."):
+            obj = _torch_class(module, name)
+            if obj is None:
+                raise pickle.UnpicklingError(f"refusing global {module}.{name} (not needed to rebuild weights)")
+            return obj
+        if name[:1].isupper():  # a class name by convention: a weight-holding stub, never the real code
             return _stub_class(module, name)
-        raise pickle.UnpicklingError(f"refusing global {module}.{name} (not a class from torch/collections)")
+        raise pickle.UnpicklingError(f"refusing global {module}.{name} (not a class that holds weights)")
 
 
 class _StubPickleModule:
