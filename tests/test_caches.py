@@ -198,3 +198,24 @@ def _private_file(directory: Path) -> None:
     path = directory / "model.safetensors"
     path.write_bytes(b"weights")
     path.chmod(0o600)
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def test_evaluate_refuses_a_non_finite_model(tmp_path):
+    """A NaN merge must never become a chance-level number in a result cell."""
+    from fda.bench.cli import build_parser
+    from fda.bench.cli.evaluation import cmd_evaluate
+    from fda.io.checkpoints import CheckpointError
+
+    state = {"encoder.weight": torch.ones(4, 4), "encoder.bias": torch.tensor([0.0, float("nan"), 1.0, 2.0])}
+    save_state_dict(state, tmp_path / "merged.safetensors")
+    out = tmp_path / "eval.csv"
+    args = build_parser().parse_args(
+        ["evaluate", "--suite", "minitext", "--model", str(tmp_path / "merged.safetensors"), "--tasks", "tech",
+         "--base", str(tmp_path / "base"), "--data", str(tmp_path / "data"), "--expert", f"tech={tmp_path / 'tech'}",
+         "--method", "ta", "--out", str(out)])
+    with pytest.raises(CheckpointError, match=r"merged\.safetensors: 1 tensor\(s\) hold NaN/inf \('encoder\.bias'\)"):
+        cmd_evaluate(args)
+    assert not out.exists()

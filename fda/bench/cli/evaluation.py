@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from fda.bench.cli.common import AddCommand, log, suite_args, suite_of, suite_task, task_dir
+
+
+def refuse_non_finite(state: Mapping[str, Any], path: str | Path) -> None:
+    """A model with NaN/inf weights scores at chance level, which would be written into a result
+    cell as if it were a result: refuse it, naming the file and the first offending tensors."""
+    import torch
+
+    from fda.io.checkpoints import CheckpointError
+
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(repr(k) for k in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN/inf ({shown}); refusing to evaluate a "
+                              "non-finite model (it would score at chance level): rebuild it (its merge's "
+                              "hyperparameters may diverge) or replace the file")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -17,9 +33,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     experts = dict(args.expert)
     rows: list[dict[str, Any]] = []
     shared = load_state_dict(args.model) if args.model else None
+    if shared is not None:
+        refuse_non_finite(shared, args.model)
     for task in args.tasks:
         # `individual`: each task's own expert; otherwise the one merged encoder on every task
-        state = shared if shared is not None else load_state_dict(experts[task])
+        state = shared
+        if state is None:
+            state = load_state_dict(experts[task])
+            refuse_non_finite(state, experts[task])
         log(f"evaluate {args.method} {args.init} {args.anchor_init} on {task}")
         got = suite.evaluate(state, suite_task(suite, task), Path(args.base), Path(args.data), experts[task], limit=args.limit)
         rows += [{**r, "task": task} for r in got]  # rows carry the workflow's task name
