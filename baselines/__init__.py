@@ -24,6 +24,7 @@ from .errors import (
     BaselinesError,
     HyperparameterError,
     MergeInputError,
+    NonFiniteError,
     RegistrationError,
     UnknownMethodError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "HyperparameterError",
     "MergeInputError",
     "MethodSpec",
+    "NonFiniteError",
     "RegistrationError",
     "Role",
     "StateDict",
@@ -91,6 +93,8 @@ def merge(
     Raises:
         UnknownMethodError, HyperparameterError: bad method or hyperparameters (lists valid ones).
         MergeInputError: bad inputs; names the expert and the tensor key and says the fix.
+        NonFiniteError: a merged tensor is NaN/inf (e.g. an overflow with a huge ``alpha``); names the
+            key and the hyperparameters that scale it. Nothing non-finite is ever returned.
     """
     spec = method_spec(method)
     hp = build_hparams(spec, hparams)  # hyperparameters first: cheap, and a typo should not wait for input checks

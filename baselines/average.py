@@ -18,7 +18,8 @@ def merge_average(inputs: MergeInputs, hp: AverageHparams, progress: engine.Prog
     plan = engine.plan(inputs, "elementwise", hp)
     engine.check_plan_selects(plan, "average", hp)
     # MERGE and MEAN are the same rule here: the mean task vector, unscaled.
-    return engine.run_per_key(inputs, hp, plan, lambda taus, key: engine.mean_task_vector(taus), 1.0, progress)
+    return engine.run_per_key(inputs, hp, plan, lambda taus, key: engine.mean_task_vector(taus), 1.0, progress,
+                               method="average", scaling={})
 
 
 register("average", merge_average, AverageHparams, "weight averaging: mean of the experts, θ0 + (1/T)·Σ τ_i")

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from . import coverage as cov
 from .coverage import Role
 from .errors import HyperparameterError
+from .finite import check_result
 from .inputs import MergeInputs, StateDict, TaskVectors
 from .registry import hparam
 
@@ -106,11 +107,18 @@ def run_per_key(
     merge_key: Callable[[TaskVectors, str], torch.Tensor],
     alpha: float,
     progress: Progress | None = None,
+    *,
+    method: str = "merge",
+    scaling: Mapping[str, Any] | None = None,
 ) -> StateDict:
     """Apply the key loop described in the module docstring; ``merge_key(taus, key) -> delta``.
 
     ``taus`` is a lazy ``TaskVectors`` sequence: iterate it to hold one task vector at a time.
+    Every merged tensor is checked to be finite as stored (after the cast back to its dtype); a
+    non-finite one raises ``NonFiniteError`` naming ``method``, the key and the hyperparameters
+    ``scaling`` (name -> value; default ``{"alpha": alpha}``) that scale it.
     """
+    scaling = {"alpha": alpha} if scaling is None else scaling
     out: StateDict = {}
     keys = list(inputs.pretrained)
     for n, key in enumerate(keys):
@@ -126,6 +134,7 @@ def run_per_key(
             merged = base.to(device=dev, dtype=cdt) + alpha * delta
             out[key] = merged.to(device=base.device, dtype=base.dtype)
             del taus, delta, merged
+            check_result(method, f"the merged tensor {key!r}", out[key], scaling)
         if progress is not None:
             progress(n + 1, len(keys), key)
     return out

@@ -23,5 +23,13 @@ class MergeInputError(BaselinesError):
     """
 
 
+class NonFiniteError(BaselinesError):
+    """A merge produced NaN/inf: a merged tensor, an adapted block, or a training loss inside a merge.
+
+    The message names the tensor (or block), the hyperparameters that scale the result and their
+    values, and what to lower. Nothing non-finite is returned or written.
+    """
+
+
 class RegistrationError(RuntimeError):
     """A method module registered itself wrongly. Raised at import time, never at merge time."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import MergeInputError
+from .finite import check_finite
 
 StateDict = dict[str, torch.Tensor]
 
@@ -100,54 +101,60 @@ def validate(pretrained: object, experts: object, names: object = None) -> Merge
             raise MergeInputError(f"names must be a list of str (one per expert), got {names!r}")
         if len(names) != len(experts):
             raise MergeInputError(f"names has {len(names)} entries but there are {len(experts)} experts: give one name per expert")
-    for key, t in pretrained.items():
-        if not isinstance(t, torch.Tensor):
-            raise MergeInputError(f"pretrained: tensor {key!r} is a {type(t).__name__}, not a torch.Tensor")
-
+    check_pretrained(pretrained)
     float_keys = [k for k, t in pretrained.items() if t.is_floating_point()]
     other_keys = [k for k, t in pretrained.items() if not t.is_floating_point()]
-    for key in float_keys:
-        _check_finite("pretrained model", key, pretrained[key])
-
     for i, expert in enumerate(experts):
-        who = expert_label(i, names)
-        if not isinstance(expert, Mapping):
-            raise MergeInputError(f"{who} is a {type(expert).__name__}, not a state dict (mapping str -> tensor)")
-        missing = [k for k in pretrained if k not in expert]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise MergeInputError(
-                f"{who} has no tensor {missing[0]!r}{more} that the pretrained model has: experts must have the "
-                f"pretrained model's architecture; check that the right checkpoint was loaded and that key prefixes match"
-            )
-        extra = [k for k in expert if k not in pretrained]
-        if extra:
-            more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-            raise MergeInputError(f"{who} has tensor {extra[0]!r}{more} that the pretrained model lacks: {_ENCODER_FIX}")
-        for key, base in pretrained.items():
-            t = expert[key]  # read once: experts may be lazy (each access loads or generates the tensor)
-            if not isinstance(t, torch.Tensor):
-                raise MergeInputError(f"{who}: tensor {key!r} is a {type(t).__name__}, not a torch.Tensor")
-            if t.shape != base.shape:
-                raise MergeInputError(
-                    f"{who}: tensor {key!r} has shape {tuple(t.shape)} but the pretrained model has {tuple(base.shape)}: "
-                    f"experts must be fine-tunes of the same architecture (a resized vocabulary or head must be cut "
-                    f"back or excluded before merging)"
-                )
-            if t.dtype != base.dtype:
-                raise MergeInputError(
-                    f"{who}: tensor {key!r} is {t.dtype} but the pretrained model's is {base.dtype}: load all "
-                    f"checkpoints in one dtype (e.g. expert = {{k: v.to(pretrained[k].dtype) for k, v in expert.items()}})"
-                )
-            if t.is_floating_point():
-                _check_finite(who, key, t)
+        check_expert(expert_label(i, names), expert, pretrained)
     return MergeInputs(pretrained, experts, names, float_keys, other_keys)
 
 
-def _check_finite(who: str, key: str, t: torch.Tensor) -> None:
-    if not bool(torch.isfinite(t).all()):
-        n_bad = int((~torch.isfinite(t)).sum())
+def check_pretrained(pretrained: Mapping[str, torch.Tensor], who: str = "pretrained model") -> None:
+    """Every value of ``pretrained`` is a tensor, and every float tensor is finite (``MergeInputError``).
+    Each tensor is read once (``pretrained`` may be a lazy mapping)."""
+    for key, t in pretrained.items():
+        if not isinstance(t, torch.Tensor):
+            raise MergeInputError(f"{who}: tensor {key!r} is a {type(t).__name__}, not a torch.Tensor")
+        if t.is_floating_point():
+            check_finite(who, key, t)
+
+
+def check_expert(who: str, expert: object, pretrained: Mapping[str, torch.Tensor]) -> None:
+    """``expert`` has exactly the keys, shapes and dtypes of ``pretrained``, and finite float values.
+
+    ``who`` names it in messages (``expert_label(i, names)``, or a file). Every tensor is read once
+    (experts may be lazy mappings). Raises ``MergeInputError`` naming ``who``, the key and the fix.
+    """
+    if not isinstance(expert, Mapping):
+        raise MergeInputError(f"{who} is a {type(expert).__name__}, not a state dict (mapping str -> tensor)")
+    missing = [k for k in pretrained if k not in expert]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise MergeInputError(
-            f"{who}: tensor {key!r} has {n_bad} non-finite value(s) (NaN/inf): the checkpoint is corrupt or "
-            f"training diverged; re-export or re-download it"
+            f"{who} has no tensor {missing[0]!r}{more} that the pretrained model has: experts must have the "
+            f"pretrained model's architecture; check that the right checkpoint was loaded and that key prefixes match"
         )
+    extra = [k for k in expert if k not in pretrained]
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise MergeInputError(f"{who} has tensor {extra[0]!r}{more} that the pretrained model lacks: {_ENCODER_FIX}")
+    for key, base in pretrained.items():
+        t = expert[key]  # read once: experts may be lazy (each access loads or generates the tensor)
+        if not isinstance(t, torch.Tensor):
+            raise MergeInputError(f"{who}: tensor {key!r} is a {type(t).__name__}, not a torch.Tensor")
+        if t.shape != base.shape:
+            raise MergeInputError(
+                f"{who}: tensor {key!r} has shape {tuple(t.shape)} but the pretrained model has {tuple(base.shape)}: "
+                f"experts must be fine-tunes of the same architecture (a resized vocabulary or head must be cut "
+                f"back or excluded before merging)"
+            )
+        if t.dtype != base.dtype:
+            raise MergeInputError(
+                f"{who}: tensor {key!r} is {t.dtype} but the pretrained model's is {base.dtype}: load all "
+                f"checkpoints in one dtype (e.g. expert = {{k: v.to(pretrained[k].dtype) for k, v in expert.items()}})"
+            )
+        if t.is_floating_point():
+            check_finite(who, key, t)
+
+
+_check_finite = check_finite  # the former private name

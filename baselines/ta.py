@@ -21,7 +21,8 @@ class TAHparams(engine.CommonHparams):
 def merge_ta(inputs: MergeInputs, hp: TAHparams, progress: engine.Progress | None = None) -> StateDict:
     plan = engine.plan(inputs, "elementwise", hp)
     engine.check_plan_selects(plan, "ta", hp)
-    return engine.run_per_key(inputs, hp, plan, lambda taus, key: engine.sum_task_vectors(taus), hp.alpha, progress)
+    return engine.run_per_key(inputs, hp, plan, lambda taus, key: engine.sum_task_vectors(taus), hp.alpha, progress,
+                               method="ta", scaling={"alpha": hp.alpha})
 
 
 register("ta", merge_ta, TAHparams, "Task Arithmetic: θ0 + α·Σ τ_i")

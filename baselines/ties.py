@@ -101,7 +101,8 @@ def merge_ties(inputs: MergeInputs, hp: TIESHparams, progress: engine.Progress |
 
     # Pass 3: merge key by key.
     return engine.run_per_key(
-        inputs, hp, plan, lambda taus, key: ties_tensor(trimmed(list(taus)), majority, hp.merge_func), hp.alpha, progress
+        inputs, hp, plan, lambda taus, key: ties_tensor(trimmed(list(taus)), majority, hp.merge_func), hp.alpha, progress,
+        method="ties", scaling={"alpha": hp.alpha},
     )
 
 

@@ -99,7 +99,8 @@ def merge_tsvm(inputs: MergeInputs, hp: TSVMHparams, progress: engine.Progress |
     plan = engine.plan(inputs, "tsvm", hp)
     engine.check_plan_selects(plan, "tsvm", hp)
     num_tasks = inputs.num_experts
-    return engine.run_per_key(inputs, hp, plan, lambda taus, key: tsvm_matrix(taus, num_tasks), hp.alpha, progress)
+    return engine.run_per_key(inputs, hp, plan, lambda taus, key: tsvm_matrix(taus, num_tasks), hp.alpha, progress,
+                               method="tsvm", scaling={"alpha": hp.alpha})
 
 
 register("tsvm", merge_tsvm, TSVMHparams, "TSV-M: per-task top singular triplets, orthogonalised by polar factors")

@@ -187,6 +187,12 @@ def _solve_direct(init: torch.Tensor, taus: list[torch.Tensor], steps: int, lr: 
     return WudiResult(param.detach(), losses)
 
 
+def wudi_scaling(hp: WUDIHparams) -> dict[str, object]:
+    """The hyperparameters that scale a WUDI result (named in non-finite errors): α, and the Adam
+    schedule that moves τ_m (up to ≈ steps·lr per entry)."""
+    return {"alpha": hp.alpha, "lr": hp.lr, "steps": hp.steps}
+
+
 def merge_wudi(inputs: MergeInputs, hp: WUDIHparams, progress: engine.Progress | None = None) -> StateDict:
     plan = engine.plan(inputs, "wudi", hp)
     engine.check_plan_selects(plan, "wudi", hp)
@@ -194,7 +200,7 @@ def merge_wudi(inputs: MergeInputs, hp: WUDIHparams, progress: engine.Progress |
     def merge_key(taus: Sequence[torch.Tensor], key: str) -> torch.Tensor:
         return wudi_solve(taus, steps=hp.steps, lr=hp.lr, form=hp.form).tau
 
-    return engine.run_per_key(inputs, hp, plan, merge_key, hp.alpha, progress)
+    return engine.run_per_key(inputs, hp, plan, merge_key, hp.alpha, progress, method="wudi", scaling=wudi_scaling(hp))
 
 
 register("wudi", merge_wudi, WUDIHparams, "WUDI: Adam from Σ τ_i on the data-free interference loss per linear weight")

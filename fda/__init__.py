@@ -23,6 +23,7 @@ _LAZY = {
     "adapter_for": "fda.blocks",
     "register_adapter": "fda.blocks",
     "FDAConfig": "fda.api",
+    "FDAConfigError": "fda.api",
     "adapt_block": "fda.api",
     "assemble": "fda.api",
     "construct_block": "fda.api",

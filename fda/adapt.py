@@ -18,6 +18,8 @@ Loss per batch, on flattened samples: ``cos`` = −Σ_b cos(out_b, y_b); ``mse``
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from baselines.errors import NonFiniteError
+from baselines.finite import check_result, nonfinite_kind
 from fda.anchors import module_mode
 from fda.blocks import BlockAdapter
 
@@ -141,6 +145,12 @@ def adapt(
     """
     if len(anchors) != len(experts):
         raise ValueError(f"{len(anchors)} anchor sets for {len(experts)} experts")
+    # out-of-range settings fail before any work (FDAConfig checks them too; adapt can be called directly)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"adapt_lr must be a positive finite number, got {lr!r}")
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"adapt_epochs must be >= 0 and adapt_batch >= 1, got {epochs} and {batch_size}")
+    where = f"FDA adaptation of block {block}"
     names = adapter.param_names(block)
     module = adapter.block_module(block)
     dev = anchors[0].device
@@ -159,6 +169,13 @@ def adapt(
             return float(adapt_loss(adapter.call(block, param.params(), X), Y, loss))
 
     initial = pooled_loss()
+    if not math.isfinite(initial):
+        # before any step: the starting point (or the anchors) already gives NaN/inf outputs
+        if init == "ta" and init_block is None:  # the start θ0 + λ Σ τ_i is scaled by ta_lambda
+            cause = f" with ta_lambda={ta_lambda!r}: the starting block θ0 + ta_lambda·Σ τ_i gives NaN/inf outputs; lower ta_lambda"
+        else:
+            cause = f": the starting block ({init} init) or the anchors give NaN/inf outputs; check the anchors and the block's weights"
+        raise NonFiniteError(f"{where}: the adaptation loss is non-finite ({initial}) before any step{cause}")
     step_losses: list[torch.Tensor] = []
     epoch_losses: list[torch.Tensor] = []
     bar = tqdm(range(epochs), desc=f"adapt block {block}", disable=not progress, leave=False)
@@ -178,12 +195,23 @@ def adapt(
                 batch_losses.append(value.detach())  # no float(): it would synchronise a GPU per batch
             step_losses += batch_losses
             epoch_losses.append(torch.stack(batch_losses).mean())
+            # one host sync per epoch: a diverged run stops here, not after the remaining epochs
+            if not bool(torch.isfinite(epoch_losses[-1])):
+                bad = torch.stack(batch_losses)
+                raise NonFiniteError(
+                    f"{where}: the adaptation loss became non-finite in epoch {len(epoch_losses)} of {epochs} (batch "
+                    f"losses {nonfinite_kind(bad)}) with adapt_lr={lr!r}: adaptation diverged; lower adapt_lr"
+                )
             if progress:
                 bar.set_postfix(loss=float(epoch_losses[-1]))
     final = pooled_loss()
     prefix = adapter.block_prefix(block)
     with torch.no_grad():
         out = {prefix + k: v.detach().clone() for k, v in param.params().items()}
+    for k, v in out.items():
+        check_result(where, f"the adapted tensor {k!r}", v, {"adapt_lr": lr}, fix="adaptation diverged; lower adapt_lr")
+    if not math.isfinite(final):
+        raise NonFiniteError(f"{where}: the final adaptation loss is non-finite ({final}) with adapt_lr={lr!r}: adaptation diverged; lower adapt_lr")
     as_tensor = lambda xs: torch.stack(xs).cpu() if xs else torch.empty(0)  # noqa: E731
     log = AdaptLog(as_tensor(step_losses), as_tensor(epoch_losses), initial, final)
     return AdaptResult(block, out, log)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ from torch import nn
 from torch.func import vmap
 from tqdm.auto import tqdm
 
+from baselines.errors import NonFiniteError
+from baselines.finite import check_result, nonfinite_kind
 from fda.blocks import BlockAdapter, LossTerm
 
 StateDict = dict[str, torch.Tensor]
@@ -339,6 +342,21 @@ def _normalised_sv(x: torch.Tensor) -> torch.Tensor:
     return s / s[0].clamp_min(torch.finfo(s.dtype).tiny)
 
 
+def _diverged(where: str, loss: torch.Tensor, ids: Sequence[int], step: int, steps: int, lr: float) -> None:
+    """Raise ``NonFiniteError`` for a non-finite construction loss ``[E]`` at ``step``."""
+    bad = [ids[e] for e in range(loss.numel()) if not math.isfinite(float(loss[e]))]
+    experts = f"expert{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}"  # original indices
+    if step == 0:  # before any update: the anchors' start, not the learning rate
+        raise NonFiniteError(
+            f"{where}, {experts}: the construction loss is non-finite (per-expert losses {nonfinite_kind(loss)}) at step 0, before any "
+            f"update: the initial anchors (anchor init, sigma) or the block's weights give NaN/inf outputs or gradients"
+        )
+    raise NonFiniteError(
+        f"{where}, {experts}: the construction loss became non-finite (per-expert losses {nonfinite_kind(loss)}) at step {step} of "
+        f"{steps} with construct_lr={lr!r}: the anchors diverged; lower construct_lr"
+    )
+
+
 def construct_anchors(
     adapter: BlockAdapter,
     block: int,
@@ -373,6 +391,13 @@ def construct_anchors(
     E = len(experts)
     if init.shape[0] != E:
         raise ValueError(f"init has {init.shape[0]} anchor sets for {E} experts")
+    # out-of-range settings fail before any work (FDAConfig checks them too; this can be called directly)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"construct_lr must be a positive finite number, got {lr!r}")
+    if steps < 0:
+        raise ValueError(f"construct_steps must be >= 0, got {steps}")
+    where = f"FDA construction of block {block}"
+    check_result(where, "the initial anchor tensor", init, {}, fix="the anchor init (sigma, or the expert's weights) gives NaN/inf")
     if batching == "auto":
         # vmap turns every matmul into bmm: on a GPU that saves E-fold kernel launches; on a CPU it
         # saves nothing (same FLOPs, bmm no faster than mm), so plain per-expert calls are used
@@ -414,7 +439,9 @@ def construct_anchors(
                 best_loss = torch.where(improved, loss, best_loss)
                 best_step = torch.where(improved, torch.full_like(best_step, step), best_step)
                 best[improved] = X.detach()[improved]
-            losses.append(loss.cpu())
+            losses.append(loss.cpu())  # (a host copy: the check below adds no GPU sync)
+            if not bool(torch.isfinite(losses[-1]).all()):
+                _diverged(where, losses[-1], ids, step, steps, lr)
             coss.append(cos.cpu())
             norms.append(gnorm.cpu())
             opt.step()
@@ -425,6 +452,7 @@ def construct_anchors(
         snapshot(steps)
     if steps in budgets:
         kept[steps] = best.clone()
+    check_result(where, "the constructed anchor tensor", best, {"construct_lr": lr})
     P = len(objective.terms)
     L = torch.stack(losses, dim=1) if losses else torch.empty(E, 0)
     C = torch.stack(coss, dim=1) if coss else torch.empty(E, 0, P)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -19,9 +21,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from baselines.errors import MergeInputError
+from baselines.finite import check_finite, check_result
+from baselines.inputs import check_expert, check_pretrained, expert_label
 from fda.adapt import ADAPT_LOSSES, AdaptResult, adapt
-from fda.anchors import ANCHOR_INITS, SIMILARITIES, ConstructResult, construct_anchors, derive_seed, init_anchors
-from fda.blocks import QKV_LAYOUTS, BlockAdapter, adapter_for
+from fda.anchors import (
+    ANCHOR_INITS,
+    SIMILARITIES,
+    ZERO_GRAD_POLICIES,
+    ConstructResult,
+    construct_anchors,
+    derive_seed,
+    init_anchors,
+)
+from fda.blocks import (
+    QKV_LAYOUTS,
+    BlockAdapter,
+    adapter_for,
+    families,
+    registered_parts,
+)
 from fda.io.checkpoints import LazyCheckpoint, read_metadata, save_state_dict
 
 StateDict = dict[str, torch.Tensor]
@@ -29,6 +48,30 @@ StateLike = Union[Mapping[str, torch.Tensor], LazyCheckpoint]
 
 #: family -> defaults kind
 _KIND = {"clip-vision": "vision", "openclip": "vision", "bert": "text", "roberta": "text", "llama": "llm"}
+_BATCHINGS = ("auto", "vmap", "loop")
+_NON_BLOCK = ("pretrained", "init")
+_SIZES = ("base", "large")
+
+
+class FDAConfigError(ValueError):
+    """An ``FDAConfig`` field (or a ``FDAConfig.for_family`` argument) that is unknown, of the wrong
+    type or out of range. The message names the field, the value and the valid names or range."""
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _bad(name: str, value: object, expected: str) -> FDAConfigError:
+    return FDAConfigError(f"FDAConfig.{name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _choices(values: Sequence[str]) -> str:
+    return "one of " + ", ".join(repr(v) for v in values)
 
 
 @dataclass
@@ -60,6 +103,10 @@ class FDAConfig:
     stores them; None: as the model stores them. Official: ``fused`` for vision, ``split`` for
     text and LLM; it does not touch adaptation, which matches block outputs), ``init_hparams``
     (extra hyperparameters for ``baselines.merge`` when ``fda.merge`` computes the merged init).
+
+    Every field is checked when the config is built (``__post_init__``; again by ``resolved``):
+    a wrong type, an out-of-range value, an unknown choice or an unknown field raise
+    :class:`FDAConfigError` naming the field, the value and the valid names or range.
     """
 
     family: str | None = None
@@ -88,14 +135,31 @@ class FDAConfig:
     qkv_layout: Literal["split", "fused"] | None = None
     init_hparams: dict[str, Any] = field(default_factory=dict)
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> FDAConfig:  # noqa: PYI034 - dataclasses.replace needs the class
+        # an unknown field would otherwise be a bare TypeError from the generated __init__
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in kwargs if k not in names]
+        if unknown:
+            raise FDAConfigError(f"FDAConfig has no field {', '.join(map(repr, unknown))}; valid fields: {', '.join(names)}")
+        if len(args) > len(names):
+            raise FDAConfigError(f"FDAConfig takes at most {len(names)} fields, got {len(args)} positional values; pass them by name")
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
     @classmethod
     def for_family(cls, family: str, *, init: str = "pretrained", size: str = "base", **overrides: Any) -> FDAConfig:
         """Official defaults for ``family`` (``clip-vision``, ``openclip``, ``bert``, ``roberta``,
         ``llama``) and ``init`` (``pretrained`` or a merged init). ``size="large"`` selects the
         RoBERTa-large schedule (25 / 15 epochs, TA λ 0.2). ``overrides`` replace any field."""
-        kind = _KIND.get(family)
+        kind = _KIND.get(family) if isinstance(family, str) else None
         if kind is None:
-            raise ValueError(f"unknown family {family!r}; known: {sorted(_KIND)} (or build FDAConfig(...) directly)")
+            raise FDAConfigError(f"unknown family {family!r}; known: {sorted(_KIND)} (or build FDAConfig(...) directly)")
+        if not isinstance(init, str) or not init:
+            raise FDAConfigError(f"FDAConfig.for_family: init must be 'pretrained' or a merged init's name (str), got {init!r}")
+        if size not in _SIZES:
+            raise FDAConfigError(f"FDAConfig.for_family: size must be {_choices(_SIZES)}, got {size!r}")
         merged = init != "pretrained"
         v: dict[str, Any] = {"family": family, "init": init}
         if kind == "vision":
@@ -147,24 +211,53 @@ class FDAConfig:
         return cfg
 
     def validate(self) -> None:
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
-        if self.adapt_loss not in ADAPT_LOSSES:
-            raise ValueError(f"adapt_loss must be one of {ADAPT_LOSSES}, got {self.adapt_loss!r}")
-        if self.non_block not in (None, "pretrained", "init"):
-            raise ValueError(f"non_block must be 'pretrained' or 'init', got {self.non_block!r}")
-        if self.zero_grad not in (None, "keep", "constant"):
-            raise ValueError(f"zero_grad must be 'keep' or 'constant', got {self.zero_grad!r}")
-        if self.qkv_layout not in (None, *QKV_LAYOUTS):
-            raise ValueError(f"qkv_layout must be 'split' or 'fused', got {self.qkv_layout!r}")
-        if self.batching not in ("auto", "vmap", "loop"):
-            raise ValueError(f"batching must be 'auto', 'vmap' or 'loop', got {self.batching!r}")
-        for name in ("n_anchors", "adapt_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        for name in ("construct_steps", "adapt_epochs", "sv_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
+        """Check every field's type and range; raise :class:`FDAConfigError` naming the field, the value
+        and the valid names or range. Run when the config is built, and again by ``resolved``."""
+        for name, low in (("n_anchors", 1), ("adapt_batch", 1), ("construct_steps", 0), ("adapt_epochs", 0), ("sv_every", 0)):
+            v = getattr(self, name)
+            if not _is_int(v) or v < low:
+                raise _bad(name, v, f"an int >= {low}")
+        if self.tokens is not None and (not _is_int(self.tokens) or self.tokens < 1):
+            raise _bad("tokens", self.tokens, "an int >= 1, or None (from the model)")
+        if not _is_int(self.seed):
+            raise _bad("seed", self.seed, "an int")
+        for name in ("construct_lr", "adapt_lr", "sigma"):
+            v = getattr(self, name)
+            if not _is_real(v) or not (math.isfinite(v) and v > 0):
+                raise _bad(name, v, "a positive finite number (float)")
+        if not _is_real(self.ta_lambda) or not math.isfinite(self.ta_lambda):
+            raise _bad("ta_lambda", self.ta_lambda, "a finite number (float)")
+        if not isinstance(self.progress, bool):
+            raise _bad("progress", self.progress, "True or False")
+        for name in ("gauss_shared", "train_mode"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, bool):
+                raise _bad(name, v, "True, False or None (the family's default)")
+        for name, valid in (("similarity", SIMILARITIES), ("adapt_loss", ADAPT_LOSSES), ("batching", _BATCHINGS)):
+            v = getattr(self, name)
+            if not isinstance(v, str) or v not in valid:
+                raise _bad(name, v, _choices(valid))
+        for name, valid in (("non_block", _NON_BLOCK), ("zero_grad", ZERO_GRAD_POLICIES), ("qkv_layout", QKV_LAYOUTS)):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or v not in valid):
+                raise _bad(name, v, _choices(valid) + " or None (the family's default)")
+        known = families()
+        if self.family is not None and (not isinstance(self.family, str) or self.family not in known):
+            raise _bad("family", self.family, _choices(known) + " or None (from the model)")
+        if not isinstance(self.init, str) or not self.init:
+            raise _bad("init", self.init, "'pretrained' or a merged init's name (a baselines method: ta, tsvm, wudi, ...)")
+        parts = registered_parts()
+        if self.part is not None and (not isinstance(self.part, str) or self.part not in parts):
+            raise _bad("part", self.part, (_choices(parts) + " or None" if parts else "None (no family offers parts)"))
+        if self.device is not None:
+            if not isinstance(self.device, (str, torch.device)):
+                raise _bad("device", self.device, "a torch device name such as 'cpu' or 'cuda:0', or None (CPU)")
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise _bad("device", self.device, "a torch device name such as 'cpu' or 'cuda:0', or None (CPU)") from None
+        if not isinstance(self.init_hparams, Mapping) or not all(isinstance(k, str) for k in self.init_hparams):
+            raise _bad("init_hparams", self.init_hparams, "a dict of baselines hyperparameters (str keys)")
 
     def construction_metadata(self) -> dict[str, Any]:
         keys = ("family", "n_anchors", "tokens", "construct_steps", "construct_lr", "sigma", "similarity", "gauss_shared", "seed", "part", "zero_grad", "qkv_layout", "batching")
@@ -180,13 +273,17 @@ def _adapter(model: nn.Module, config: FDAConfig) -> tuple[BlockAdapter, FDAConf
     return adapter, config.resolved(adapter)
 
 
-def _block_tensors(state: StateLike, adapter: BlockAdapter, block: int) -> StateDict:
+def _block_tensors(state: StateLike, adapter: BlockAdapter, block: int, who: str = "state dict") -> StateDict:
     """The block's tensors by local name, read lazily when ``state`` is a LazyCheckpoint."""
     prefix, names = adapter.block_prefix(block), adapter.param_names(block)
     keys = [prefix + n for n in names]
     missing = [k for k in keys if k not in state]
     if missing:
-        raise KeyError(f"state dict lacks block {block} tensors {missing[:3]} (model class {type(adapter.model).__name__})")
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise MergeInputError(
+            f"{who} lacks block {block} tensors {missing[:3]}{more} (model class {type(adapter.model).__name__}): "
+            f"every state dict must have the model's keys; check the checkpoint and its key prefixes"
+        )
     got = state.tensors(keys) if isinstance(state, LazyCheckpoint) else {k: state[k] for k in keys}
     return {n: got[prefix + n] for n in names}
 
@@ -197,6 +294,97 @@ def _device(config: FDAConfig) -> torch.device:
 
 def _expert_list(experts: Sequence[StateLike] | Mapping[str, StateLike]) -> list[StateLike]:
     return list(experts.values()) if isinstance(experts, Mapping) and not isinstance(experts, LazyCheckpoint) else list(experts)
+
+
+def _expert_names(experts: Sequence[StateLike] | Mapping[str, StateLike]) -> list[str] | None:
+    """Names for messages: the keys of a mapping of experts, else None (experts are named by index)."""
+    return [str(k) for k in experts] if isinstance(experts, Mapping) and not isinstance(experts, LazyCheckpoint) else None
+
+
+def _label(who: str, state: object) -> str:
+    """``who``, plus the path of a lazily read checkpoint: ``expert 1 at /work/e1``."""
+    return f"{who} at {state.path}" if isinstance(state, LazyCheckpoint) else who
+
+
+def _expert_who(i: int, names: Sequence[str] | None, state: object) -> str:
+    return _label(expert_label(i, names), state)
+
+
+def _require_experts(experts: list[StateLike]) -> None:
+    if not experts:
+        raise MergeInputError("at least one expert is needed, got none: pass the fine-tuned state dicts to merge")
+
+
+class _LazyView(Mapping):
+    """A LazyCheckpoint as a read-only mapping (each access reads the tensor), for the input checks."""
+
+    def __init__(self, ckpt: LazyCheckpoint):
+        self._ckpt = ckpt
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._ckpt:
+            raise KeyError(key)
+        return self._ckpt.tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ckpt.keys())
+
+    def __len__(self) -> int:
+        return len(self._ckpt.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._ckpt
+
+
+def _mapping(state: StateLike) -> Mapping[str, torch.Tensor]:
+    return _LazyView(state) if isinstance(state, LazyCheckpoint) else state
+
+
+def _meta(state: StateLike) -> Mapping[str, torch.Tensor]:
+    """Shapes and dtypes of ``state`` without reading values (meta tensors for a LazyCheckpoint)."""
+    if not isinstance(state, LazyCheckpoint):
+        return state
+    return {k: torch.empty(state.shape(k), dtype=state.torch_dtype(k), device="meta") for k in state.keys()}  # noqa: SIM118 - a LazyCheckpoint, not a dict
+
+
+def _check_block_inputs(adapter: BlockAdapter, block: int, theta0: StateDict, who0: str,
+                        others: Sequence[tuple[str, StateDict]]) -> None:
+    """``baselines``' input checks on one block (full keys in messages): θ0 finite, every other block
+    (experts, a merged init) with θ0's shapes and dtypes and finite. ``MergeInputError`` names who and the key."""
+    prefix = adapter.block_prefix(block)
+    full0 = {prefix + n: t for n, t in theta0.items()}
+    check_pretrained(full0, who0)
+    for who, th in others:
+        check_expert(who, {prefix + n: t for n, t in th.items()}, full0)
+
+
+def _read_blocks(adapter: BlockAdapter, block: int, pretrained: StateLike, experts: list[StateLike],
+                 ids: Sequence[int], names: Sequence[str] | None, check: bool) -> tuple[StateDict, list[StateDict]]:
+    """θ0's and the chosen experts' block tensors (local names), checked unless ``check`` is False."""
+    who0 = _label("pretrained model", pretrained)
+    whos = [_expert_who(i, names, experts[i]) for i in ids]
+    theta0 = _block_tensors(pretrained, adapter, block, who0)
+    thetas = [_block_tensors(experts[i], adapter, block, who) for i, who in zip(ids, whos)]
+    if check:
+        _check_block_inputs(adapter, block, theta0, who0, list(zip(whos, thetas)))
+    return theta0, thetas
+
+
+def _check_anchors(adapter: BlockAdapter, block: int, anchors: Sequence[torch.Tensor], experts: list[StateLike],
+                   names: Sequence[str] | None) -> None:
+    if len(anchors) != len(experts):
+        raise MergeInputError(f"{len(anchors)} anchor sets for {len(experts)} experts: pass one anchor tensor per expert, in the experts' order")
+    ndim = len(adapter.anchor_shape(1, 1))
+    for i, a in enumerate(anchors):
+        who = f"anchors of {_expert_who(i, names, experts[i])}"
+        if not isinstance(a, torch.Tensor) or not a.is_floating_point():
+            raise MergeInputError(f"{who}: expected a float tensor, got {type(a).__name__ if not isinstance(a, torch.Tensor) else a.dtype}")
+        if a.ndim != ndim or a.shape[-1] != adapter.width or a.shape[0] < 1:
+            raise MergeInputError(
+                f"{who}: shape {tuple(a.shape)}, but block {block} of this {adapter.family} model takes anchors of shape "
+                f"{('[n, T, d]' if ndim == 3 else '[n, d]')} with d = {adapter.width} (canonical layout, fda.load_anchors)"
+            )
+        check_finite(who, "anchors", a, fix="re-run the construction of this (block, expert)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,21 +409,34 @@ def construct_block(
     :class:`~fda.anchors.ConstructResult` per chosen expert; ``anchors`` is canonical
     ``[n, T, d]`` (``[n, d]`` for the Llama MLP). ``snapshot_steps``: step budgets whose anchors
     are kept too (``ConstructResult.budget_anchors``; see :func:`fda.anchors.construct_anchors`).
+
+    The block's tensors are checked as ``baselines.merge`` checks its inputs (``MergeInputError``
+    naming the expert and key); a construction loss that becomes NaN/inf is a ``NonFiniteError``
+    naming ``construct_lr`` and the block.
     """
+    return _construct_block(model, pretrained, experts, block, anchor_init, config, experts_subset, snapshot_steps, check=True)
+
+
+def _construct_block(model, pretrained, experts, block, anchor_init, config, experts_subset, snapshot_steps, *, check: bool):
     if anchor_init not in ANCHOR_INITS:
         raise ValueError(f"anchor_init must be one of {ANCHOR_INITS}, got {anchor_init!r}")
     config = config or FDAConfig.for_family(adapter_for(model).family)
     adapter, cfg = _adapter(model, config)
-    all_experts = _expert_list(experts)
+    all_experts, names = _expert_list(experts), _expert_names(experts)
+    _require_experts(all_experts)
     ids = list(range(len(all_experts))) if experts_subset is None else list(experts_subset)
-    theta0 = _block_tensors(pretrained, adapter, block)
-    thetas = [_block_tensors(all_experts[i], adapter, block) for i in ids]
+    bad = [i for i in ids if not _is_int(i) or not 0 <= i < len(all_experts)]
+    if bad or not ids:
+        raise MergeInputError(f"experts_subset {ids} must hold expert indices in 0..{len(all_experts) - 1} (at least one), got {bad or 'none'}")
+    theta0, thetas = _read_blocks(adapter, block, pretrained, all_experts, ids, names, check)
     inits = []
     for i, th in zip(ids, thetas):
         # official vision: one Gauss draw (seed) for every block and task; else one per (block, expert)
         shared = anchor_init == "gauss" and cfg.gauss_shared
         seed = cfg.seed if shared else derive_seed(cfg.seed, anchor_init, block, i)
         inits.append(init_anchors(anchor_init, adapter, block, th, n=cfg.n_anchors, tokens=cfg.tokens, sigma=cfg.sigma, seed=seed))
+        check_result(f"FDA construction of block {block}", f"the initial {anchor_init} anchor tensor of {_expert_who(i, names, all_experts[i])}",
+                     inits[-1], {"sigma": cfg.sigma} if anchor_init == "gauss" else {})
     dev = _device(cfg)
     results = construct_anchors(
         adapter, block, theta0, thetas, torch.stack(inits).to(dev),
@@ -253,7 +454,11 @@ def save_anchors(result: ConstructResult, path: str | os.PathLike, metadata: Map
 
     Metadata (JSON-encoded values): the resolved construction settings (``result.settings``),
     then ``metadata`` (wins on a clash), then block, expert, best loss/step and the log summary.
+    Non-finite anchors are a ``NonFiniteError``; no file is written.
     """
+    check_result(f"save_anchors({os.fspath(path)!r})", f"the anchor tensor of block {result.block}, expert {result.expert}", result.anchors,
+                 {k: result.settings[k] for k in ("construct_lr", "sigma") if k in result.settings},
+                 fix="not written; construct them again (a lower construct_lr)")
     meta: dict[str, Any] = {**result.settings, **(metadata or {})}
     meta.update(block=result.block, expert=result.expert, best_loss=result.best_loss, best_step=result.best_step,
                 log=result.log.summary())  # fmt: skip
@@ -262,10 +467,13 @@ def save_anchors(result: ConstructResult, path: str | os.PathLike, metadata: Map
 
 
 def load_anchors(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Read anchors written by :func:`save_anchors`: ``(tensor, metadata)`` with JSON values decoded."""
+    """Read anchors written by :func:`save_anchors`: ``(tensor, metadata)`` with JSON values decoded.
+
+    Non-finite anchors are a ``MergeInputError`` naming the file."""
     from fda.io.checkpoints import load_state_dict
 
     tensor = load_state_dict(path)["anchors"]
+    check_finite(f"anchors file {os.fspath(path)}", "anchors", tensor, fix="the file is corrupt; construct these anchors again")
     meta: dict[str, Any] = {}
     for k, v in read_metadata(path).items():
         try:
@@ -296,10 +504,21 @@ def adapt_block(
     the exact starting point; None or the ``pretrained`` object itself means θ0 + λ Σ τ_i);
     any other init needs ``init_state`` (the merged model) and trains one coefficient tensor over
     its delta. Returns :class:`~fda.adapt.AdaptResult` with the block's full keys.
+
+    Inputs (block tensors, the merged init's block, the anchors) are checked as ``baselines.merge``
+    checks its inputs (``MergeInputError``); a loss or adapted tensor that becomes NaN/inf is a
+    ``NonFiniteError`` naming ``adapt_lr`` and the block.
     """
+    return _adapt_block(model, pretrained, experts, block, anchors, init, init_state, config, check=True)
+
+
+def _adapt_block(model, pretrained, experts, block, anchors, init, init_state, config, *, check: bool) -> AdaptResult:
     config = config or FDAConfig.for_family(adapter_for(model).family, init=init)
     adapter, cfg = _adapter(model, config)
-    all_experts = _expert_list(experts)
+    all_experts, names = _expert_list(experts), _expert_names(experts)
+    _require_experts(all_experts)
+    if check:
+        _check_anchors(adapter, block, anchors, all_experts, names)
     dev = _device(cfg)
     if init_state is pretrained and init != "pretrained":
         # callers pass the pretrained state as "no merged init": fine for TA (θ0 + λ Σ τ_i is
@@ -307,9 +526,13 @@ def adapt_block(
         if init != "ta":
             raise ValueError(f"adaptation from init {init!r} needs the merged model as init_state, got the pretrained state")
         init_state = None
-    init_block = _block_tensors(init_state, adapter, block) if init_state is not None and init != "pretrained" else None
+    who_init = _label("merged init (init_state)", init_state)
+    init_block = _block_tensors(init_state, adapter, block, who_init) if init_state is not None and init != "pretrained" else None
+    theta0, thetas = _read_blocks(adapter, block, pretrained, all_experts, range(len(all_experts)), names, check)
+    if check and init_block is not None:
+        _check_block_inputs(adapter, block, theta0, _label("pretrained model", pretrained), [(who_init, init_block)])
     return adapt(
-        adapter, block, _block_tensors(pretrained, adapter, block), [_block_tensors(e, adapter, block) for e in all_experts],
+        adapter, block, theta0, thetas,
         [a.to(dev, torch.float32) for a in anchors], init=init, init_block=init_block, epochs=cfg.adapt_epochs,
         lr=cfg.adapt_lr, batch_size=cfg.adapt_batch, loss=cfg.adapt_loss, train_mode=bool(cfg.train_mode),
         ta_lambda=cfg.ta_lambda, seed=derive_seed(cfg.seed, "adapt", block), progress=cfg.progress,
@@ -339,6 +562,10 @@ def _adapted_tensors(adapted: AdaptedLike) -> StateDict:
     return out
 
 
+def _shape(state: StateLike, key: str) -> tuple[int, ...]:
+    return tuple(state.shape(key)) if isinstance(state, LazyCheckpoint) else tuple(state[key].shape)
+
+
 def assemble(
     pretrained: StateLike,
     init_state: StateLike | None,
@@ -354,20 +581,42 @@ def assemble(
     ``non_block="pretrained"`` keeps θ0 outside the blocks (official vision/text); ``"init"`` takes
     the merged init's values (official LLM). Block keys without an adapted value fall back the
     same way. Output dtypes are the pretrained ones.
+
+    Every output tensor is checked once: a non-finite value taken from ``pretrained`` / ``init_state``
+    is a ``MergeInputError`` naming it and the key, a non-finite adapted tensor (after the cast to
+    the output dtype) a ``NonFiniteError`` naming ``adapt_lr``; an adapted tensor of the wrong
+    shape is a ``MergeInputError``.
     """
     config = config or FDAConfig.for_family(adapter_for(model).family)
     adapter, cfg = _adapter(model, config)
     source = init_state if cfg.non_block == "init" and init_state is not None else pretrained
+    who = _label("pretrained model" if source is pretrained else "merged init (init_state)", source)
     keys = list(pretrained.keys())
+    missing = [k for k in keys if k not in source]
+    if missing:
+        raise MergeInputError(f"{who} lacks {len(missing)} tensor(s) of the pretrained model, e.g. {missing[:3]}: "
+                              f"non_block={cfg.non_block!r} takes every non-adapted tensor from it")  # fmt: skip
     base = source.tensors(keys) if isinstance(source, LazyCheckpoint) else {k: source[k] for k in keys}
     out: StateDict = {k: v.detach().clone() for k, v in base.items()}
+    if source is not pretrained:
+        for k in keys:
+            if tuple(out[k].shape) != _shape(pretrained, k):
+                raise MergeInputError(f"{who}: tensor {k!r} has shape {tuple(out[k].shape)} but the pretrained model has {_shape(pretrained, k)}")
     updates = _adapted_tensors(adapted_blocks)
     unknown = [k for k in updates if k not in out]
     if unknown:
         raise KeyError(f"adapted tensors not in the pretrained state: {unknown[:3]}")
     for k, v in updates.items():
+        if tuple(v.shape) != _shape(pretrained, k):
+            raise MergeInputError(f"adapted tensor {k!r} has shape {tuple(v.shape)} but the pretrained model has {_shape(pretrained, k)}")
         dtype = out[k].dtype if isinstance(pretrained, LazyCheckpoint) else pretrained[k].dtype
         out[k] = v.detach().to("cpu", dtype).clone()
+    for k, t in out.items():
+        if k in updates:
+            check_result("FDA assemble", f"the adapted tensor {k!r}", t, {"adapt_lr": cfg.adapt_lr},
+                         fix="adaptation diverged (or left the output dtype's range): lower adapt_lr and adapt this block again")
+        else:
+            check_finite(who, k, t)
     return out
 
 
@@ -375,19 +624,42 @@ def assemble(
 _COVERAGE = {"clip-vision": "fda-vision", "openclip": "fda-vision", "bert": "fda-nlu", "roberta": "fda-nlu", "llama": "fda-llm"}
 
 
-def _baseline_init(init: str, pretrained: StateLike, experts: list[StateLike], cfg: FDAConfig) -> StateDict:
+def _baseline_init(init: str, pretrained: StateLike, experts: list[StateLike], cfg: FDAConfig,
+                   names: Sequence[str] | None = None) -> StateDict:
     """``baselines.merge(init, ...)`` with λ = ``cfg.ta_lambda`` for TA and the family's official
     coverage preset, unless ``cfg.init_hparams`` says otherwise."""
-    import baselines  # lazy: FDA from pretrained needs no baselines
+    import baselines
+
+    hparams = _baseline_init_hparams(init, cfg)
+    load = lambda s: {k: s.tensor(k) for k in s.keys()} if isinstance(s, LazyCheckpoint) else dict(s)  # noqa: E731
+    return baselines.merge(init, load(pretrained), [load(e) for e in experts], names=names, **hparams)
+
+
+def _baseline_init_hparams(init: str, cfg: FDAConfig) -> dict[str, Any]:
+    """The hyperparameters ``_baseline_init`` passes, checked (unknown method or hyperparameter, bad
+    type or range: the ``baselines`` errors) without merging anything."""
+    import baselines
 
     hparams = dict(cfg.init_hparams)
-    fields = {f.name for f in dataclasses.fields(baselines.method_spec(init).hparams)}
+    spec = baselines.method_spec(init)
+    fields = {f.name for f in dataclasses.fields(spec.hparams)}
     if init == "ta" and "alpha" in fields:
         hparams.setdefault("alpha", cfg.ta_lambda)
     if "coverage" in fields and cfg.family in _COVERAGE:
         hparams.setdefault("coverage", _COVERAGE[cfg.family])
-    load = lambda s: {k: s.tensor(k) for k in s.keys()} if isinstance(s, LazyCheckpoint) else dict(s)  # noqa: E731
-    return baselines.merge(init, load(pretrained), [load(e) for e in experts], **hparams)
+    baselines.build_hparams(spec, hparams)
+    return hparams
+
+
+def _check_merge_inputs(pretrained: StateLike, experts: list[StateLike], names: Sequence[str] | None,
+                        init_state: StateLike | None) -> None:
+    """``baselines``' input checks on the whole model (each tensor read once; lazy inputs stay lazy)."""
+    check_pretrained(_mapping(pretrained), _label("pretrained model", pretrained))
+    meta = _meta(pretrained)
+    for i, e in enumerate(experts):
+        check_expert(_expert_who(i, names, e), _mapping(e), meta)
+    if init_state is not None and init_state is not pretrained:
+        check_expert(_label("merged init (init_state)", init_state), _mapping(init_state), meta)
 
 
 def merge(
@@ -405,18 +677,30 @@ def merge(
     ``init``: ``pretrained`` or a ``baselines`` method (``ta``, ``tsvm``, ``wudi``, ...); its merged
     state is computed with ``baselines.merge`` unless ``init_state`` is given. Returns the full
     merged state dict (keys and dtypes of ``pretrained``).
+
+    The inputs are checked once up front as ``baselines.merge`` checks them (keys, shapes, dtypes,
+    NaN/inf, at least one expert: ``MergeInputError`` naming the expert and key); the result is
+    checked as :func:`assemble` does, and a diverging construction or adaptation stops with a
+    ``NonFiniteError`` naming ``construct_lr`` / ``adapt_lr`` and the block.
     """
     config = config or FDAConfig.for_family(adapter_for(model).family, init=init)
     if config.init != init:
         warnings.warn(f"FDAConfig was made for init={config.init!r} but merge runs init={init!r}; "
                       f"use FDAConfig.for_family(..., init={init!r}) for that init's official schedule", stacklevel=2)
         config = dataclasses.replace(config, init=init)
+    if anchor_init not in ANCHOR_INITS:
+        raise ValueError(f"anchor_init must be one of {ANCHOR_INITS}, got {anchor_init!r}")
     adapter, cfg = _adapter(model, config)
-    all_experts = _expert_list(experts)
+    all_experts, names = _expert_list(experts), _expert_names(experts)
+    _require_experts(all_experts)
     if init != "pretrained" and init_state is None:
-        init_state = _baseline_init(init, pretrained, all_experts, cfg)
+        _baseline_init_hparams(init, cfg)  # a bad init or hyperparameter fails before the input pass
+    _check_merge_inputs(pretrained, all_experts, names, init_state)
+    if init != "pretrained" and init_state is None:
+        init_state = _baseline_init(init, pretrained, all_experts, cfg, names)
     results = []
     for block in tqdm(range(adapter.num_blocks), desc="FDA blocks", disable=not cfg.progress):
-        built = construct_block(model, pretrained, all_experts, block, anchor_init, cfg)
-        results.append(adapt_block(model, pretrained, all_experts, block, [r.anchors for r in built], init, init_state, cfg))
+        built = _construct_block(model, pretrained, experts, block, anchor_init, cfg, None, (), check=False)
+        anchors = [r.anchors for r in built]
+        results.append(_adapt_block(model, pretrained, experts, block, anchors, init, init_state, cfg, check=False))
     return assemble(pretrained, init_state, results, model, cfg)

@@ -505,6 +505,11 @@ def families() -> list[str]:
     return [a.family for a in _ADAPTERS]
 
 
+def registered_parts() -> list[str]:
+    """Every ``part`` that some registered family offers (``FDAConfig`` checks ``part`` against them)."""
+    return list(dict.fromkeys(p for a in _ADAPTERS for p in a.parts))
+
+
 def adapter_for(model: nn.Module, part: str | None = None) -> BlockAdapter:
     """The adapter for ``model`` (chosen from its class / structure).
 

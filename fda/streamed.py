@@ -26,9 +26,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from baselines.finite import check_finite, check_result
 from fda.io.checkpoints import save_state_dict
 from fda.io.sharded_writer import ShardedWriter
-from fda.io.stream_source import LLAMA_BLOCK_PATTERN, StreamingError, StreamSource, plan_blocks, read_block
+from fda.io.stream_source import (
+    LLAMA_BLOCK_PATTERN,
+    StreamingError,
+    StreamSource,
+    plan_blocks,
+    read_block,
+    source_label,
+)
 from fda.io.streaming import copy_model_files
 
 
@@ -59,7 +67,8 @@ def construct_layer(base_dir: str | os.PathLike, expert_dirs: Sequence[str | os.
     """Construct anchors for decoder layer ``layer`` and the chosen experts (default: all).
 
     Reads only that layer's block tensors. ``out_paths[j]`` (one per chosen expert) receives the
-    anchors via ``fda.api.save_anchors`` (atomic). Returns the ``ConstructResult`` list.
+    anchors via ``fda.api.save_anchors`` (atomic). Returns the ``ConstructResult`` list. The layer's
+    tensors are checked as ``fda.construct_block`` checks them (errors name the checkpoint's path).
     """
     from fda.api import FDAConfig, construct_block, save_anchors
 
@@ -82,6 +91,8 @@ def adapt_layer(base_dir: str | os.PathLike, expert_dirs: Sequence[str | os.Path
 
     ``init_dir``: the merged init checkpoint (TA for the official setting), read lazily. Writes the
     adapted tensors (full keys) to ``out_path`` (safetensors, atomic). Returns the ``AdaptResult``.
+    Non-finite anchors files, layer tensors or results are errors (``fda.load_anchors``,
+    ``fda.adapt_block``), and then nothing is written.
     """
     from fda.api import FDAConfig, adapt_block, load_anchors
 
@@ -105,7 +116,10 @@ def assemble_streamed(source_dir: str | os.PathLike, block_files: Sequence[str |
     """Write the FDA model: ``source_dir`` (the TA merge, or base) with the adapted tensors of
     ``block_files`` swapped in, block by block, as a sharded HF checkpoint. Returns the index path.
 
-    Adapted tensors are cast to the source's dtype. Every adapted key must exist in the source.
+    Adapted tensors are cast to the source's dtype. Every adapted key must exist in the source, with
+    its shape. Every tensor is checked to be finite before its block is written: a NaN/inf in the
+    source is a ``MergeInputError`` naming it and the key, an adapted tensor that is non-finite
+    (or overflows the source's dtype when cast) a ``NonFiniteError`` naming its file and key.
     """
     src = StreamSource(source_dir, "source")
     adapted = [StreamSource(f, Path(f).name) for f in block_files]
@@ -116,16 +130,25 @@ def assemble_streamed(source_dir: str | os.PathLike, block_files: Sequence[str |
                 raise StreamingError(f"{a.path}: adapted tensor '{k}' is not in {source_dir}")
             if k in owner:
                 raise StreamingError(f"tensor '{k}' appears in both {adapted[owner[k]].path} and {a.path}")
+            if tuple(a.shape(k)) != tuple(src.shape(k)):
+                raise StreamingError(f"{a.path}: adapted tensor '{k}' has shape {tuple(a.shape(k))} but {source_dir} has {tuple(src.shape(k))}")
             owner[k] = i
     writer = ShardedWriter(out_dir, shard_size=shard_size, resume=resume)
     for name, keys in plan_blocks(src.keys(), block_pattern).items():
         if name in writer.done_blocks:
             continue
         block = read_block([src], [keys])[0]
+        for k in keys:
+            if k not in owner:
+                check_finite(source_label(src), k, block[k])
         for i, a in enumerate(adapted):
             mine = [k for k in keys if owner.get(k) == i]
             if mine:
                 block.update({k: v.to(block[k].dtype) for k, v in a.tensors(mine).items()})
+                for k in mine:
+                    check_result(f"assemble_streamed({a.path})", f"the adapted tensor {k!r}", block[k], {},
+                                 fix=f"the adapted block file holds NaN/inf, or values beyond {block[k].dtype}'s range; "
+                                     "adapt this layer again (a lower adapt_lr)")
         writer.add_block(name, block)
     index = writer.finish(metadata={"merge_method": "fda"})
     copy_model_files(source_dir, out_dir)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -29,6 +30,14 @@ PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
+#: safetensors header dtype names -> torch dtypes
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or not in a format we accept."""
 
@@ -41,28 +50,46 @@ def resolve_weight_files(path: str | os.PathLike) -> list[Path]:
     """The weight files behind ``path``: a file, or the shards of an HF model directory.
 
     Order: ``model.safetensors``, ``model.safetensors.index.json`` (shards), ``pytorch_model.bin``,
-    ``pytorch_model.bin.index.json``. Raises ``CheckpointError`` naming what was expected.
+    ``pytorch_model.bin.index.json``. Raises ``CheckpointError`` naming what was expected, and when
+    a shard index lists missing files or the directory holds shards of its naming it does not list.
     """
+    return _resolve(path)[0]
+
+
+def _resolve(path: str | os.PathLike) -> tuple[list[Path], ShardIndex | None]:
+    """``resolve_weight_files`` plus the parsed shard index (None without one)."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p} (expected a .safetensors file or an HF model directory)")
     if p.is_file():
-        return [p]
+        return [p], None
     for single in (SAFETENSORS_WEIGHTS, PICKLE_WEIGHTS):
         if (p / single).is_file():
-            return [p / single]
+            return [p / single], None
     for index_name in (SAFETENSORS_INDEX, PICKLE_INDEX):
         index = p / index_name
         if index.is_file():
-            return [p / shard for shard in _read_index(index).values_sorted()]
+            parsed = read_shard_index(index)
+            return [p / shard for shard in parsed.values_sorted()], parsed
     raise CheckpointError(
         f"{p} is a directory without weights: expected one of {SAFETENSORS_WEIGHTS}, {SAFETENSORS_INDEX}, "
         f"{PICKLE_WEIGHTS} or {PICKLE_INDEX} (an HF `save_pretrained` directory)"
     )
 
 
-class _Index:
-    """A parsed HF shard index: tensor name -> shard file name."""
+#: HF shard names: ``model-00001-of-00004.safetensors``, ``pytorch_model-00001-of-00002.bin``
+_SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<num>\d+)-of-(?P<total>\d+)(?P<ext>\.[A-Za-z0-9]+)$")
+
+
+def _few(items: Sequence[str], n: int = 5) -> str:
+    """The first ``n`` items and the count, for messages: ``'a', 'b' (2)`` / ``'a', ... (and 7 more; 12 in all)``."""
+    shown = ", ".join(items[:n])
+    return f"{shown} (and {len(items) - n} more; {len(items)} in all)" if len(items) > n else f"{shown} ({len(items)})"
+
+
+class ShardIndex:
+    """A parsed HF shard index (``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``):
+    tensor name -> shard file name. :meth:`check_held` compares it with what the shards hold."""
 
     def __init__(self, path: Path, weight_map: dict[str, str]):
         self.path = path
@@ -71,17 +98,70 @@ class _Index:
     def values_sorted(self) -> list[str]:
         return sorted(set(self.weight_map.values()))
 
+    def check_held(self, held: Mapping[Path, Iterable[str]]) -> None:
+        """``held``: shard file (path) -> the tensor names it holds (from its header, or loaded).
 
-def _read_index(index: Path) -> _Index:
+        Raises ``CheckpointError`` naming the index and the offending keys when the index names a
+        tensor its shard does not hold, or a shard holds a tensor the index does not map to it.
+        """
+        expected: dict[Path, set[str]] = defaultdict(set)
+        for key, shard in self.weight_map.items():
+            expected[self.path.parent / shard].add(key)
+        absent, unlisted = [], []
+        for path, keys in held.items():
+            shard, have = Path(path).name, set(keys)
+            absent += [f"{k!r} (in {shard})" for k in sorted(expected.get(Path(path), set()) - have)]
+            unlisted += [f"{k!r} (in {shard})" for k in sorted(have - expected.get(Path(path), set()))]
+        if absent:
+            raise CheckpointError(
+                f"{self.path}: the index names tensors that its shards do not hold: {_few(absent)}; the index does not "
+                f"describe these shards (a partial copy, or shards of another save): re-save or re-download the checkpoint"
+            )
+        if unlisted:
+            raise CheckpointError(
+                f"{self.path}: shards hold tensors that the index does not list (or maps to another shard): "
+                f"{_few(unlisted)}; the index does not describe these shards: re-save or re-download the checkpoint"
+            )
+
+
+_Index = ShardIndex  # the former private name
+
+
+def read_shard_index(index: str | os.PathLike) -> ShardIndex:
+    """Parse an HF shard index and check it against the directory: every shard it lists exists, and
+    no shard of its naming (``model-0000X-of-0000N.safetensors``, same stem and N) is left out.
+    Raises ``CheckpointError`` naming the index and the files."""
+    index = Path(index)
     try:
         data = json.loads(index.read_text())
         weight_map = data["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{index}: not a valid shard index ({err}); expected a JSON object with 'weight_map'") from err
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names (str -> str)")
     missing = sorted({s for s in weight_map.values() if not (index.parent / s).is_file()})
     if missing:
         raise CheckpointError(f"{index}: shard files listed in the index are missing: {missing}")
-    return _Index(index, weight_map)
+    listed = set(weight_map.values())
+    naming = set()
+    for name in listed:
+        m = _SHARD_NAME.match(name)
+        if m:
+            naming.add((m["stem"], len(m["num"]), m["total"], m["ext"]))
+    unlisted = []
+    for f in sorted(index.parent.iterdir()):
+        m = _SHARD_NAME.match(f.name)
+        if m and f.name not in listed and (m["stem"], len(m["num"]), m["total"], m["ext"]) in naming and f.is_file():
+            unlisted.append(f.name)
+    if unlisted:
+        raise CheckpointError(
+            f"{index}: shard files in the directory that the index does not list: {_few(unlisted)}; their tensors "
+            f"would be silently left out: re-save the checkpoint or remove the stray shards"
+        )
+    return ShardIndex(index, weight_map)
+
+
+_read_index = read_shard_index  # the former private name
 
 
 def _load_one_file(f: Path, device: str) -> StateDict:
@@ -118,12 +198,17 @@ def load_state_dict(path: str | os.PathLike, *, device: str = "cpu") -> StateDic
     directory (single file or sharded with an index). Returns ``{key: tensor}``.
     """
     state: StateDict = {}
-    for f in resolve_weight_files(path):
+    files, index = _resolve(path)
+    held: dict[Path, list[str]] = {}
+    for f in files:
         part = _load_one_file(f, device)
         dup = state.keys() & part.keys()
         if dup:
             raise CheckpointError(f"{f}: tensors {sorted(dup)[:5]} appear in more than one shard of {path}")
         state.update(part)
+        held[f] = list(part)
+    if index is not None:
+        index.check_held(held)
     return state
 
 
@@ -136,23 +221,27 @@ class LazyCheckpoint:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        files = resolve_weight_files(self.path)
+        files, index = _resolve(self.path)
         bad = [f for f in files if f.suffix != ".safetensors"]
         if bad:
             raise CheckpointError(f"{bad[0]}: lazy reading needs safetensors; convert with `fda-bench convert` first")
         self._key_to_file: dict[str, Path] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, str] = {}
+        held: dict[Path, list[str]] = {}
         for f in files:
             try:
                 with safe_open(str(f), framework="pt") as h:
-                    for k in h.keys():
+                    held[f] = list(h.keys())
+                    for k in held[f]:
                         sl = h.get_slice(k)
                         self._key_to_file[k] = f
                         self._shapes[k] = tuple(sl.get_shape())
                         self._dtypes[k] = sl.get_dtype()
             except (SafetensorError, OSError) as err:
                 raise CheckpointError(f"{f}: cannot read safetensors header ({err}); the file may be corrupt") from err
+        if index is not None:
+            index.check_held(held)  # headers only: a lying index is an error, not a silently missing tensor
 
     def keys(self) -> list[str]:
         return list(self._key_to_file)
@@ -165,6 +254,13 @@ class LazyCheckpoint:
 
     def dtype(self, key: str) -> str:
         return self._dtypes[self._check(key)]
+
+    def torch_dtype(self, key: str) -> torch.dtype:
+        """The torch dtype of ``key`` (from the header)."""
+        name = self.dtype(key)
+        if name not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{self.path}: tensor '{key}' has dtype {name}, which torch cannot hold")
+        return SAFETENSORS_DTYPES[name]
 
     def _check(self, key: str) -> str:
         if key not in self._key_to_file:

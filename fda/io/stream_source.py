@@ -61,6 +61,12 @@ class StreamSource(LazyCheckpoint):
         return self._key_to_file[self._check(key)]
 
 
+def source_label(source: LazyCheckpoint) -> str:
+    """``expert0 (/path/to/dir)``: how messages name a streamed source."""
+    name = getattr(source, "name", None) or Path(source.path).name
+    return f"{name} ({source.path})"
+
+
 def is_float_key(source: LazyCheckpoint, key: str) -> bool:
     """Whether ``key`` is a floating-point tensor (the only ones merging methods see)."""
     return source.dtype(key) in ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")

@@ -32,11 +32,13 @@ from typing import Any
 
 import torch
 
+from baselines.finite import check_finite, check_result
 from fda.io.checkpoints import (
     PICKLE_INDEX,
     PICKLE_WEIGHTS,
     SAFETENSORS_INDEX,
     atomic_path,
+    read_shard_index,
 )
 from fda.io.sharded_writer import PROGRESS_FILE, ShardedWriter
 from fda.io.stream_source import (
@@ -48,6 +50,7 @@ from fda.io.stream_source import (
     is_float_key,
     plan_blocks,
     read_block,
+    source_label,
 )
 
 MergeFn = Callable[[StateDict, list[StateDict]], StateDict]
@@ -127,6 +130,11 @@ def stream_merge(
 
     ``shard_size``: output shard cap (bytes or ``"2GB"``); ``resume``: keep blocks that a killed run
     already flushed. Peak memory is about (m + 2) blocks + ``shard_size``.
+
+    Every float tensor read is checked to be finite (``MergeInputError`` naming the source directory
+    and key; ``ties`` checks in its first threshold pass, before anything is written); named methods
+    check their results (``NonFiniteError`` naming e.g. ``alpha``), and a callable's results are
+    checked before its block is written. A failed run leaves no index, i.e. no checkpoint.
     """
     t0 = time.perf_counter()
     base = StreamSource(base_dir, "base")
@@ -147,6 +155,7 @@ def stream_merge(
         index = out / SAFETENSORS_INDEX
         total = int(json.loads(index.read_text())["metadata"]["total_size"])
         return StreamReport(out, index, [], list(blocks), len(base.keys()), total, time.perf_counter() - t0)
+    method_label = method if isinstance(method, str) else getattr(method, "__name__", "callable")
     merge_fn = _block_method(method, hparams, base, experts, blocks, truncate)  # ties: threshold passes here
     writer = ShardedWriter(out, shard_size=shard_size, resume=resume)
     merged_names, skipped = [], []
@@ -163,19 +172,26 @@ def stream_merge(
             for k, rows in truncate.items():
                 if k in e:
                     e[k] = e[k][:rows]
+        # every value read is checked once, naming the source directory and key (MergeInputError)
+        for src, part in zip([base, *experts], parts):
+            for k in fkeys:
+                check_finite(source_label(src), k, part[k])
         merged = merge_fn({k: pre[k] for k in fkeys}, exps)
         missing = [k for k in fkeys if k not in merged]
         if missing:
             raise StreamingError(f"method {method!r} returned no tensor for '{missing[0]}' (block {name})")
         block_out = {k: (merged[k] if k in merged else pre[k]) for k in keys}
+        if callable(method):  # named methods check their own results (naming their hyperparameters)
+            for k in fkeys:
+                check_result(f"stream_merge({method_label})", f"the merged tensor {k!r} (block {name})", block_out[k], {},
+                             fix="the merge callable returned NaN/inf; nothing was written for this block")
         del parts, pre, exps, merged
         writer.add_block(name, block_out)
         del block_out
         merged_names.append(name)
         bar.update(1)
     bar.close()
-    method_name = method if isinstance(method, str) else getattr(method, "__name__", "callable")
-    index = writer.finish(metadata={"merge_method": str(method_name)})
+    index = writer.finish(metadata={"merge_method": str(method_label)})
     copy_model_files(files_from or base_dir, out)
     total = int(json.loads(index.read_text())["metadata"]["total_size"])
     return StreamReport(out, index, merged_names, skipped, len(base.keys()), total, time.perf_counter() - t0)
@@ -234,15 +250,18 @@ def convert_bin_to_safetensors(src_dir: str | os.PathLike, out_dir: str | os.Pat
     """
     src = Path(src_dir)
     index = src / PICKLE_INDEX
+    parsed = None
     if (src / PICKLE_WEIGHTS).is_file():
         shards = [src / PICKLE_WEIGHTS]
     elif index.is_file():
-        shards = [src / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        parsed = read_shard_index(index)  # listed shards exist, no unlisted shard of its naming
+        shards = [src / s for s in parsed.values_sorted()]
     elif src.is_file() and src.suffix in (".bin", ".pt", ".pth"):
         shards = [src]
     else:
         raise StreamingError(f"{src}: no {PICKLE_WEIGHTS} or {PICKLE_INDEX} to convert")
     writer = ShardedWriter(out_dir, shard_size=shard_size)
+    held: dict[Path, list[str]] = {}
     for shard in shards:
         try:
             sd = torch.load(str(shard), map_location="cpu", weights_only=True, mmap=True)
@@ -252,6 +271,8 @@ def convert_bin_to_safetensors(src_dir: str | os.PathLike, out_dir: str | os.Pat
             sd = sd["state_dict"]
         if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise StreamingError(f"{shard}: not a state dict of tensors")
+        if parsed is not None:
+            held[shard] = list(sd)
         seen: dict[int, str] = {}
         for k, t in sd.items():
             ptr = t.untyped_storage().data_ptr()
@@ -260,6 +281,8 @@ def convert_bin_to_safetensors(src_dir: str | os.PathLike, out_dir: str | os.Pat
             seen[ptr] = k
         del sd
         writer.flush()
+    if parsed is not None:
+        parsed.check_held(held)  # before the index is written: a lying index converts to no checkpoint
     path = writer.finish(metadata={"converted_from": "pytorch_model.bin"})
     if src.is_dir():
         copy_model_files(src, out_dir)

@@ -86,10 +86,11 @@ def ties_block_fn(base: Any, experts: Sequence[Any], blocks: Mapping[str, list[s
     from baselines import coverage as cov
     from baselines import engine
     from baselines.coverage import Role
+    from baselines.finite import check_finite
     from baselines.inputs import validate
     from baselines.registry import build_hparams
     from baselines.ties import ties_tensor
-    from fda.io.stream_source import is_float_key, read_block
+    from fda.io.stream_source import is_float_key, read_block, source_label
 
     hp = build_hparams(baselines.method_spec("ties"), dict(hparams))
     # the coverage plan depends only on key names and shapes: compute it from the headers
@@ -103,16 +104,24 @@ def ties_block_fn(base: Any, experts: Sequence[Any], blocks: Mapping[str, list[s
     n_entries = sum(math.prod(base.shape(k)) for ks in merge_keys.values() for k in ks)
     m = len(experts)
 
+    sources = [base, *experts]
+    checked = [False]  # the first pass checks every value it reads (NaN/inf would poison the thresholds)
+
     def taus_per_key() -> Iterable[list[torch.Tensor]]:
         for keys in merge_keys.values():
             if not keys:
                 continue
-            parts = read_block([base, *experts], [keys] * (m + 1))
+            parts = read_block(sources, [keys] * (m + 1))
+            if not checked[0]:
+                for src, part in zip(sources, parts):
+                    for k in keys:
+                        check_finite(source_label(src), k, part[k][: truncate[k]] if k in truncate and src is not base else part[k])
             for k in keys:
                 dev = hp.device if hp.device is not None else "cpu"
                 pre = parts[0][k].to(dev, cdt[k])
                 yield [(p[k][: truncate[k]] if k in truncate else p[k]).to(dev, cdt[k]) - pre for p in parts[1:]]
             del parts
+        checked[0] = True
 
     keep = int(n_entries * hp.topk / 100.0)
     if keep >= n_entries:
@@ -132,7 +141,8 @@ def ties_block_fn(base: Any, experts: Sequence[Any], blocks: Mapping[str, list[s
     def fn(pre: StateDict, exps: list[StateDict]) -> StateDict:
         inputs = validate(pre, exps)
         block_plan = {k: plan[k] for k in pre if k in plan}
-        return engine.run_per_key(inputs, hp, block_plan, lambda taus, key: ties_tensor(trimmed(taus), majority, hp.merge_func), hp.alpha)
+        return engine.run_per_key(inputs, hp, block_plan, lambda taus, key: ties_tensor(trimmed(taus), majority, hp.merge_func), hp.alpha,
+                                  method="ties", scaling={"alpha": hp.alpha})
 
     fn.thresholds = thresholds  # type: ignore[attr-defined]
     fn.majority = majority  # type: ignore[attr-defined]
