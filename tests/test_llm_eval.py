@@ -1,10 +1,11 @@
-"""LLM evaluation: answer extraction, LaTeX normalisation, sandboxed code execution, the pipeline."""
+"""LLM evaluation: answer extraction, LaTeX normalisation, code tasks through the sandbox, the pipeline.
+
+The sandbox's own attack tests are in tests/test_sandbox.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from fda.bench.eval.llm import code_tasks, gsm8k, math_eval
 from fda.bench.eval.llm.data import LLMEvalDataError, load_benchmark
 from fda.bench.eval.llm.evaluate import MAX_NEW_TOKENS, build_prompt, evaluate_llm, score
 from fda.bench.eval.llm.prompts import ALPACA_TEMPLATE, alpaca_prompt
-from fda.bench.eval.llm.sandbox import run_program
+from fda.bench.eval.llm.sandbox import CodeTask, SandboxUnavailableError, run_task
 
 # --------------------------------------------------------------------------------------------
 # GSM8K
@@ -80,54 +81,7 @@ def test_math_boxed_extraction_and_gold_field():
 
 
 # --------------------------------------------------------------------------------------------
-# Sandbox: every bad program fails, quickly, and the harness is unharmed
-
-GOOD = "def add(a, b):\n    return a + b\n\nassert add(1, 2) == 3\n"
-
-
-@pytest.mark.parametrize(
-    "name,program,status",
-    [
-        ("wrong", "def add(a, b):\n    return a - b\nassert add(1, 2) == 3\n", "failed"),
-        ("raises", "raise RuntimeError('boom')\n", "failed"),
-        ("exit0_before_tests", "import sys\nsys.exit(0)\nassert False\n", "failed"),
-        ("os_exit0", "import os\nos._exit(0)\n", "failed"),
-        ("memory", "x = bytearray(16 * 1024**3)\n", "failed"),
-        ("memory_growth", "x = []\nwhile True:\n    x.append(bytearray(50 * 1024**2))\n", "failed"),
-        ("etc_passwd", "print(open('/etc/passwd').read())\n", "failed"),
-        ("list_root", "import os\nprint(os.listdir('/'))\n", "failed"),
-        ("socket", "import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 9))\n", "failed"),
-        ("subprocess", "import subprocess\nsubprocess.run(['true'])\n", "failed"),
-        ("loop", "while True:\n    pass\n", "timeout"),
-        ("sleep", "import time\ntime.sleep(60)\n", "timeout"),
-    ],
-)
-def test_sandbox_reports_bad_programs_as_not_passing(name, program, status, tmp_path):
-    t0 = time.perf_counter()
-    r = run_program(program, timeout=1.5, memory_mb=512)
-    assert not r.passed and r.status == status, (name, r)
-    assert time.perf_counter() - t0 < 6
-
-
-def test_sandbox_passes_good_code_and_allows_its_own_dir():
-    assert run_program(GOOD, timeout=5).passed
-    local = "import json, os\nopen('x.json', 'w').write(json.dumps([1]))\nassert json.load(open('x.json')) == [1]\nassert 'x.json' in os.listdir('.')\n"
-    assert run_program(local, timeout=5).passed
-
-
-def test_sandbox_cannot_write_outside_and_harness_is_unharmed(tmp_path):
-    target = tmp_path / "victim.txt"
-    target.write_text("keep")
-    prog = f"import os\nopen({str(target)!r}, 'w').write('gone')\n"
-    assert not run_program(prog, timeout=5).passed
-    prog = f"import os\nos.remove({str(target)!r})\n"
-    assert not run_program(prog, timeout=5).passed
-    assert target.read_text() == "keep"
-    socket.socket().close()  # our own process still has its network stack and audit-hook-free sockets
-
-
-# --------------------------------------------------------------------------------------------
-# Code post-processing and programs
+# Code post-processing and tasks
 
 HE = {
     "task_id": "HumanEval/0",
@@ -154,13 +108,34 @@ def test_extract_code_strips_fences_and_example_calls():
         ("def add(a, b):\n    while True:\n        pass\n", False),
     ],
 )
-def test_humaneval_programs(completion, ok):
-    assert run_program(code_tasks.humaneval_program(HE, completion), timeout=1.5).passed is ok
+def test_humaneval_tasks(completion, ok):
+    task = code_tasks.humaneval_task(HE, completion)
+    assert task.entry_point == "add" and task.setup == HE["prompt"] and task.tests.endswith("check(add)\n")
+    assert task.solution.startswith(HE["prompt"])  # the prompt's imports and helpers come first
+    assert run_task(task, timeout=1.5).passed is ok
 
 
-def test_mbpp_program_and_score_rows():
+def test_humaneval_tests_use_the_prompts_helpers():
+    """A completion that redefines the prompt's helper cannot make the tests easier."""
+    he = {"task_id": "HumanEval/38", "entry_point": "decode",
+          "prompt": 'def encode(s: str):\n    return s[::-1] + "!"\n\n\ndef decode(s: str):\n    """Invert encode."""\n',
+          "test": "def check(candidate):\n    for s in ['ab', 'xyz']:\n        assert candidate(encode(s)) == s\n"}
+    assert run_task(code_tasks.humaneval_task(he, "    return s[:-1][::-1]\n"), timeout=3).passed
+    cheat = "```python\ndef encode(s):\n    return s\n\ndef decode(s):\n    return s\n```"
+    assert not run_task(code_tasks.humaneval_task(he, cheat), timeout=3).passed
+    helper = "```python\ndef decode(s):\n    out = s[:-1][::-1]\n    assert encode(out) == s  # the prompt's helper, in the candidate\n    return out\n```"
+    assert run_task(code_tasks.humaneval_task(he, helper), timeout=3).passed
+
+
+def test_mbpp_task_and_score_rows():
+    task = code_tasks.mbpp_task({**MBPP, "test_setup_code": "BIAS = 0"}, "```python\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2))\n```")
+    assert task == CodeTask(solution="def add(a, b):\n    return a + b\n", tests="assert add(1, 2) == 3\nassert add(0, 0) == 0\n", setup="BIAS = 0")
+    with pytest.raises(ValueError, match="no test_list"):
+        code_tasks.mbpp_task({"task_id": 9, "test_list": []}, "")
     value, ok = score("mbpp", [MBPP, MBPP], ["```python\ndef add(a, b):\n    return a + b\n```", "def add(a, b):\n    return 0\n"], timeout=3)
     assert ok == [True, False] and value == 0.5
+    value, results = code_tasks.pass_at_1([task, code_tasks.mbpp_task(MBPP, "def add(a, b):\n    return a - b\n")], timeout=3)
+    assert value == 0.5 and [r.status for r in results] == ["passed", "failed"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,6 +218,24 @@ def test_pipeline_on_tiny_model_produces_rows(tiny_llama_dir, tmp_path):
     gen = [json.loads(line) for line in (tmp_path / "gen" / "gsm8k.jsonl").read_text().splitlines()]
     assert len(gen) == 2 and gen[0]["prompt"] == build_prompt("gsm8k", {"question": "What is 0+1?"})
     assert all(isinstance(g["completion"], str) for g in gen)
+
+
+def test_unavailable_sandbox_fails_before_generation(tmp_path, monkeypatch):
+    from fda.bench.eval.llm import sandbox
+
+    data = tmp_path / "mbpp.jsonl"
+    data.write_text(json.dumps(MBPP) + "\n")
+    calls = []
+    sandbox._backend.cache_clear()
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name, *a, **k: None)  # no bwrap
+    try:
+        with pytest.raises(SandboxUnavailableError, match="apt-get install bubblewrap"):
+            evaluate_llm("unused", ["mbpp"], data_path={"mbpp": data}, generate_fn=lambda ps, n: calls.append(ps) or ["x"] * len(ps))
+        assert calls == []  # nothing was generated (or scored as failed)
+        with pytest.raises(TypeError):
+            evaluate_llm("unused", ["mbpp"], data_path={"mbpp": data}, sandbox={"timeot": 3}, generate_fn=lambda ps, n: ["x"] * len(ps))
+    finally:
+        sandbox._backend.cache_clear()
 
 
 def test_scoring_is_wired_to_the_extractors(tmp_path):

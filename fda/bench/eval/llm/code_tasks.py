@@ -1,4 +1,7 @@
-"""HumanEval / MBPP: turn a completion into a runnable program and score pass@1 in the sandbox.
+"""HumanEval / MBPP: turn a completion into a :class:`CodeTask` and score pass@1 in the sandbox.
+
+A task keeps the model's code (``solution``, run in the candidate sandbox) apart from the
+benchmark's tests (run in the judge sandbox); see :mod:`fda.bench.eval.llm.sandbox`.
 
 Post-processing (:func:`extract_code`): take the first fenced code block if there is one
 (```` ```python ... ``` ````), else the raw completion; then keep only top-level imports, functions,
@@ -13,7 +16,7 @@ import ast
 import re
 from collections.abc import Sequence
 
-from fda.bench.eval.llm.sandbox import ExecResult, run_programs
+from fda.bench.eval.llm.sandbox import CodeTask, ExecResult, run_tasks
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
 _KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
@@ -50,32 +53,32 @@ def extract_code(completion: str) -> str:
     return keep_definitions(strip_fences(completion))
 
 
-def humaneval_program(example: dict, completion: str) -> str:
-    """The program for one HumanEval problem: solution + the problem's ``check`` tests.
+def humaneval_task(example: dict, completion: str) -> CodeTask:
+    """The task for one HumanEval problem: the solution, and ``check(entry_point)`` as the tests.
 
-    If the completion defines ``entry_point`` itself, the prompt's imports are prepended;
-    otherwise the completion is taken as the body that continues the prompt.
+    If the completion defines ``entry_point`` itself, it follows the whole prompt (whose imports and
+    helpers it may use; its definition replaces the prompt's stub); otherwise the completion is
+    taken as the body that continues the prompt. The judge runs the prompt as trusted setup, so the
+    tests' helpers (``encode_cyclic``, ``poly``) are the prompt's, whatever the completion redefines.
     """
     entry = example["entry_point"]
     raw = strip_fences(completion)
     if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", raw, re.MULTILINE):
-        imports = "\n".join(line for line in example["prompt"].split("\n") if line.startswith(("import ", "from ")))
-        solution = imports + "\n" + keep_definitions(raw)
+        solution = example["prompt"] + "\n\n" + keep_definitions(raw)
     else:
         solution = example["prompt"] + raw
-    return f"{solution}\n\n{example['test']}\n\ncheck({entry})\n"
+    return CodeTask(solution=solution, tests=f"{example['test']}\n\ncheck({entry})\n", setup=example["prompt"], entry_point=entry)
 
 
-def mbpp_program(example: dict, completion: str) -> str:
-    """The program for one MBPP problem: solution + setup code + its ``assert`` tests."""
+def mbpp_task(example: dict, completion: str) -> CodeTask:
+    """The task for one MBPP problem: the extracted solution, its ``assert`` lines and setup code."""
     tests = list(example.get("test_list") or [])
     if not tests:
         raise ValueError(f"MBPP example {example.get('task_id')!r} has no test_list")
-    setup = example.get("test_setup_code") or ""
-    return f"{extract_code(completion)}\n{setup}\n" + "\n".join(tests) + "\n"
+    return CodeTask(solution=extract_code(completion), tests="\n".join(tests) + "\n", setup=example.get("test_setup_code") or "")
 
 
-def pass_at_1(programs: Sequence[str], **sandbox_kwargs: object) -> tuple[float, list[ExecResult]]:
-    """Fraction of programs that pass (greedy decoding: one sample per problem = pass@1)."""
-    results = run_programs(programs, **sandbox_kwargs)
+def pass_at_1(tasks: Sequence[CodeTask], **sandbox_kwargs: object) -> tuple[float, list[ExecResult]]:
+    """Fraction of tasks that pass (greedy decoding: one sample per problem = pass@1)."""
+    results = run_tasks(tasks, **sandbox_kwargs)
     return (sum(r.passed for r in results) / len(results) if results else 0.0), results

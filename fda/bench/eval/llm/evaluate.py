@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from fda.io.checkpoints import write_json_atomic
-from fda.bench.eval.llm import code_tasks, gsm8k, math_eval
+from fda.bench.eval.llm import code_tasks, gsm8k, math_eval, sandbox as code_sandbox
 from fda.bench.eval.llm.data import load_benchmark
 from fda.bench.eval.llm.generation import make_generator
 from fda.bench.eval.llm.prompts import alpaca_prompt, humaneval_instruction, mbpp_instruction
@@ -43,7 +43,7 @@ def score(benchmark: str, examples: Sequence[Mapping], completions: Sequence[str
     elif benchmark == "math":
         ok = [math_eval.is_correct(c, dict(e)) for e, c in zip(examples, completions)]
     elif benchmark in ("humaneval", "mbpp"):
-        make = code_tasks.humaneval_program if benchmark == "humaneval" else code_tasks.mbpp_program
+        make = code_tasks.humaneval_task if benchmark == "humaneval" else code_tasks.mbpp_task
         _, results = code_tasks.pass_at_1([make(dict(e), c) for e, c in zip(examples, completions)], **sandbox)
         ok = [r.passed for r in results]
     else:
@@ -70,8 +70,11 @@ def evaluate_llm(
     ``limit``: first N examples; ``data_path``: ``{benchmark: local .jsonl/.json/.parquet}``;
     ``max_new_tokens``: per-benchmark override of :data:`MAX_NEW_TOKENS`; ``generations_dir``: write
     ``{benchmark}.jsonl`` with prompt, completion, correctness (atomic); ``sandbox``: keyword
-    arguments for :func:`fda.bench.eval.llm.sandbox.run_program` (timeout, memory_mb); ``generate_fn``:
+    arguments for :func:`fda.bench.eval.llm.sandbox.run_task` (``timeout``, ``memory_mb``, ...,
+    ``isolation="none"`` to run generated code unsandboxed, unsafe); ``generate_fn``:
     ``(prompts, max_new_tokens) -> completions`` replacing the built-in backends (tests, servers).
+    A sandbox that cannot run here raises :class:`~fda.bench.eval.llm.sandbox.SandboxUnavailableError`
+    before any generation.
     """
     unknown = [b for b in benchmarks if b not in BENCHMARKS]
     if unknown:
@@ -79,6 +82,8 @@ def evaluate_llm(
     budgets = {**MAX_NEW_TOKENS, **dict(max_new_tokens or {})}
     # load every dataset before the (slow) generation so a missing one fails at once
     data = {b: load_benchmark(b, data_path=(data_path or {}).get(b), limit=limit) for b in benchmarks}
+    if any(b in ("humaneval", "mbpp") for b in benchmarks):
+        code_sandbox.check_sandbox(**dict(sandbox or {}))  # no bwrap: fail now, not score 0 after generating
     gen = generate_fn or make_generator(model_dir, backend=backend, batch_size=batch_size)  # loads the model once
     rows = []
     for b in benchmarks:
