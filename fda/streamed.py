@@ -70,7 +70,8 @@ def construct_layer(base_dir: str | os.PathLike, expert_dirs: Sequence[str | os.
     anchors via ``fda.api.save_anchors`` (atomic). Returns the ``ConstructResult`` list. The layer's
     tensors are checked as ``fda.construct_block`` checks them (errors name the checkpoint's path).
     """
-    from fda.api import FDAConfig, construct_block, save_anchors
+    from fda.api import construct_block, save_anchors
+    from fda.config import FDAConfig
 
     model = decoder_skeleton(base_dir)
     cfg = config or FDAConfig.for_family("llama", init="ta")
@@ -94,7 +95,8 @@ def adapt_layer(base_dir: str | os.PathLike, expert_dirs: Sequence[str | os.Path
     Non-finite anchors files, layer tensors or results are errors (``fda.load_anchors``,
     ``fda.adapt_block``), and then nothing is written.
     """
-    from fda.api import FDAConfig, adapt_block, load_anchors
+    from fda.api import adapt_block, load_anchors
+    from fda.config import FDAConfig
 
     if len(anchor_paths) != len(expert_dirs):
         raise ValueError(f"{len(anchor_paths)} anchor files for {len(expert_dirs)} experts (one per expert, same order)")

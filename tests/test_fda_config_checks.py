@@ -10,7 +10,7 @@ import math
 import pytest
 
 from fda import FDAConfig
-from fda.api import FDAConfigError
+from fda.config import FDAConfigError
 
 
 def test_the_error_is_a_value_error():
