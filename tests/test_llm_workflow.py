@@ -146,7 +146,7 @@ def test_config_sources_and_result_tasks_of_the_llama_suite():
     ({"batch_size": 0}, r"must be positive"),
     ({"shard_size": "lots"}, r"shard_size: cannot parse size 'lots'"),
     ({"backend": "tgi"}, r"setting 'backend': expected one of \['hf', 'vllm'\]"),
-    ({"limt": 3}, r"llama13b.settings: unknown key\(s\) \['limt'\]; allowed keys: .*limit"),
+    ({"limt": 3}, r"llama13b.settings.limt: unknown key 'limt'; allowed keys: .*limit"),
 ])
 def test_bad_llama_settings_name_the_key(settings, match):
     with pytest.raises(ConfigError, match=match):
@@ -304,12 +304,17 @@ def test_prepare_data_writes_each_benchmark_once(tmp_path):
         missing.prepare_data(tmp_path / "data2", seed=0)
 
 
-def test_hub_id_offline_fails_fast_naming_the_download(tmp_path, monkeypatch):
+def test_hub_id_offline_fails_fast_naming_the_download(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings = json.dumps({"base": "hf:meta-llama/Llama-2-13b-hf"})
     t0 = time.perf_counter()
+    # a SourceError: the CLI prints it as one line (exit status 2); --debug shows the traceback
+    assert _run("prepare-base", "--suite", "llama13b", "--settings", settings, "--data", str(tmp_path),
+                "--out", str(tmp_path / "base")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fda-bench prepare-base: error: ") and "hf download meta-llama/Llama-2-13b-hf" in err
     with pytest.raises(SourceError, match=r"not in the local HF cache.*hf download meta-llama/Llama-2-13b-hf"):
-        _run("prepare-base", "--suite", "llama13b", "--settings", settings, "--data", str(tmp_path),
+        _run("--debug", "prepare-base", "--suite", "llama13b", "--settings", settings, "--data", str(tmp_path),
              "--out", str(tmp_path / "base"))
     assert time.perf_counter() - t0 < 30
     assert not (tmp_path / "base").exists()

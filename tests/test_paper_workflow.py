@@ -83,7 +83,7 @@ def test_embedded_suites_get_their_settings_unchanged():
     (_vit(settings={}), r"vitb32: .*taskvectors_dir"),  # the suite's own check, at validation time
     # one q/k/v layout per suite (merges and FDA alike, recorded in every row): no FDA-only override
     (_vit(fda={"inits": ["pretrained"], "anchor_inits": ["gauss"], "n_blocks": 12, "hparams": {"qkv_layout": "split"}}),
-     r"vitb32.fda.hparams: unknown key\(s\) 'qkv_layout'"),
+     r"vitb32.fda.hparams.qkv_layout: unknown key 'qkv_layout'"),
 ])
 def test_source_errors_name_the_key_and_the_fix(section, match):
     with pytest.raises(ConfigError, match=match):

@@ -2,11 +2,17 @@
 
 An unknown key or a value of the wrong type is a ``SettingsError`` (a ``ValueError``) that lists
 the valid keys with their types and defaults, so a typo in ``config.yaml`` fails at once.
+
+A field may state its range in its metadata, next to its help text: ``ge`` (>=), ``gt`` (>) and
+``le`` (<=), e.g. ``field(default=64, metadata={"help": "...", "ge": 1})``. ``coerce`` checks the
+range of every given value (a bounded float must also be finite), and ``check_ranges`` checks a
+built settings object (call it from ``__post_init__``), so the bound is stated once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -102,6 +108,36 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
+#: metadata keys that state a field's range, and how each reads in a message
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<="}
+
+
+def range_text(metadata: Any) -> str:
+    """The range a field's metadata states, e.g. ``">= 1"`` or ``">= 0 and <= 1"``; empty if none."""
+    return " and ".join(f"{op} {metadata[key]}" for key, op in _BOUNDS.items() if key in metadata)
+
+
+def check_range(name: str, value: Any, metadata: Any) -> None:
+    """Raise ``SettingsError`` if ``value`` is outside the range stated in ``metadata`` (``ge``,
+    ``gt``, ``le``); a bounded float must be finite. ``None`` and non-numbers pass (types are
+    checked elsewhere)."""
+    wanted = range_text(metadata)
+    if not wanted or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    inside = (math.isfinite(value)
+              and ("ge" not in metadata or value >= metadata["ge"])
+              and ("gt" not in metadata or value > metadata["gt"])
+              and ("le" not in metadata or value <= metadata["le"]))
+    if not inside:
+        raise SettingsError(f"setting '{name}': must be {wanted}{' (finite)' if isinstance(value, float) else ''}, got {value!r}")
+
+
+def check_ranges(settings: Any) -> None:
+    """Check every field of a built settings dataclass against the range its metadata states."""
+    for f in dataclasses.fields(settings):
+        check_range(f.name, getattr(settings, f.name), f.metadata)
+
+
 def parse(cls: type[T], values: dict[str, Any] | None, *, suite: str) -> T:
     """Build the settings dataclass ``cls`` from ``values`` (missing keys take their defaults)."""
     return cls(**coerce(cls, values, suite=suite))
@@ -116,4 +152,8 @@ def coerce(cls: type, values: dict[str, Any] | None, *, suite: str) -> dict[str,
     if unknown:
         listing = ", ".join(f"{k} ({v['type']}, default {v['default']!r})" for k, v in schema(cls).items())
         raise SettingsError(f"suite '{suite}': unknown settings key(s) {unknown}; valid keys: {listing}")
-    return {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    for k, v in out.items():
+        check_range(k, v, fields[k].metadata)
+    return out

@@ -61,6 +61,7 @@ rule figures:
 
 rule construction_figures:
     input:
+        configured=configured,
         logs=construction_logs,
     output:
         curves=report("results/figures/{suite}-construction-{anchorinit}.png", caption="../report/fig-construction.rst", category="FDA construction", subcategory="{suite}", labels={"suite": "{suite}", "anchors": "{anchorinit}", "figure": "curves"}),

@@ -7,6 +7,7 @@ rule merge_baseline:
     wildcard_constraints:
         suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
+        configured=configured,
         base=BASE,
         experts=expert_dirs,
     output:

@@ -5,10 +5,12 @@
 # wildcards onto it.
 
 import json
+import re
 import shlex
 from pathlib import Path
 
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 import fda.bench.config.load as cfg_load
@@ -26,17 +28,22 @@ METHOD_CODE = method_code_version()
 
 # ---------------------------------------------------------------- config
 # No `configfile:` directive: snakemake would *extend* it with `--configfile config/paper.yaml`
-# (paper suites plus the embedded ones). The default file is used only when no --configfile gave
-# any suites; `--config KEY=VALUE` overrides still apply on top of it.
+# (paper suites plus the embedded ones). The default file is used only when no --configfile is
+# given; `--config KEY=VALUE` overrides still apply on top of it. A --configfile without `suites`
+# is an error naming it (an empty one snakemake itself refuses before this file runs).
+if "suites" not in config and workflow.overwrite_configfiles:
+    raise cfg_load.ConfigError(cfg_load.no_suites_message(workflow.overwrite_configfiles))
+_CONFIG_FILES = [str(f) for f in workflow.overwrite_configfiles]
 if "suites" not in config:
-    _default = yaml.safe_load((Path(workflow.basedir) / "config" / "config.yaml").read_text())
+    _CONFIG_FILES = [str(Path(workflow.basedir) / "config" / "config.yaml")]
+    _default = yaml.safe_load(Path(_CONFIG_FILES[0]).read_text())
     _merged = cfg_views.deep_update(_default, config)
     config.clear()
     config.update(_merged)
 
-# Our validator first (its messages name the key and the allowed values), then snakemake's own
-# with the same schema; both fill in the schema's defaults.
-config.update(cfg_load.validate_config(config))
+# Our validator first (its messages name the file, the key and the allowed values), then
+# snakemake's own with the same schema; both fill in the schema's defaults.
+config.update(cfg_load.validate_config(config, source=cfg_load.config_source(_CONFIG_FILES)))
 validate(config, "../schemas/config.schema.yaml")
 
 SUITES = list(config["suites"])
@@ -52,28 +59,34 @@ def S(suite):
 
 
 def _alt(names):
-    return "|".join(sorted(set(names), key=len, reverse=True))
+    """A constraint matching exactly these names (longest first); one that matches nothing when
+    there are none."""
+    names = sorted(set(map(str, names)), key=len, reverse=True)
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
-def _suites_re(names):
-    """A `suite` constraint for these suites; one that matches nothing when there are none."""
-    return _alt(names) if names else "(?!)"
+IN_MEMORY = _alt(IN_MEMORY_SUITES)
+STREAMING = _alt(STREAMING_SUITES)
+#: any name (no underscore): the cell rules match every `results/X_Y.csv` and refuse, listing the
+#: configured cells, one the config does not ask for (configured_cell)
+ANY_NAME = r"[A-Za-z0-9][A-Za-z0-9.+-]*"
+#: per wildcard, the values some configured suite uses; `configured` checks them per suite
+CONFIGURED = cfg_names.configured_values(config)
 
 
-IN_MEMORY = _suites_re(IN_MEMORY_SUITES)
-STREAMING = _suites_re(STREAMING_SUITES)
-
-
+# Wildcards take only configured names: a file for a method, init, anchor init, task or seed the
+# config does not list matches no rule (the cell rules list the valid cells instead), and the
+# `configured` input of each rule refuses a value configured for another suite only.
 wildcard_constraints:
     suite=_alt(SUITES),
-    method=_alt(cfg_names.METHODS),
-    baseline=_alt(cfg_names.BASELINE_METHODS),
+    method=_alt(CONFIGURED["method"]),
+    baseline=_alt(CONFIGURED["baseline"]),
     reference=_alt(cfg_names.REFERENCE_METHODS),
-    init=_alt(cfg_names.FDA_INITS),
-    anchorinit=_alt(cfg_names.ANCHOR_INITS),
-    task=r"[A-Za-z0-9][A-Za-z0-9.+-]*",
+    init=_alt(CONFIGURED["init"]),
+    anchorinit=_alt(CONFIGURED["anchorinit"]),
+    task=_alt(CONFIGURED["task"]),
     block=r"[0-9]+",
-    seed=r"[0-9]+",
+    seed=_alt(CONFIGURED["seed"]),
 
 
 # ---------------------------------------------------------------- file names
@@ -250,6 +263,32 @@ def p_anchor_args(wildcards, input):
 
 
 # ---------------------------------------------------------------- inputs
+
+
+def configured(wildcards):
+    """No files: refuses a job whose wildcards name a method, init, anchor init, task, seed or
+    block the config does not configure for its suite (a WorkflowError listing the configured
+    values, shown by `snakemake -n TARGET`). Every rule with such wildcards takes it as input."""
+    try:
+        cfg_names.check_wildcards(config, dict(wildcards.items()))
+    except cfg_load.ConfigError as err:
+        raise WorkflowError(str(err)) from None
+    return []
+
+
+def configured_cell(pattern):
+    """An input function for the cell rules (``pattern``: CELL or CELL_FDA): no files, or a
+    WorkflowError listing the configured cells when the requested cell is not one of them."""
+
+    def fn(wildcards):
+        values = dict(wildcards.items())
+        try:
+            cfg_names.check_cell(config, pattern.format(**values), values)
+        except cfg_load.ConfigError as err:
+            raise WorkflowError(str(err)) from None
+        return []
+
+    return fn
 
 
 def init_model(wildcards):

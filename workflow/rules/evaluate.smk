@@ -7,6 +7,7 @@ rule evaluate_reference:
     wildcard_constraints:
         suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
+        configured=configured,
         data=DATA,
         base=BASE,
         experts=expert_dirs,
@@ -41,6 +42,7 @@ rule evaluate_baseline:
     wildcard_constraints:
         suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
+        configured=configured,
         data=DATA,
         base=BASE,
         experts=expert_dirs,
@@ -75,6 +77,7 @@ rule evaluate_fda:
     wildcard_constraints:
         suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
+        configured=configured,
         data=DATA,
         base=BASE,
         experts=expert_dirs,
@@ -106,7 +109,12 @@ rule evaluate_fda:
 
 
 rule cell:
+    # any `results/X_Y.csv` matches: one the config does not ask for is refused, listing the cells
+    wildcard_constraints:
+        suite=ANY_NAME,
+        method=ANY_NAME,
     input:
+        configured=configured_cell(CELL),
         raw="work/{suite}/eval/{method}.csv",
         individual="work/{suite}/eval/individual.csv",
     output:
@@ -132,7 +140,12 @@ rule cell:
 
 
 rule cell_fda:
+    # any `results/X_Y_fda.csv` matches: one the config does not ask for is refused, listing the cells
+    wildcard_constraints:
+        suite=ANY_NAME,
+        init=ANY_NAME,
     input:
+        configured=configured_cell(CELL_FDA),
         raw=fda_evals,
         individual="work/{suite}/eval/individual.csv",
     output:

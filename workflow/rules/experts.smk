@@ -59,6 +59,7 @@ rule prepare_expert:
     wildcard_constraints:
         suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
     input:
+        configured=configured,
         data=DATA,
         base=BASE,
     output:

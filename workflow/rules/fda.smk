@@ -14,6 +14,7 @@ if cfg_names.fda_granularity(config, "construct") == "fine":
         wildcard_constraints:
             suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
         input:
+            configured=configured,
             base=BASE,
             experts=expert_dirs,
         output:
@@ -60,6 +61,8 @@ else:
                 f"fda_construct_{_suite}"
             wildcard_constraints:
                 suite=_suite,
+                seed=_alt(S(_suite)["seeds"]),
+                anchorinit=_alt(S(_suite)["fda"]["anchor_inits"]),
             input:
                 base=BASE,
                 experts=expert_dirs,
@@ -103,6 +106,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
         wildcard_constraints:
             suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
         input:
+            configured=configured,
             base=BASE,
             experts=expert_dirs,
             anchors=block_anchors,
@@ -143,6 +147,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
         wildcard_constraints:
             suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
         input:
+            configured=configured,
             base=BASE,
             experts=expert_dirs,
             blocks=adapted_blocks,
@@ -187,6 +192,7 @@ else:
         wildcard_constraints:
             suite=IN_MEMORY,  # streaming suites: workflow/rules/llm.smk
         input:
+            configured=configured,
             base=BASE,
             experts=expert_dirs,
             anchors=all_anchors,

@@ -67,6 +67,7 @@ rule llm_prepare_expert:
     wildcard_constraints:
         suite=STREAMING,
     input:
+        configured=configured,
         data=DATA,
         base=BASE,
     output:
@@ -97,6 +98,7 @@ rule llm_merge:
     wildcard_constraints:
         suite=STREAMING,
     input:
+        configured=configured,
         base=BASE,
         experts=expert_dirs,
     output:
@@ -129,6 +131,7 @@ rule llm_construct:
     wildcard_constraints:
         suite=STREAMING,
     input:
+        configured=configured,
         base=BASE,
         experts=expert_dirs,
     output:
@@ -164,6 +167,7 @@ rule llm_adapt:
     wildcard_constraints:
         suite=STREAMING,
     input:
+        configured=configured,
         base=BASE,
         experts=expert_dirs,
         anchors=block_anchors,
@@ -202,6 +206,7 @@ rule llm_assemble:
     wildcard_constraints:
         suite=STREAMING,
     input:
+        configured=configured,
         base=BASE,
         blocks=adapted_blocks,
         init_model=llm_init_model,
@@ -238,6 +243,7 @@ rule llm_evaluate_reference:
     wildcard_constraints:
         suite=STREAMING,
     input:
+        configured=configured,
         data=DATA,
         base=BASE,
         experts=expert_dirs,
@@ -272,6 +278,7 @@ rule llm_evaluate_baseline:
     wildcard_constraints:
         suite=STREAMING,
     input:
+        configured=configured,
         data=DATA,
         model=LLM_MERGED,
     output:
@@ -303,6 +310,7 @@ rule llm_evaluate_fda:
     wildcard_constraints:
         suite=STREAMING,
     input:
+        configured=configured,
         data=DATA,
         model=LLM_FDA_MERGED,
     output:

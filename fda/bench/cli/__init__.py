@@ -29,11 +29,19 @@ Subcommands (``fda-bench <cmd> -h`` for arguments), by the module of fda/bench/c
 The helpers the families share live in common.py; the family modules import only from it, never
 from each other. Heavy imports (torch, transformers, the suites) happen inside the commands that
 need them, so ``validate-config`` and ``cells`` answer at once.
+
+Errors: the project's own errors (``PROJECT_ERRORS``: an invalid config or setting, a missing or
+corrupt asset, bad merge inputs, an unreadable checkpoint, ...) say what is wrong and how to fix
+it, so ``main`` prints them as ``fda-bench <command>: error: <message>`` on stderr and returns
+``EXIT_ERROR`` (2, as for a usage error); ``--debug`` (or ``FDA_BENCH_DEBUG=1``) shows their
+traceback instead. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 from fda.bench.cli import aggregation, configs, data, evaluation, fda_jobs, llm, merges
@@ -46,6 +54,31 @@ GPU_COMMANDS = {"prepare-base", "prepare-expert", "merge", "fda-construct", "fda
 #: the family modules, in the order ``fda-bench --help`` lists their commands
 FAMILIES = (configs, data, merges, fda_jobs, evaluation, aggregation, llm)
 
+#: exit status of a command stopped by one of the project's errors (argparse's usage errors: 2 too)
+EXIT_ERROR = 2
+
+#: environment variable that turns on ``--debug`` (any of 1, true, yes, on)
+DEBUG_ENV = "FDA_BENCH_DEBUG"
+
+#: the project's error classes, as (module, class): their messages name what is wrong and how to
+#: fix it, so the CLI prints them without a traceback. Subclasses count (CheckpointError covers
+#: SourceError, StreamingError and ConversionError; BaselinesError covers UnknownMethodError,
+#: HyperparameterError, MergeInputError and NonFiniteError; MissingAssetError covers
+#: CorruptAssetError). Left out on purpose: baselines' RegistrationError (a broken method module: a bug).
+PROJECT_ERRORS: tuple[tuple[str, str], ...] = (
+    ("fda.bench.config.vocabulary", "ConfigError"),
+    ("fda.bench.settings", "SettingsError"),
+    ("fda.bench.suites.assets", "MissingAssetError"),
+    ("fda.bench.report.results", "CellError"),
+    ("fda.bench.gpu", "GPUSlotError"),
+    ("fda.bench.eval.llm.data", "LLMEvalDataError"),
+    ("fda.bench.eval.llm.sandbox", "SandboxUnavailableError"),
+    ("fda.io.checkpoints", "CheckpointError"),
+    ("fda.config", "FDAConfigError"),
+    ("fda.blocks", "UnknownModelFamilyError"),
+    ("baselines.errors", "BaselinesError"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fda-bench", description=__doc__.split("\n\n")[0],
@@ -53,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     from fda import __version__
 
     p.add_argument("--version", action="version", version=f"fda-bench {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help=f"show the traceback of the project's errors (also: {DEBUG_ENV}=1); goes before COMMAND")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
@@ -65,8 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def project_error_classes() -> tuple[type[BaseException], ...]:
+    """The classes of ``PROJECT_ERRORS`` whose modules are imported (an exception of a class whose
+    module was never imported cannot have been raised, so nothing is imported here)."""
+    found = []
+    for module, name in PROJECT_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return tuple(found)
+
+
+def is_project_error(err: BaseException) -> bool:
+    """Whether ``err`` is one of the project's errors (printed without a traceback)."""
+    return isinstance(err, project_error_classes())
+
+
+def debug_requested(args: argparse.Namespace) -> bool:
+    """``--debug`` or ``FDA_BENCH_DEBUG`` set to 1, true, yes or on."""
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def report_error(command: str, err: BaseException) -> None:
+    """``fda-bench <command>: error: <message>`` on stderr, then how to see the traceback."""
+    message = str(err).strip() or type(err).__name__
+    print(f"fda-bench {command}: error: {message}", file=sys.stderr)
+    print(f"fda-bench {command}: rerun as `fda-bench --debug {command} ...` (or with {DEBUG_ENV}=1) to see the traceback",
+          file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command (on a leased GPU slot for ``GPU_COMMANDS``); its exit status."""
     if args.command in GPU_COMMANDS:
         from fda.bench.gpu import gpu_slot
 
@@ -75,3 +139,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"pinned to GPU {slot}")
             return int(args.func(args) or 0)
     return int(args.func(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``fda-bench`` command: parse ``argv``, run the command, turn the project's errors into
+    one message and ``EXIT_ERROR`` (with ``--debug``: their traceback). Other exceptions propagate."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except Exception as err:
+        if debug_requested(args) or not is_project_error(err):
+            raise
+        report_error(args.command, err)
+        return EXIT_ERROR

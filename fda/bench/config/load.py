@@ -1,6 +1,12 @@
 """Loading and validating the workflow config: YAML files, ``KEY=VALUE`` overrides, the JSON
 schema (defaults filled in, errors that name the key and the allowed values) and the checks a
-schema cannot make (``semantic_problems``).
+schema cannot make (``semantic_problems``): task names, the family, and the values of every
+hyperparameter and suite setting against the dataclass that states their range
+(``baselines.METHODS[m].hparams``, ``fda.FDAConfig``, the suite's settings dataclass).
+
+Each problem is reported once, at the key where it is: a suite's section is checked as is and
+with its ``smoke_overrides`` merged in, and a problem of the merged section is reported under
+``smoke_overrides`` when the offending key is there, and not again when it comes from the section.
 
 The Snakefile and the ``fda-bench`` CLI both load the config through here, so both accept and
 reject exactly the same configs and both see the same defaults.
@@ -9,8 +15,10 @@ reject exactly the same configs and both see the same defaults.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,7 @@ from fda.bench.config.suite_views import (
     effective_suite,
     suite_settings_for,
     suite_takes_sources,
+    suite_task_names,
 )
 from fda.bench.config.vocabulary import REFERENCE_METHODS, ConfigError
 
@@ -60,22 +69,58 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(value)
 
 
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """One config file as a mapping; ``ConfigError`` naming the file when it is missing, is not
+    YAML, is empty or is not a mapping."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read the config file ({err.strerror or err})") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from err
+    if data is None:
+        raise ConfigError(f"{p}: the config file is empty; a workflow config needs a `suites:` section "
+                          "(see config/config.yaml)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, found {type(data).__name__}")
+    return data
+
+
+def no_suites_message(paths: Sequence[str | os.PathLike]) -> str:
+    """The error for config files none of which defines ``suites``."""
+    names = ", ".join(str(p) for p in paths)
+    return (f"{names}: no `suites:` section; a workflow config file must define the suites to run (see "
+            "config/config.yaml). With snakemake, a --configfile replaces config/config.yaml: to change only "
+            "a top-level option of the default config, drop --configfile and pass --config KEY=VALUE "
+            "(e.g. --config smoke=true)")
+
+
 def load_config(paths: Iterable[str | os.PathLike], overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Read YAML config files (later ones update earlier ones key by key, as ``--configfile``
-    does), apply ``KEY=VALUE`` overrides and return the validated config with defaults filled."""
+    does), apply ``KEY=VALUE`` overrides and return the validated config with defaults filled.
+    An empty file, or files none of which defines ``suites``, is a ``ConfigError`` naming them."""
+    paths, overrides = list(paths), list(overrides)
     config: dict[str, Any] = {}
     for p in paths:
-        data = yaml.safe_load(Path(p).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping, found {type(data).__name__}")
-        config = deep_update(config, data)
+        config = deep_update(config, read_config_file(p))
     for item in overrides:
         keys, value = parse_override(item)
         node = config
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
-    return validate_config(config)
+    if paths and "suites" not in config:
+        raise ConfigError(no_suites_message(paths))
+    return validate_config(config, source=config_source(paths, overrides))
+
+
+def config_source(paths: Sequence[str | os.PathLike], overrides: Sequence[str] = ()) -> str:
+    """Where a config comes from, for messages: ``a.yaml, b.yaml with --config smoke=true``."""
+    text = ", ".join(str(p) for p in paths) or "no config file"
+    return text + (f" with --config {' '.join(overrides)}" if overrides else "")
 
 
 # -------------------------------------------------------------------------------- validation
@@ -110,13 +155,18 @@ def _allowed(schema: Mapping[str, Any], root: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _messages(err: Any, root: Mapping[str, Any]) -> list[str]:
+    """The lines of one schema error: one per unknown key (at the key's own path), else one."""
+    if err.validator == "additionalProperties" and err.validator_value is False:
+        known = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(known))
+        return [f"{_path([*err.absolute_path, e])}: unknown key {e!r}; allowed keys: {', '.join(known)}" for e in extra]
+    return [_message(err, root)]
+
+
 def _message(err: Any, root: Mapping[str, Any]) -> str:
     where = _path(err.absolute_path)
     v = err.validator
-    if v == "additionalProperties" and err.validator_value is False:
-        known = sorted(err.schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(known))
-        return f"{where}: unknown key(s) {', '.join(repr(e) for e in extra)}; allowed keys: {', '.join(known)}"
     if v == "enum":
         return f"{where}: {err.instance!r} is not allowed; allowed values: {', '.join(map(str, err.validator_value))}"
     if v == "propertyNames":
@@ -154,12 +204,14 @@ def _validator(schema: Mapping[str, Any]):
     return cls(schema)
 
 
-def validate_config(config: Mapping[str, Any], *, semantic: bool = True) -> dict[str, Any]:
+def validate_config(config: Mapping[str, Any], *, semantic: bool = True, source: str | None = None) -> dict[str, Any]:
     """Validate ``config`` against the schema (defaults filled in) and, with ``semantic``, check
-    what a schema cannot: FDA inits need their baseline, hyperparameter names exist in the
-    method's dataclass, suite settings keys exist, expert tasks are configured tasks.
+    what a schema cannot (``semantic_problems``): task names and the family fit the suite, FDA
+    inits need their baseline, hyperparameters and suite settings exist and are in range, expert
+    tasks are configured tasks.
 
-    Returns the completed config; raises ``ConfigError`` listing every problem.
+    Returns the completed config; raises ``ConfigError`` listing every problem (after
+    ``source``, where the config comes from: its files and overrides, when given).
     """
     schema = load_schema()
     data = copy.deepcopy(dict(config))
@@ -168,134 +220,101 @@ def validate_config(config: Mapping[str, Any], *, semantic: bool = True) -> dict
         data["smoke"] = data["smoke"].lower() == "true"
     validator = _validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
-    problems = [_message(e, schema) for e in errors]
+    problems = [line for e in errors for line in _messages(e, schema)]
     if not problems and semantic:
         problems = semantic_problems(data)
     if problems:
         uniq = list(dict.fromkeys(problems))
-        raise ConfigError("invalid workflow config:\n  - " + "\n  - ".join(uniq))
+        where = f" ({source})" if source else ""
+        raise ConfigError(f"invalid workflow config{where}:\n  - " + "\n  - ".join(uniq))
     return data
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One problem of a suite's section: ``path`` is the offending key inside the section (``()``:
+    the section itself; ``None``: ``text`` already names its full path) and ``text`` says what is
+    wrong and what is allowed."""
+
+    path: tuple[str, ...] | None
+    text: str
+
+    def render(self, prefix: str) -> str:
+        """``prefix.path: text`` (``text`` alone when it names its own path)."""
+        if self.path is None:
+            return self.text
+        return f"{'.'.join((prefix, *self.path))}: {self.text}"
+
+
 def semantic_problems(config: Mapping[str, Any]) -> list[str]:
-    """Checks beyond the schema; each problem names the key and the allowed values."""
+    """Checks beyond the schema, each problem once, at the key where it is; each names the key,
+    what is wrong and what is allowed."""
     problems: list[str] = []
     for name, raw in config["suites"].items():
-        for smoke in (False, True):
-            if smoke and "smoke_overrides" not in raw:
-                continue
-            section = effective_suite({"smoke": smoke, "suites": config["suites"]}, name)
-            where = f"suites.{name}" + (".smoke_overrides" if smoke else "")
-            problems += _suite_problems(name, section, where)
-    return problems
+        where = f"suites.{name}"
+        plain = _suite_problems(name, effective_suite({"smoke": False, "suites": config["suites"]}, name))
+        problems += [p.render(where) for p in plain]
+        overrides = raw.get("smoke_overrides")
+        if overrides:
+            smoke = _suite_problems(name, effective_suite({"smoke": True, "suites": config["suites"]}, name))
+            problems += _smoke_problems(where, overrides, plain, smoke)
+    return list(dict.fromkeys(problems))
 
 
-def _suite_problems(name: str, s: Mapping[str, Any], where: str) -> list[str]:
+def _smoke_problems(where: str, overrides: Mapping[str, Any], plain: Sequence[Problem],
+                    smoke: Sequence[Problem]) -> list[str]:
+    """The problems of the section with ``smoke_overrides`` merged in, each where it is: under
+    ``smoke_overrides`` when the offending value is set there; dropped when the section alone has
+    the same problem (it is reported there); else named as arising from the merge."""
     out: list[str] = []
-    tasks = list(s["tasks"])
-    extra = sorted(set(s.get("experts", {})) - set(tasks))
-    if extra:
-        out.append(f"{where}.experts: task(s) {extra} are not in tasks; allowed: {', '.join(tasks)}")
-    fda = s.get("fda")
-    if fda:
-        for init in fda["inits"]:
-            if init != "pretrained" and init not in s["methods"]:
-                out.append(f"{where}.fda.inits: init '{init}' needs the baseline '{init}' under "
-                           f"{where}.methods (configured methods: {', '.join(s['methods'])})")
-    out += _hparam_problems(s, where)
-    out += _settings_problems(name, s, where)
-    out += _streaming_problems(name, s, where)
+    for p in smoke:
+        if p.path is not None and _sets(overrides, p.path, leaf=True):
+            out.append(p.render(f"{where}.smoke_overrides"))
+        elif p in plain:
+            continue
+        elif p.path is not None and _sets(overrides, p.path, leaf=False):
+            out.append(p.render(f"{where}.smoke_overrides"))
+        else:
+            out.append(f"{p.render(where)} (with {where}.smoke_overrides merged in: smoke=true)")
+    return out
+
+
+def _sets(mapping: Mapping[str, Any], path: Sequence[str], *, leaf: bool) -> bool:
+    """Whether ``mapping`` sets ``path``; with ``leaf``, to a value that is not a mapping (a value
+    it replaces, rather than a mapping it merges into)."""
+    node: Any = mapping
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return not (leaf and isinstance(node, Mapping))
+
+
+def _suite_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
+    """Every problem of one suite section (smoke overrides already merged in or not)."""
+    out = _family_problems(name, s)
+    tasks = _task_problems(name, s)
+    out += tasks
+    out += _expert_problems(s)
+    out += _init_problems(s)
+    out += _baseline_problems(s)
+    out += _fda_problems(s)
+    out += _settings_problems(name, s, build=not tasks)
     if not out:
-        out += _source_problems(name, s, where)
+        out += _source_problems(name, s)
     return out
 
 
-def _source_problems(name: str, s: Mapping[str, Any], where: str) -> list[str]:
-    """The paper suites' sources translate and the suite accepts them (task ids, checkpoint family)."""
-    if not suite_takes_sources(name):
-        return []
-    from fda.bench.suites import get_suite
+# ---------------------------------------------------------------- family, tasks, experts, inits
 
-    try:
-        get_suite(name, suite_settings_for({"smoke": False, "suites": {name: s}}, name))
-    except ConfigError as err:
-        return [str(err)]
-    except ValueError as err:  # the suite's own checks (SettingsError, unknown task, missing taskvectors_dir)
-        return [f"{where}: {err}"]
-    return []
+#: a suite's model family -> the config families that fit it (default: the suite's family only).
+#: The CLIP suites load the paper's open_clip checkpoints as HF CLIP; `openclip` selects the
+#: official open_clip FDA values (FDAConfig.for_family) for them.
+FITTING_FAMILIES: dict[str, tuple[str, ...]] = {"clip-vision": ("clip-vision", "openclip")}
 
 
-def _dataclass_fields(cls: Any) -> list[str] | None:
-    import dataclasses
-
-    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else None
-
-
-def _hparam_problems(s: Mapping[str, Any], where: str) -> list[str]:
-    """Hyperparameter names against baselines.METHODS[m].hparams and fda.FDAConfig, when those
-    are importable (the workflow config must validate before every part of the code exists)."""
-    out: list[str] = []
-    try:
-        import baselines  # type: ignore[import-not-found]
-
-        registry = getattr(baselines, "METHODS", None)
-    except ImportError:
-        registry = None
-    if registry:
-        for method, hp in s["methods"].items():
-            if method in REFERENCE_METHODS or method not in registry:
-                continue
-            valid = _dataclass_fields(getattr(registry[method], "hparams", None))
-            if valid is None:
-                continue
-            bad = sorted(set(hp) - set(valid))
-            if bad:
-                out.append(f"{where}.methods.{method}: unknown hyperparameter(s) {bad}; allowed: {', '.join(valid)}")
-            elif hp:
-                out += _hparam_type_problems(registry[method], hp, f"{where}.methods.{method}")
-    fda = s.get("fda")
-    if fda and fda.get("hparams"):
-        try:
-            from fda import FDAConfig  # type: ignore[attr-defined]
-        except ImportError:
-            FDAConfig = None  # noqa: N806 - FDA not built yet: the schema check stands alone
-        valid = _dataclass_fields(FDAConfig) if FDAConfig is not None else None
-        if valid is not None:
-            bad = sorted(set(fda["hparams"]) - set(valid))
-            if bad:
-                out.append(f"{where}.fda.hparams: unknown FDAConfig field(s) {bad}; allowed: {', '.join(valid)}")
-    return out
-
-
-def _hparam_type_problems(spec: Any, given: Mapping[str, Any], where: str) -> list[str]:
-    """Types and ranges through the registry's own check (``baselines.registry.build_hparams``)."""
-    try:
-        from baselines.registry import build_hparams  # type: ignore[import-not-found]
-    except ImportError:
-        return []
-    try:
-        build_hparams(spec, dict(given))
-    except (TypeError, ValueError) as err:
-        return [f"{where}: {err}"]
-    return []
-
-
-def _settings_problems(name: str, section: Mapping[str, Any], where: str) -> list[str]:
-    keys = _suite_setting_keys(name)
-    if not keys:
-        return []  # a paper suite that is not implemented yet: nothing to check against
-    settings = section.get("settings", {})
-    bad = sorted(set(settings) - keys)
-    if bad:
-        return [f"{where}.settings: unknown key(s) {bad}; allowed keys: {', '.join(sorted(keys))}"]
-    if "tasks" in settings and list(settings["tasks"]) != list(section["tasks"]):
-        return [f"{where}.settings.tasks {list(settings['tasks'])} differs from {where}.tasks "
-                f"{list(section['tasks'])}; set the tasks once, under {where}.tasks"]
-    return []
-
-
-def _streaming_problems(name: str, s: Mapping[str, Any], where: str) -> list[str]:
-    """A streaming family needs a suite that streams (and the other way round)."""
+def _family_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
+    """The config ``family`` fits the suite's model (a streaming family only a streaming suite)."""
     try:
         from fda.bench.suites import suite_family
     except ImportError:
@@ -304,7 +323,177 @@ def _streaming_problems(name: str, s: Mapping[str, Any], where: str) -> list[str
         family = suite_family(name)
     except ValueError:  # a suite that is not implemented (yet): nothing to check against
         return []
-    if (s["family"] in STREAMING_FAMILIES) == (family in STREAMING_FAMILIES):
+    fitting = FITTING_FAMILIES.get(family, (family,))
+    if s["family"] in fitting:
         return []
-    return [f"{where}.family: {s['family']!r} does not fit suite '{name}' (a {family!r} suite): the streaming "
-            f"families {sorted(STREAMING_FAMILIES)} run the LLM rules, which only their own suites implement"]
+    text = f"{s['family']!r} does not fit suite '{name}' (a '{family}' suite); use family: {' or '.join(fitting)}"
+    if (s["family"] in STREAMING_FAMILIES) != (family in STREAMING_FAMILIES):
+        text += (f" (the streaming families {sorted(STREAMING_FAMILIES)} run the LLM rules, which only their "
+                 "own suites implement)")
+    return [Problem(("family",), text)]
+
+
+def _task_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
+    """Every task is one of the suite's (its ids, and for the paper suites their display names)."""
+    try:
+        valid = suite_task_names(name)
+    except (ImportError, ValueError):  # a suite that is not implemented (yet)
+        return []
+    unknown = [t for t in s["tasks"] if t not in valid]
+    if not unknown:
+        return []
+    return [Problem(("tasks",), f"unknown task {', '.join(map(repr, unknown))}; allowed: {', '.join(valid)} "
+                                f"(the tasks of suite '{name}')")]
+
+
+def _expert_problems(s: Mapping[str, Any]) -> list[Problem]:
+    tasks = list(s["tasks"])
+    return [Problem(("experts", t), f"task {t!r} is not in tasks; configured tasks: {', '.join(tasks)}")
+            for t in s.get("experts", {}) if t not in tasks]
+
+
+def _init_problems(s: Mapping[str, Any]) -> list[Problem]:
+    """Each FDA init other than ``pretrained`` starts from its baseline's merge: it must be configured."""
+    fda = s.get("fda")
+    if not fda:
+        return []
+    return [Problem(("fda", "inits"), f"init '{init}' needs the baseline '{init}' under methods "
+                                      f"(configured methods: {', '.join(s['methods'])})")
+            for init in fda["inits"] if init != "pretrained" and init not in s["methods"]]
+
+
+# ---------------------------------------------------------------- hyperparameters
+
+
+def _dataclass_fields(cls: Any) -> list[str] | None:
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else None
+
+
+def _baseline_registry() -> Mapping[str, Any] | None:
+    """``baselines.METHODS`` when importable (the workflow config must validate before every part
+    of the code exists)."""
+    try:
+        import baselines  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return getattr(baselines, "METHODS", None) or None
+
+
+def _baseline_problems(s: Mapping[str, Any]) -> list[Problem]:
+    """Each baseline hyperparameter exists and has a valid value, as the method's dataclass
+    (``baselines.METHODS[m].hparams``: types, and ranges in its ``__post_init__``) decides."""
+    registry = _baseline_registry()
+    if registry is None:
+        return []
+    try:
+        from baselines.registry import build_hparams  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    out: list[Problem] = []
+    for method, hp in s["methods"].items():
+        if method in REFERENCE_METHODS or method not in registry:
+            continue
+        spec = registry[method]
+        valid = _dataclass_fields(getattr(spec, "hparams", None))
+        if valid is None:
+            continue
+        mine: list[Problem] = []
+        for key, value in hp.items():
+            if key not in valid:
+                mine.append(Problem(("methods", method, key), f"unknown hyperparameter {key!r} of '{method}'; "
+                                                              f"allowed: {', '.join(valid)}"))
+                continue
+            err = _build_error(build_hparams, spec, {key: value})
+            if err:
+                mine.append(Problem(("methods", method, key), err))
+        if not mine and hp:  # each value alone is fine: check them together
+            err = _build_error(build_hparams, spec, dict(hp))
+            if err:
+                mine.append(Problem(("methods", method), err))
+        out += mine
+    return out
+
+
+def _build_error(build: Any, *args: Any, **kwargs: Any) -> str | None:
+    """The message of the ``TypeError``/``ValueError`` that ``build(*args, **kwargs)`` raises, or None."""
+    try:
+        build(*args, **kwargs)
+    except (TypeError, ValueError) as err:
+        return str(err)
+    return None
+
+
+def _fda_problems(s: Mapping[str, Any]) -> list[Problem]:
+    """Each ``fda.hparams`` and ``fda.per_init.{init}`` field exists in ``fda.FDAConfig`` and has
+    a value it accepts (``FDAConfig`` checks types and ranges when it is built), field by field,
+    over ``FDAConfig.for_family(family, init, size)``."""
+    fda = s.get("fda")
+    if not fda:
+        return []
+    try:
+        from fda import FDAConfig  # type: ignore[attr-defined]
+    except ImportError:
+        return []  # FDA not built yet: the schema check stands alone
+    valid = _dataclass_fields(FDAConfig) or []
+    family, size = s["family"], fda.get("size", "base")
+    given = [(("fda", "hparams", k), "pretrained", k, v) for k, v in fda.get("hparams", {}).items()]
+    given += [(("fda", "per_init", init, k), init, k, v)
+              for init, fields in fda.get("per_init", {}).items() for k, v in fields.items()]
+    out: list[Problem] = []
+    for path, init, key, value in given:
+        if key not in valid:
+            out.append(Problem(path, f"unknown FDAConfig field {key!r}; allowed: {', '.join(valid)}"))
+            continue
+        err = _build_error(FDAConfig.for_family, family, init=init, size=size, **{key: value})
+        if err:
+            out.append(Problem(path, err))
+    return out
+
+
+# ---------------------------------------------------------------- suite settings and sources
+
+
+def _settings_problems(name: str, section: Mapping[str, Any], *, build: bool) -> list[Problem]:
+    """Settings keys exist in the suite's settings dataclass and each value has its type and
+    range; with ``build`` (the tasks are valid) an embedded suite is built from them, for the
+    checks that involve several settings. Paper suites are built by ``_source_problems``."""
+    keys = _suite_setting_keys(name)
+    if not keys:
+        return []  # a paper suite that is not implemented yet: nothing to check against
+    from fda.bench.settings import coerce
+    from fda.bench.suites import get_suite, suite_settings_class
+
+    settings = section.get("settings", {})
+    allowed = ", ".join(sorted(keys))
+    out = [Problem(("settings", k), f"unknown key {k!r}; allowed keys: {allowed}")
+           for k in sorted(set(settings) - keys)]
+    if "tasks" in settings and list(settings["tasks"]) != list(section["tasks"]):
+        out.append(Problem(("settings", "tasks"), f"{list(settings['tasks'])} differs from tasks "
+                                                  f"{list(section['tasks'])}; set the tasks once, under tasks"))
+    cls = suite_settings_class(name)
+    fields = set(_dataclass_fields(cls) or ())
+    for key, value in settings.items():
+        if key in fields and key != "tasks":
+            err = _build_error(coerce, cls, {key: value}, suite=name)
+            if err:
+                out.append(Problem(("settings", key), err))
+    if not out and build and not suite_takes_sources(name):
+        err = _build_error(get_suite, name, dict(settings))
+        if err:
+            out.append(Problem(("settings",), err))
+    return out
+
+
+def _source_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
+    """The paper suites' sources translate and the suite accepts them (task ids, checkpoint family)."""
+    if not suite_takes_sources(name):
+        return []
+    from fda.bench.suites import get_suite
+
+    try:
+        get_suite(name, suite_settings_for({"smoke": False, "suites": {name: s}}, name))
+    except ConfigError as err:  # names its own path
+        return [Problem(None, str(err))]
+    except ValueError as err:  # the suite's own checks (SettingsError, unknown task, missing taskvectors_dir)
+        return [Problem((), str(err))]
+    return []

@@ -4,6 +4,10 @@ vocabulary, config slices and their hashes, and the list of result cells.
 A config slice is the part of the config one job depends on; it is passed to the job as a rule
 ``params`` (so changing a hyperparameter reruns only the jobs that read it) and its hash is
 recorded in every result row (``config_hash``).
+
+The values each file-name wildcard may take are the configured ones, per suite
+(``suite_wildcard_values``): the Snakefile constrains its wildcards to them (``configured_values``)
+and refuses, listing them, a target that names anything else (``check_wildcards``, ``check_cell``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from fda.bench.config.vocabulary import (
     METHODS,
     REFERENCE_METHODS,
     SUITES,
+    ConfigError,
 )
 
 # The vocabulary is defined in ``vocabulary`` (validation reads it too); the Snakefile and the CLI
@@ -38,7 +43,10 @@ __all__ = [
     "canonical_json",
     "cell_slice",
     "cells",
+    "check_cell",
+    "check_wildcards",
     "config_hash",
+    "configured_values",
     "construct_slice",
     "data_slice",
     "eval_slice",
@@ -46,6 +54,8 @@ __all__ = [
     "fda_granularity",
     "fda_hparams",
     "merge_slice",
+    "suite_wildcard_values",
+    "wildcard_problems",
 ]
 
 
@@ -154,3 +164,75 @@ def cells(config: Mapping[str, Any]) -> list[str]:
         if s.get("fda"):
             out += [f"results/{suite}_{init}_fda.csv" for init in s["fda"]["inits"]]
     return out
+
+
+# -------------------------------------------------------------------------------- wildcards
+
+#: the wildcards of the workflow's file names whose values the config lists per suite
+CONFIGURED_WILDCARDS = ("method", "baseline", "reference", "init", "anchorinit", "task", "seed", "block")
+
+
+def suite_wildcard_values(config: Mapping[str, Any], suite: str) -> dict[str, list[str]]:
+    """The values each wildcard may take in ``suite``'s file names, as the config (smoke applied)
+    lists them: ``method`` its methods, ``baseline`` its baselines, ``reference`` ``individual``
+    (every cell's ``normalized`` needs it) and ``pretrained`` if listed, ``init`` / ``anchorinit``
+    its FDA inits and anchor inits, ``task`` its tasks, ``seed`` its seeds, ``block`` its blocks."""
+    s = effective_suite(config, suite)
+    fda = s.get("fda") or {}
+    return {
+        "method": list(s["methods"]),
+        "baseline": [m for m in s["methods"] if m in BASELINE_METHODS],
+        "reference": [m for m in REFERENCE_METHODS if m in s["methods"] or m == "individual"],
+        "init": list(fda.get("inits", [])),
+        "anchorinit": list(fda.get("anchor_inits", [])),
+        "task": list(s["tasks"]),
+        "seed": [str(x) for x in s["seeds"]],
+        "block": [str(b) for b in range(fda["n_blocks"])] if fda else [],
+    }
+
+
+def configured_values(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Per wildcard, the values some configured suite uses (the workflow's global wildcard
+    constraints; ``check_wildcards`` then checks them per suite)."""
+    out: dict[str, list[str]] = {w: [] for w in CONFIGURED_WILDCARDS}
+    for suite in config["suites"]:
+        for w, values in suite_wildcard_values(config, suite).items():
+            out[w] += [v for v in values if v not in out[w]]
+    return out
+
+
+def _smoke_note(config: Mapping[str, Any], suite: str) -> str:
+    """Where the configured values come from when ``smoke`` changes them."""
+    smoke = config.get("smoke") and config["suites"][suite].get("smoke_overrides")
+    return f"; smoke=true: suites.{suite}.smoke_overrides applied" if smoke else ""
+
+
+def wildcard_problems(config: Mapping[str, Any], wildcards: Mapping[str, str]) -> list[str]:
+    """What in ``wildcards`` (one job's, with ``suite``) the config does not configure for that
+    suite; each names the wildcard, its value and the configured values."""
+    suite = wildcards.get("suite")
+    if suite not in config["suites"]:
+        return [f"suite {suite!r} is not configured (configured suites: {', '.join(config['suites'])})"]
+    values = suite_wildcard_values(config, suite)
+    return [f"{name} {value!r} is not configured for suite '{suite}' "
+            f"(configured: {', '.join(values[name]) or 'none'}{_smoke_note(config, suite)})"
+            for name, value in wildcards.items() if name in values and str(value) not in values[name]]
+
+
+def check_wildcards(config: Mapping[str, Any], wildcards: Mapping[str, str]) -> None:
+    """``ConfigError`` when ``wildcards`` name something the config does not configure for the suite."""
+    problems = wildcard_problems(config, wildcards)
+    if problems:
+        raise ConfigError("not part of this config: " + "; ".join(problems))
+
+
+def check_cell(config: Mapping[str, Any], path: str, wildcards: Mapping[str, str]) -> None:
+    """``ConfigError`` listing the configured result cells when ``path`` (a cell file name, parsed
+    into ``wildcards``) is not one of them."""
+    valid = cells(config)
+    if path in valid:
+        return
+    why = "; ".join(wildcard_problems(config, wildcards)) or "not a cell of this config"
+    raise ConfigError(f"{path} is not a result cell of this config: {why}.\n"
+                      "The configured cells (`fda-bench cells CONFIGFILE [--config smoke=true]` lists them):\n  "
+                      + "\n  ".join(valid))

@@ -4,7 +4,7 @@
   (``deep_update`` is the merge; ``load.load_config`` layers config files with it too);
 - the translation of the config's checkpoint sources into the settings a paper suite is built
   with (``suite_settings_for`` and its parts: ``suite_takes_sources``, ``checkpoint_spec``,
-  ``suite_task_id``, ``CLIP_FAMILIES``);
+  ``suite_task_id``, ``suite_task_names``, ``CLIP_FAMILIES``);
 - which suites run the streaming LLM rules (``is_streaming``, ``streaming_suites``,
   ``STREAMING_FAMILIES``) and what their jobs read (``result_tasks``, ``job_settings``,
   ``stream_options``), and the q/k/v layout merges run in (``merge_layout``).
@@ -110,6 +110,18 @@ def _task_aliases(suite: str) -> dict[str, str]:
     out = {t: t for t in s.tasks}
     out.update({v: k for k, v in getattr(s, "display_names", {}).items()})
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def suite_task_names(suite: str) -> tuple[str, ...]:
+    """Every task name the config may use for ``suite``: the tasks its default settings run (all of
+    its tasks), and for the suites that fetch their checkpoints also their display names
+    (``SST-2`` for ``sst2``). ``ValueError`` for a suite that is not implemented."""
+    if suite_takes_sources(suite):
+        return tuple(_task_aliases(suite))
+    from fda.bench.suites import get_suite
+
+    return tuple(get_suite(suite, {}).tasks)
 
 
 def suite_task_id(suite: str, task: str) -> str:

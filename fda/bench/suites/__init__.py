@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fda.bench.suites.assets import MissingAssetError
+from fda.bench.suites.assets import CorruptAssetError, MissingAssetError
 from fda.bench.suites.base import Row, StateDict, Suite
 from fda.bench.suites.minitext import MinitextSettings, MinitextSuite
 from fda.bench.suites.minivision import MinivisionSettings, MinivisionSuite
@@ -57,6 +57,12 @@ def suite_family(name: str) -> str:
     return _REGISTRY[name].family
 
 
+def suite_settings_class(name: str) -> type:
+    """The settings dataclass of suite ``name`` (its fields' types, defaults, help and ranges)."""
+    _check_name(name)
+    return _SETTINGS[name]
+
+
 def suite_settings_schema(name: str) -> dict[str, dict[str, Any]]:
     """``{key: {"type", "default", "help"}}`` of suite ``name`` (plus the ``preset`` key)."""
     _check_name(name)
@@ -65,5 +71,5 @@ def suite_settings_schema(name: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-__all__ = ["SUITES", "MissingAssetError", "Row", "SettingsError", "StateDict", "Suite", "get_suite",
-           "suite_family", "suite_settings_schema", "MinitextSettings", "MinivisionSettings", "MinitextSuite", "MinivisionSuite"]
+__all__ = ["SUITES", "CorruptAssetError", "MissingAssetError", "Row", "SettingsError", "StateDict", "Suite", "get_suite",
+           "suite_family", "suite_settings_class", "suite_settings_schema", "MinitextSettings", "MinivisionSettings", "MinitextSuite", "MinivisionSuite"]

