@@ -13,7 +13,7 @@ from fda.bench.config import naming as cfg_names
 from fda.bench.config import suite_views as cfg_views
 from fda.bench.config.vocabulary import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "config" / "config.yaml"
 PAPER = ROOT / "config" / "paper.yaml"
 

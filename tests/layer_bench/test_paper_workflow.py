@@ -4,7 +4,7 @@ layout, and the real Snakemake rules (fda_jobs: fine, as config/paper.yaml) run 
 `vitb32`-shaped suite (task_vectors checkpoints, fused q/k/v) and a tiny `robertab`-shaped suite
 (local RoBERTa classifiers) from local models and `save_to_disk` datasets to result cells.
 
-The end-to-end test is slow (~30 jobs, each a Python process): `pytest -m slow tests/test_paper_workflow.py`.
+The end-to-end test is slow (~30 jobs, each a Python process): `pytest -m slow tests/layer_bench/test_paper_workflow.py`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """End-to-end runs of the workflow on the embedded suites' smoke settings (slow: they fine-tune,
-merge, construct and evaluate for real). Run with ``pytest -m slow tests/test_workflow_e2e.py``.
+merge, construct and evaluate for real). Run with ``pytest -m slow tests/layer_bench/test_workflow_e2e.py``.
 
 - the smoke run finishes and writes every cell, table and figure (its wall time is printed, not
   asserted: a benchmark measures, a test checks behaviour);

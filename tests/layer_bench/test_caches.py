@@ -17,7 +17,7 @@ import torch
 from fda.io.atomic import atomic_dir, atomic_path, remove_stale_temporaries
 from fda.io.checkpoints import save_state_dict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------ the method's code hash

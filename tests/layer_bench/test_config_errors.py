@@ -28,7 +28,7 @@ from fda.bench.settings import SettingsError
 from fda.bench.suites import CorruptAssetError, MissingAssetError, assets, get_suite
 from fda.bench.suites.minivision import MinivisionSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "config" / "config.yaml"
 _VENV_SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 SNAKEMAKE = str(_VENV_SNAKEMAKE) if _VENV_SNAKEMAKE.exists() else shutil.which("snakemake") or "snakemake"

@@ -27,7 +27,7 @@ from fda.io.streaming import convert_bin_to_safetensors, stream_merge
 from fda.io.synthetic import llama_config, write_expert, write_synthetic_llama
 from fda.io.streaming_ties import kth_largest_abs_multi
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """LLM evaluation: answer extraction, LaTeX normalisation, code tasks through the sandbox, the pipeline.
 
-The sandbox's own attack tests are in tests/test_sandbox.py."""
+The sandbox's own attack tests are in tests/layer_bench/test_sandbox.py."""
 
 from __future__ import annotations
 

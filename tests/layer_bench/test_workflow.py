@@ -18,7 +18,7 @@ from fda.bench.config import load as cfg_load
 from fda.bench.config import naming as cfg_names
 from fda.bench.config import suite_views as cfg_views
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _VENV_SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 SNAKEMAKE = str(_VENV_SNAKEMAKE) if _VENV_SNAKEMAKE.exists() else shutil.which("snakemake") or "snakemake"
 # jobs call `fda-bench`: take it from the interpreter running the tests (the venv need not be active)

@@ -4,7 +4,7 @@ directory outputs, .bin conversion, linking instead of copying, a hub id failing
 the per-layer DAG of config/paper.yaml, and the real rules on a tiny sharded Llama with a math and
 a code expert, from local files to result cells and tables.
 
-The end-to-end test is slow (~20 jobs, each a Python process): `pytest -m slow tests/test_llm_workflow.py`.
+The end-to-end test is slow (~20 jobs, each a Python process): `pytest -m slow tests/layer_bench/test_llm_workflow.py`.
 """
 
 from __future__ import annotations

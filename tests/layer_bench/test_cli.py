@@ -16,7 +16,7 @@ from fda.bench import cli, gpu
 from fda.bench.cli.common import construct_log_record, inputs_key
 from fda.bench.report import results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_validate_config_ok(capsys):
