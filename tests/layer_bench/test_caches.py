@@ -219,3 +219,23 @@ def test_evaluate_refuses_a_non_finite_model(tmp_path):
     with pytest.raises(CheckpointError, match=r"merged\.safetensors: 1 tensor\(s\) hold NaN/inf \('encoder\.bias'\)"):
         cmd_evaluate(args)
     assert not out.exists()
+
+
+def test_adapted_block_cache_follows_the_experts(tiny_clip, capsys):
+    """Adaptation matches the experts' block outputs: a changed expert file is never answered from
+    the block cache, even when its anchors were kept."""
+    from fda.bench import cli
+
+    cli.main(_construct(tiny_clip))
+    adapt = _job("fda-adapt", tiny_clip, HP, "--init", "pretrained", "--anchors-dir", str(tiny_clip / "anchors"),
+                 "--blocks-dir", str(tiny_clip / "blocks"))
+    cli.main(adapt)
+    cli.main(adapt)
+    assert "block 1: cached" in capsys.readouterr().err
+    expert = tiny_clip / "mnist.safetensors"
+    from fda.io.checkpoints import load_state_dict
+
+    save_state_dict({k: v * 1.01 for k, v in load_state_dict(expert).items()}, expert)
+    cli.main(adapt)
+    err = capsys.readouterr().err
+    assert "adapt block 1" in err and "cached" not in err

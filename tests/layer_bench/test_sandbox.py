@@ -436,9 +436,10 @@ def test_generators_and_objects_fail_values_and_exceptions_cross():
 
 
 def test_names_that_cannot_cross_are_never_replaced_by_builtins():
-    # `min` is bound by the solution: when it cannot be brought over, the judge must not use the builtin
-    conditional = "import re\nPATTERN = re.compile('a')\nif False:\n    def min(xs):\n        return 0\n"
-    assert not run_task(CodeTask(conditional, "assert min([3, 1]) == 1\n"), timeout=5).passed
+    # `smallest` is bound by the solution: when it cannot be brought over, the judge must not find
+    # another object of that name (a builtin name is never forwarded at all: see the tests below)
+    conditional = "import re\nPATTERN = re.compile('a')\nif False:\n    def smallest(xs):\n        return 0\n"
+    assert not run_task(CodeTask(conditional, "assert smallest([3, 1]) == 1\n"), timeout=5).passed
     # a top-level object the tests only shadow with a local does not matter
     local = "import re\nx = re.compile('a')\ndef f(v):\n    return v + 1\n"
     assert run_task(CodeTask(local, "def check():\n    x = 1\n    assert f(x) == 2\ncheck()\n"), timeout=5).passed
@@ -535,3 +536,32 @@ def test_harness_survives_a_killed_run(tmp_path):
         run_task(task, timeout=30, memory_mb=mem)
     timer.cancel()
     assert _marked(_marker(mem)) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Builtins the tests use stay the judge's own
+
+
+@pytest.mark.parametrize("shadow,test", [
+    ("def set(*a):\n    return 0\n", "assert set(f([1, 2])) == set([2, 1])\n"),
+    ("def abs(x):\n    return 0\n", "assert abs(len(f([3])) - 1) == abs(0)\nassert abs(len(f([3]))) == abs(1)\n"),
+    ("def sorted(*a, **k):\n    return []\n", "assert sorted(f([2, 1])) == sorted([1, 2])\n"),
+])
+def test_a_solution_cannot_redefine_the_builtins_the_tests_use(shadow, test):
+    """A wrong ``f`` plus a redefined builtin that makes both sides of the assert equal must fail."""
+    task = CodeTask(solution=shadow + "\ndef f(xs):\n    return []\n", tests=test)
+    assert judge_spec(task)["proxied"] == ["f"]
+    assert not run_task(task).passed
+
+
+def test_an_mbpp_function_named_like_a_builtin_is_still_tested():
+    """MBPP 126 tests a function called ``sum``: as the entry point it is forwarded."""
+    from fda.bench.eval.llm.code_tasks import mbpp_entry_point, mbpp_task
+
+    example = {"task_id": 126, "code": "def sum(a, b):\n    return sum_of_divisors(a, b)\n",
+               "test_list": ["assert sum(10, 15) == 6", "assert sum(4, 6) == 3"]}
+    assert mbpp_entry_point(example) == "sum"
+    good = "import math\ndef sum(a, b):\n    return builtins_sum(d for d in range(1, math.gcd(a, b) + 1) if a % d == 0 and b % d == 0)\n" \
+           "import builtins\nbuiltins_sum = builtins.sum\n"
+    assert run_task(mbpp_task(example, good)).passed
+    assert not run_task(mbpp_task(example, "def sum(a, b):\n    return 0\n")).passed

@@ -29,11 +29,15 @@ INITS = ["pretrained", "ta", "tsvm", "wudi"]
 # -------------------------------------------------------------------------------- argument types
 
 
-def json_arg(text: str) -> Any:
+def json_arg(text: str) -> dict[str, Any]:
+    """A JSON object argument (settings, hyperparameters, a source spec): ``{"alpha": 0.3}``."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as err:
         raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"alpha\": 0.3}}', got {type(value).__name__} {text!r}")
+    return value
 
 
 def task_dir(text: str) -> tuple[str, Path]:

@@ -74,7 +74,8 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
     for block in args.block:
         path = blocks_dir / f"block{block}.safetensors"
         anchor_files = [anchors_dir / f"block{block}" / f"{t}.safetensors" for t in tasks]
-        inputs = anchor_files + [Path(args.base)] + ([Path(args.init_model)] if args.init_model else [])
+        # the experts too: adaptation matches their block outputs, not only the anchors built from them
+        inputs = anchor_files + [Path(args.base)] + [d for _, d in args.expert] + ([Path(args.init_model)] if args.init_model else [])
         key = inputs_key(inputs, {"fda": args.fda, "init": args.init, "seed": args.seed, "tasks": tasks})
         if path.is_file() and read_metadata(path).get("cache_key") == key:
             log(f"block {block}: cached ({path})")  # a killed coarse job resumes here

@@ -70,12 +70,26 @@ def humaneval_task(example: dict, completion: str) -> CodeTask:
     return CodeTask(solution=solution, tests=f"{example['test']}\n\ncheck({entry})\n", setup=example["prompt"], entry_point=entry)
 
 
+def mbpp_entry_point(example: dict) -> str | None:
+    """The function an MBPP problem tests: the one its reference ``code`` defines and its asserts
+    call, when there is exactly one (None without reference code). It is forwarded to the solution
+    even when it shadows a builtin (MBPP 126 tests a ``sum``)."""
+    try:
+        defined = {n.name for n in ast.parse(example.get("code") or "").body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        called = {n.id for t in example.get("test_list") or [] for n in ast.walk(ast.parse(t)) if isinstance(n, ast.Name)}
+    except SyntaxError:
+        return None
+    tested = defined & called
+    return tested.pop() if len(tested) == 1 else None
+
+
 def mbpp_task(example: dict, completion: str) -> CodeTask:
     """The task for one MBPP problem: the extracted solution, its ``assert`` lines and setup code."""
     tests = list(example.get("test_list") or [])
     if not tests:
         raise ValueError(f"MBPP example {example.get('task_id')!r} has no test_list")
-    return CodeTask(solution=extract_code(completion), tests="\n".join(tests) + "\n", setup=example.get("test_setup_code") or "")
+    return CodeTask(solution=extract_code(completion), tests="\n".join(tests) + "\n", setup=example.get("test_setup_code") or "",
+                    entry_point=mbpp_entry_point(example))
 
 
 def pass_at_1(tasks: Sequence[CodeTask], **sandbox_kwargs: object) -> tuple[float, list[ExecResult]]:

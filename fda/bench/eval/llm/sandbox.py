@@ -42,6 +42,7 @@ model's code runs with the harness's rights) and must be asked for explicitly.
 from __future__ import annotations
 
 import ast
+import builtins
 import contextlib
 import dataclasses
 import functools
@@ -383,6 +384,10 @@ def _stage_source() -> str:
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
+#: the tests' builtins stay the judge's own, whatever the solution defines
+_BUILTIN_NAMES = frozenset(dir(builtins))
+
+
 def _module_bindings(source: str) -> tuple[set[str], set[str]]:
     """(names ``source`` binds at module level, those bound by a plain ``import name``)."""
     try:
@@ -426,12 +431,14 @@ def judge_spec(task: CodeTask) -> dict:
 
     Forwarded: names the setup/tests read that the solution binds and the setup/tests do not
     (the trusted definition wins, as in MBPP's program order), plus ``entry_point``. A name the
-    solution binds with a plain ``import math`` is imported by the judge itself instead.
+    solution binds with a plain ``import math`` is imported by the judge itself instead. Builtins
+    are never forwarded (only as the ``entry_point``): a solution that redefines ``abs`` or ``set``
+    must not change what the tests compute with them.
     """
     solution_names, solution_modules = _module_bindings(task.solution)
     trusted_names = _module_bindings(task.setup)[0] | _module_bindings(task.tests)[0]
     wanted = (_names_used(task.setup) | _names_used(task.tests)) & solution_names
-    wanted -= trusted_names | {task.entry_point}
+    wanted -= trusted_names | {task.entry_point} | _BUILTIN_NAMES
     return {"setup": task.setup, "tests": task.tests, "entry_point": task.entry_point,
             "modules": sorted(wanted & solution_modules), "proxied": sorted(wanted - solution_modules)}
 
