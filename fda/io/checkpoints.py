@@ -291,6 +291,10 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, 
 
     ``metadata`` values must be strings (safetensors stores a str->str header).
     """
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: cannot save {len(bad)} non-tensor value(s), e.g. {bad[0]!r} "
+                              f"({type(state[bad[0]]).__name__}); a state dict maps names to torch tensors")
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     tensors = {k: _own_storage(v) for k, v in state.items()}
     with atomic_path(path) as tmp:

@@ -63,8 +63,11 @@ class ShardedWriter:
     buffered plus the block being added (a single tensor larger than the cap gets its own shard).
     """
 
-    def __init__(self, out_dir: str | os.PathLike, *, shard_size: int | str = "5GB", resume: bool = False):
+    def __init__(self, out_dir: str | os.PathLike, *, shard_size: int | str = "5GB", resume: bool = False,
+                 run_key: str | None = None):
         self.out_dir = Path(out_dir)
+        # what the shards are a merge of: a resumed run keeps only blocks written under the same key
+        self.run_key = run_key
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shard_size = parse_size(shard_size)
         self._buffer: dict[str, torch.Tensor] = {}
@@ -99,6 +102,9 @@ class ShardedWriter:
             incomplete = set(data.get("incomplete", []))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise CheckpointError(f"{path}: unreadable progress manifest ({err}); delete it (and {self.out_dir}'s shards) to start over") from err
+        if data.get("run_key") != self.run_key:  # shards of another merge (other method, settings or inputs)
+            self._clean_partials(keep=set())
+            return
         present = {f: kb for f, kb in shards.items() if (self.out_dir / f).is_file()}
         # a block is kept only if none of its tensors sits in a lost shard or was never flushed
         lost_blocks = incomplete | {b for f, kb in shards.items() if f not in present for b in kb.values()}
@@ -126,6 +132,7 @@ class ShardedWriter:
             "sizes": self._sizes,
             # blocks with tensors still in memory: any flushed part of them is not reusable
             "incomplete": open_blocks,
+            "run_key": self.run_key,
         }
         write_json_atomic(data, self.out_dir / PROGRESS_FILE)
 
@@ -179,7 +186,10 @@ class ShardedWriter:
             final = f"model-{i:05d}-of-{n:05d}.safetensors"
             os.replace(self.out_dir / f, self.out_dir / final)
             weight_map.update({k: final for k in self._shards[f]})
-        index = {"metadata": {"total_size": sum(self._sizes.values()), **dict(metadata or {})}, "weight_map": weight_map}
+        meta = {"total_size": sum(self._sizes.values()), **dict(metadata or {})}
+        if self.run_key is not None:
+            meta["run_key"] = self.run_key
+        index = {"metadata": meta, "weight_map": weight_map}
         path = write_json_atomic(index, self.out_dir / SAFETENSORS_INDEX)
         (self.out_dir / PROGRESS_FILE).unlink(missing_ok=True)
         self._finished = True

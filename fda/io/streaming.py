@@ -21,6 +21,7 @@ task vectors, 2 × 65536 counters per task, no per-entry storage); see :func:`gl
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -129,7 +130,9 @@ def stream_merge(
     ``out_dir`` loads with ``from_pretrained``.
 
     ``shard_size``: output shard cap (bytes or ``"2GB"``); ``resume``: keep blocks that a killed run
-    already flushed. Peak memory is about (m + 2) blocks + ``shard_size``.
+    of the same merge already flushed, or its finished output (same method, hyperparameters, inputs
+    and options, recorded as ``run_key`` in the progress file and the index; anything else is
+    merged anew). Peak memory is about (m + 2) blocks + ``shard_size``.
 
     Every float tensor read is checked to be finite (``MergeInputError`` naming the source directory
     and key; ``ties`` checks in its first threshold pass, before anything is written); named methods
@@ -148,7 +151,8 @@ def stream_merge(
     for src in [base, *experts]:
         if out.resolve() == src.path.resolve():
             raise StreamingError(f"out_dir {out} is an input checkpoint; choose another directory")
-    if resume and _complete_output(out, base.keys()):
+    run_key = _run_key(method, hparams, [base, *experts], block_pattern, vocab_mismatch, shard_size)
+    if resume and _complete_output(out, base.keys(), run_key):
         # a finished run (killed at most after its index was written): keep it as it is
         copy_model_files(files_from or base_dir, out)
         (out / PROGRESS_FILE).unlink(missing_ok=True)
@@ -157,7 +161,7 @@ def stream_merge(
         return StreamReport(out, index, [], list(blocks), len(base.keys()), total, time.perf_counter() - t0)
     method_label = method if isinstance(method, str) else getattr(method, "__name__", "callable")
     merge_fn = _block_method(method, hparams, base, experts, blocks, truncate)  # ties: threshold passes here
-    writer = ShardedWriter(out, shard_size=shard_size, resume=resume)
+    writer = ShardedWriter(out, shard_size=shard_size, resume=resume, run_key=run_key)
     merged_names, skipped = [], []
     bar = _progress(blocks, progress)
     for name, keys in blocks.items():
@@ -197,15 +201,30 @@ def stream_merge(
     return StreamReport(out, index, merged_names, skipped, len(base.keys()), total, time.perf_counter() - t0)
 
 
-def _complete_output(out: Path, keys: Sequence[str]) -> bool:
+def _run_key(method: str | MergeFn, hparams: Mapping[str, Any], sources: Sequence[StreamSource], block_pattern: str,
+             vocab_mismatch: str, shard_size: int | str) -> str:
+    """What a merge's output depends on: the method (a callable by its ``__qualname__``: give
+    different merge functions different names), its hyperparameters, the options, and each input's
+    weight files by (path, size, mtime)."""
+    label = method if isinstance(method, str) else "callable:" + getattr(method, "__qualname__", type(method).__qualname__)
+    files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns)
+             for src in sources for f in sorted({src.shard_of(k) for k in src.keys()})]
+    blob = json.dumps({"method": label, "hparams": dict(hparams), "files": files, "block_pattern": block_pattern,
+                       "vocab_mismatch": vocab_mismatch, "shard_size": str(shard_size)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _complete_output(out: Path, keys: Sequence[str], run_key: str) -> bool:
+    """Whether ``out`` holds the finished output of this very merge (its index records ``run_key``)."""
     index = out / SAFETENSORS_INDEX
     if not index.is_file():
         return False
     try:
-        wm = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        data = json.loads(index.read_text())
+        wm, recorded = data["weight_map"], data["metadata"].get("run_key")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return False
-    return set(wm) == set(keys) and all((out / f).is_file() for f in set(wm.values()))
+    return recorded == run_key and set(wm) == set(keys) and all((out / f).is_file() for f in set(wm.values()))
 
 
 def copy_model_files(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:

@@ -144,3 +144,9 @@ def test_metadata_order_is_canonical_so_files_are_byte_identical(tmp_path):
     assert len(blobs) == 1
     assert read_metadata(tmp_path / "m0.safetensors") == meta
     _assert_equal(load_state_dict(tmp_path / "m0.safetensors"), _state())
+
+
+def test_saving_a_non_tensor_names_the_key(tmp_path):
+    with pytest.raises(CheckpointError, match=r"non-tensor value\(s\), e\.g\. 'a' \(list\)"):
+        save_state_dict({"w": torch.zeros(2), "a": [1, 2]}, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()

@@ -176,12 +176,12 @@ _KILL_SCRIPT = """
 import os, sys
 from fda.io.streaming import stream_merge
 calls = []
-def ta(pre, exps):
+def _ta(pre, exps):  # the test's _ta (a resumed merge continues only the same method)
     calls.append(1)
     if len(calls) == 3:
         os._exit(17)  # die like a SIGKILL-ed job: no cleanup, no finally blocks
     return {k: pre[k] + 0.5 * sum(e[k] - pre[k] for e in exps) for k in pre}
-stream_merge(ta, sys.argv[1], sys.argv[2:4], sys.argv[4], shard_size=2000)
+stream_merge(_ta, sys.argv[1], sys.argv[2:4], sys.argv[4], shard_size=2000)
 """
 
 
@@ -292,6 +292,33 @@ def test_resume_of_a_finished_merge_does_nothing_and_typos_fail_before_io(llama_
     with pytest.raises(baselines.UnknownMethodError, match="ties"):
         stream_merge("tiez", base, experts, tmp_path / "typo")
     assert not (tmp_path / "typo").exists()
+
+
+def test_resume_never_keeps_the_output_of_another_merge(llama_dirs, tmp_path):
+    """``resume`` continues the same merge only: other hyperparameters (finished or killed run) merge anew."""
+    from fda.io.checkpoints import load_state_dict
+
+    base, experts = llama_dirs
+    out = tmp_path / "out"
+    stream_merge("ta", base, experts, out, hparams={"alpha": 0.3}, shard_size="30KB")
+    again = stream_merge("ta", base, experts, out, hparams={"alpha": 0.9}, shard_size="30KB", resume=True)
+    assert again.blocks_skipped == [] and again.blocks_merged
+    fresh = stream_merge("ta", base, experts, tmp_path / "fresh", hparams={"alpha": 0.9}, shard_size="30KB")
+    got, want = load_state_dict(out), load_state_dict(fresh.out_dir)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    # a killed run's flushed blocks of other settings are not reused either
+    (out / "model.safetensors.index.json").unlink()
+    from fda.io.sharded_writer import PROGRESS_FILE, ShardedWriter
+
+    writer = ShardedWriter(tmp_path / "killed", shard_size="30KB", run_key="another merge")
+    for name, block in list(iter_blocks(StreamSource(fresh.out_dir)))[:2]:
+        writer.add_block(name, {k: v + 1 for k, v in block.items()})
+    writer.flush()
+    assert (tmp_path / "killed" / PROGRESS_FILE).is_file()
+    resumed = stream_merge("ta", base, experts, tmp_path / "killed", hparams={"alpha": 0.9}, shard_size="30KB", resume=True)
+    assert resumed.blocks_skipped == []
+    got = load_state_dict(tmp_path / "killed")
+    assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 @pytest.mark.parametrize("method,hparams", [("ta", {"alpha": 0.5}), ("ties", {"topk": 10.0})])
