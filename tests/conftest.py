@@ -14,3 +14,21 @@ import torch  # noqa: E402
 def _seed_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture()
+def tiny_clip(tmp_path):
+    """``tmp_path`` holding a 2-block HF CLIP vision base (``base/``, the vitb32 suite's model
+    class) and one expert of it (``mnist.safetensors``): the inputs of an FDA block job."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from fda.io.checkpoints import save_state_dict
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=16, patch_size=8, projection_dim=8)
+    base = CLIPVisionModelWithProjection(cfg)
+    base.save_pretrained(tmp_path / "base")
+    expert = {k: v + 0.05 * torch.randn_like(v) for k, v in base.state_dict().items()}
+    save_state_dict(expert, tmp_path / "mnist.safetensors")
+    return tmp_path

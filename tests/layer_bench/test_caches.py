@@ -49,21 +49,6 @@ def test_method_code_hash_follows_the_method_not_the_harness(tmp_path):
 # ------------------------------------------------------------------ FDA block jobs
 
 
-@pytest.fixture()
-def tiny_clip(tmp_path):
-    """A 2-block HF CLIP vision base and one expert (the vitb32 suite's model class)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=16, patch_size=8, projection_dim=8)
-    base = CLIPVisionModelWithProjection(cfg)
-    base.save_pretrained(tmp_path / "base")
-    expert = {k: v + 0.05 * torch.randn_like(v) for k, v in base.state_dict().items()}
-    save_state_dict(expert, tmp_path / "mnist.safetensors")
-    return tmp_path
-
-
 def _job(kind: str, root: Path, fda_hp: dict, *extra: str) -> list[str]:
     return [kind, "--suite", "vitb32", "--family", "openclip", "--fda", json.dumps(fda_hp), "--anchor-init", "gauss",
             "--n-blocks", "2", "--base", str(root / "base"), "--expert", f"MNIST={root / 'mnist.safetensors'}",

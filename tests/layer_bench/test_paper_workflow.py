@@ -131,22 +131,14 @@ def test_merge_command_runs_in_the_suites_layout(tmp_path):
     assert not torch.allclose(outs["fused"][q], outs["split"][q])
 
 
-def test_fda_construct_runs_in_the_suites_layout(tmp_path):
+def test_fda_construct_runs_in_the_suites_layout(tiny_clip):
     """`fda-bench fda-construct --suite vitb32` builds its loss in the suite's q/k/v layout (fused:
     the open_clip in_proj of the official vision code) and records it with the anchors. Both runs
     share one block cache: anchors of the other layout are not reused from it."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
     import fda
     from fda.bench import cli
 
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=16, patch_size=8, projection_dim=8)
-    base = CLIPVisionModelWithProjection(cfg)
-    base.save_pretrained(tmp_path / "base")
-    expert = {k: v + 0.05 * torch.randn_like(v) for k, v in base.state_dict().items()}
-    save_state_dict(expert, tmp_path / "mnist.safetensors")
+    tmp_path = tiny_clip
     fda_hp = json.dumps({"n_anchors": 2, "construct_steps": 2, "progress": False})
     qkv = "self_attn.qkv_proj.weight"
     for layout in ("fused", "split"):
