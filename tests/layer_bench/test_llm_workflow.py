@@ -22,6 +22,7 @@ import yaml
 
 from fda.bench import cli
 from fda.bench.cli import llm as cli_llm
+from fda.bench.cli.common import UsageError
 from fda.bench.config import load as cfg_load
 from fda.bench.config import naming as cfg_names
 from fda.bench.config import suite_views as cfg_views
@@ -205,18 +206,21 @@ def test_llm_command_argument_errors(llama, argv, match, tmp_path):
     argv = [*argv, *fda, "--out", str(tmp_path / "out")]
     if argv[0] == "llm-construct":
         argv += ["--log", str(tmp_path / "log.json")]
-    with pytest.raises(SystemExit, match=match):
-        _run(*argv)
+    with pytest.raises(UsageError, match=match):
+        _run("--debug", *argv)
     assert not (tmp_path / "out").exists()
 
 
-def test_llm_eval_argument_errors(tmp_path):
-    with pytest.raises(SystemExit, match=r"without --model every task needs --expert TASK=DIR; missing \['code'\]"):
-        _run("llm-eval", "--suite", "llama13b", "--tasks", "math", "code", "--expert", "math=m", "--data", "d",
+def test_llm_eval_argument_errors(tmp_path, capsys):
+    with pytest.raises(UsageError, match=r"without --model every task needs --expert TASK=DIR; missing \['code'\]"):
+        _run("--debug", "llm-eval", "--suite", "llama13b", "--tasks", "math", "code", "--expert", "math=m", "--data", "d",
              "--method", "individual", "--out", str(tmp_path / "rows.csv"))
-    with pytest.raises(SystemExit, match=r"suite 'minitext' is not an LLM suite; use fda-bench evaluate"):
-        _run("llm-eval", "--suite", "minitext", "--model", "m", "--tasks", "tech", "--data", "d",
-             "--method", "ta", "--out", str(tmp_path / "rows.csv"))
+    # without --debug: one line naming the problem, exit 2, no traceback
+    assert _run("llm-eval", "--suite", "minitext", "--model", "m", "--tasks", "tech", "--data", "d",
+                "--method", "ta", "--out", str(tmp_path / "rows.csv")) == 2
+    err = capsys.readouterr().err
+    assert "fda-bench llm-eval: error: suite 'minitext' is not an LLM suite; use fda-bench evaluate" in err
+    assert "Traceback" not in err
     with pytest.raises(SystemExit) as info:  # argparse: experts are required
         _run("stream-merge", "--method", "ta", "--base", "b", "--out", str(tmp_path / "m"))
     assert info.value.code == 2

@@ -66,6 +66,7 @@ DEBUG_ENV = "FDA_BENCH_DEBUG"
 #: HyperparameterError, MergeInputError and NonFiniteError; MissingAssetError covers
 #: CorruptAssetError). Left out on purpose: baselines' RegistrationError (a broken method module: a bug).
 PROJECT_ERRORS: tuple[tuple[str, str], ...] = (
+    ("fda.bench.cli.common", "UsageError"),
     ("fda.bench.config.vocabulary", "ConfigError"),
     ("fda.bench.settings", "SettingsError"),
     ("fda.bench.suites.assets", "MissingAssetError"),

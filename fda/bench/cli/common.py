@@ -29,6 +29,12 @@ INITS = ["pretrained", "ta", "tsvm", "wudi"]
 # -------------------------------------------------------------------------------- argument types
 
 
+class UsageError(ValueError):
+    """A command's arguments that do not fit each other or its inputs (``--init`` without
+    ``--init-model``, a block beyond the model, a task given twice): the message says which and how
+    to fix it, and ``fda-bench`` prints it as one line (exit 2)."""
+
+
 def json_arg(text: str) -> dict[str, Any]:
     """A JSON object argument (settings, hyperparameters, a source spec): ``{"alpha": 0.3}``."""
     try:
@@ -89,14 +95,10 @@ def suite_of(args: argparse.Namespace):
 
 def suite_task(suite, task: str) -> str:
     """The suite's id for a workflow task name: the paper suites' configs use the tables' display
-    names (``SST-2``), the suites their ids (``sst2``)."""
+    names (``SST-2``), the suites their ids (``sst2``). An unknown task is a ``ConfigError``."""
     from fda.bench.config.suite_views import suite_task_id
-    from fda.bench.config.vocabulary import ConfigError
 
-    try:
-        return suite_task_id(suite.name, task)
-    except ConfigError as err:
-        raise SystemExit(str(err)) from err
+    return suite_task_id(suite.name, task)
 
 
 def load_experts(pairs: Sequence[tuple[str, Path]]):
@@ -120,7 +122,7 @@ def fda_config(args: argparse.Namespace, init: str = "pretrained"):
     fields = {f.name for f in dataclasses.fields(FDAConfig)}
     unknown = sorted(set(args.fda) - fields)
     if unknown:
-        raise SystemExit(f"unknown FDA hyperparameter(s) {unknown}; FDAConfig fields: {', '.join(sorted(fields))}")
+        raise UsageError(f"unknown FDA hyperparameter(s) {unknown}; FDAConfig fields: {', '.join(sorted(fields))}")
     overrides = {**args.fda, "seed": args.seed}
     if "qkv_layout" not in overrides and hasattr(args, "settings"):
         overrides["qkv_layout"] = suite_of(args).qkv_layout
@@ -148,10 +150,10 @@ def check_blocks(model, n_blocks: int | None, blocks: Sequence[int]) -> None:
         return
     actual = count_blocks(model)
     if actual is not None and actual != n_blocks:
-        raise SystemExit(f"config says fda.n_blocks={n_blocks} but the model has {actual} blocks; fix the config")
+        raise UsageError(f"config says fda.n_blocks={n_blocks} but the model has {actual} blocks; fix the config")
     bad = [b for b in blocks if not 0 <= b < n_blocks]
     if bad:
-        raise SystemExit(f"block(s) {bad} out of range 0..{n_blocks - 1}")
+        raise UsageError(f"block(s) {bad} out of range 0..{n_blocks - 1}")
 
 
 # -------------------------------------------------------------------------------- logs and cache keys

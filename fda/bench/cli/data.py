@@ -7,7 +7,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from fda.bench.cli.common import AddCommand, json_arg, replace_dir, suite_args, suite_of, suite_task
+from fda.bench.cli.common import AddCommand, UsageError, json_arg, replace_dir, suite_args, suite_of, suite_task
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
@@ -41,7 +41,7 @@ def cmd_prepare_expert(args: argparse.Namespace) -> int:
     if "path" in source and not suite_takes_sources(args.suite):
         src = Path(source["path"])
         if not (src / "head.safetensors").is_file():
-            raise SystemExit(f"expert for task {args.task}: {src} must be an HF encoder directory with head.safetensors")
+            raise UsageError(f"expert for task {args.task}: {src} must be an HF encoder directory with head.safetensors")
         shutil.copytree(src, tmp)
     else:
         suite = suite_of(args)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fda.bench.cli.common import (INITS, AddCommand, construct_log_record, fda_config, inputs_key, json_arg, log,
-                                  replace_dir, suite_of, suite_task, task_dir)
+                                  replace_dir, suite_of, suite_task, task_dir, UsageError)
 
 #: the staging directory's record of what it is building (the resume key)
 STAGING_KEY = ".fda-bench-staging.json"
@@ -54,10 +54,10 @@ def _num_layers(model_dir: Path) -> int:
     """``num_hidden_layers`` of ``model_dir/config.json``."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise SystemExit(f"{model_dir}: no config.json; --base must be an HF model directory")
+        raise UsageError(f"{model_dir}: no config.json; --base must be an HF model directory")
     n = json.loads(path.read_text()).get("num_hidden_layers")
     if not isinstance(n, int):
-        raise SystemExit(f"{path}: no integer num_hidden_layers; is this a decoder LLM?")
+        raise UsageError(f"{path}: no integer num_hidden_layers; is this a decoder LLM?")
     return n
 
 
@@ -65,32 +65,32 @@ def _check_layers(base: Path, n_blocks: int | None, layer: int | None = None) ->
     """The config's ``fda.n_blocks`` and the job's ``--layer`` against the base's layer count."""
     actual = _num_layers(base)
     if n_blocks is not None and n_blocks != actual:
-        raise SystemExit(f"config says fda.n_blocks={n_blocks} but {base}/config.json has num_hidden_layers={actual}; "
+        raise UsageError(f"config says fda.n_blocks={n_blocks} but {base}/config.json has num_hidden_layers={actual}; "
                          f"set fda.n_blocks: {actual}")
     if layer is not None and not 0 <= layer < actual:
-        raise SystemExit(f"--layer {layer} is out of range 0..{actual - 1} ({base}/config.json)")
+        raise UsageError(f"--layer {layer} is out of range 0..{actual - 1} ({base}/config.json)")
 
 
 def _check_init(args: argparse.Namespace) -> None:
     """A merged init (ta, tsvm, wudi) needs its merged directory; ``pretrained`` takes none."""
     if args.init == "pretrained" and args.init_model:
-        raise SystemExit("--init pretrained adapts the base itself: drop --init-model")
+        raise UsageError("--init pretrained adapts the base itself: drop --init-model")
     if args.init != "pretrained" and not args.init_model:
-        raise SystemExit(f"--init {args.init} needs --init-model, the {args.init} merge's directory (fda-bench stream-merge)")
+        raise UsageError(f"--init {args.init} needs --init-model, the {args.init} merge's directory (fda-bench stream-merge)")
 
 
 def _anchor_files(pairs: Sequence[tuple[str, Path]], tasks: Sequence[str]) -> list[Path]:
     """``--anchors TASK=FILE`` in the experts' order; every expert exactly once."""
     given = dict(pairs)
     if len(given) != len(pairs) or sorted(given) != sorted(tasks):
-        raise SystemExit(f"--anchors gives tasks {[t for t, _ in pairs]}; need each expert's anchors once: {list(tasks)}")
+        raise UsageError(f"--anchors gives tasks {[t for t, _ in pairs]}; need each expert's anchors once: {list(tasks)}")
     return [given[t] for t in tasks]
 
 
 def _expert_dirs(pairs: Sequence[tuple[str, Path]]) -> tuple[list[str], list[Path]]:
     tasks = [t for t, _ in pairs]
     if len(set(tasks)) != len(tasks):
-        raise SystemExit(f"--expert names a task twice: {tasks}")
+        raise UsageError(f"--expert names a task twice: {tasks}")
     return tasks, [d for _, d in pairs]
 
 
@@ -131,7 +131,7 @@ def cmd_llm_construct(args: argparse.Namespace) -> int:
 
     tasks, dirs = _expert_dirs(args.expert)
     if args.task not in tasks:
-        raise SystemExit(f"--task {args.task} is not one of the experts {tasks}")
+        raise UsageError(f"--task {args.task} is not one of the experts {tasks}")
     _check_layers(Path(args.base), args.n_blocks, args.layer)
     cfg = fda_config(args)  # construction settings do not depend on the init
     log(f"construct layer {args.layer} for {args.task} ({args.anchor_init} anchors)")
@@ -173,7 +173,7 @@ def cmd_llm_assemble(args: argparse.Namespace) -> int:
 
     _check_init(args)
     if args.n_blocks is not None and len(args.blocks) != args.n_blocks:
-        raise SystemExit(f"{len(args.blocks)} adapted block files for fda.n_blocks={args.n_blocks}; pass one per block")
+        raise UsageError(f"{len(args.blocks)} adapted block files for fda.n_blocks={args.n_blocks}; pass one per block")
     source = assembly_source(fda_config(args, args.init).non_block, args.base, args.init_model)
     out = Path(args.out)
     key = inputs_key([Path(source), *map(Path, args.blocks)], {"shard_size": args.shard_size})
@@ -189,7 +189,7 @@ def cmd_llm_eval(args: argparse.Namespace) -> int:
 
     suite = suite_of(args)
     if not hasattr(suite, "evaluate_dir"):
-        raise SystemExit(f"suite '{args.suite}' is not an LLM suite; use fda-bench evaluate")
+        raise UsageError(f"suite '{args.suite}' is not an LLM suite; use fda-bench evaluate")
     tasks = [suite_task(suite, t) for t in args.tasks]
     experts = dict(args.expert or [])
     gen = Path(args.generations_dir) if args.generations_dir else None
@@ -199,7 +199,7 @@ def cmd_llm_eval(args: argparse.Namespace) -> int:
     else:  # `individual`: each expert on its own task's benchmarks
         missing = [t for t in tasks if t not in experts]
         if missing:
-            raise SystemExit(f"without --model every task needs --expert TASK=DIR; missing {missing}")
+            raise UsageError(f"without --model every task needs --expert TASK=DIR; missing {missing}")
         rows = []
         for t in tasks:
             log(f"evaluate the {t} expert ({experts[t]}) on its own task")
