@@ -10,10 +10,17 @@ from pathlib import Path
 from fda.bench.cli.common import AddCommand, UsageError, json_arg, replace_dir, suite_args, suite_of, suite_task
 
 
+def _staging(out: Path) -> Path:
+    """The temporary sibling a command builds ``out`` in, then renames (``replace_dir``); a killed
+    run's leftover is removed first."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")  # build under a temporary name, then rename
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _staging(out)
     suite_of(args).prepare_data(tmp, args.seed)
     replace_dir(tmp, out)
     return 0
@@ -21,8 +28,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 def cmd_prepare_base(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _staging(out)
     suite_of(args).prepare_base(tmp, Path(args.data), args.seed)
     replace_dir(tmp, out)
     return 0
@@ -32,8 +38,7 @@ def cmd_prepare_expert(args: argparse.Namespace) -> int:
     from fda.bench.config.suite_views import suite_takes_sources
 
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _staging(out)
     source = args.source or {}
     # The paper suites fetch, convert and verify their experts themselves (the configured source
     # reaches them through --settings); for the embedded suites a {path} expert is a ready

@@ -13,11 +13,10 @@ from fda.bench.cli.common import AddCommand, log, suite_args, suite_of, suite_ta
 def refuse_non_finite(state: Mapping[str, Any], path: str | Path) -> None:
     """A model with NaN/inf weights scores at chance level, which would be written into a result
     cell as if it were a result: refuse it, naming the file and the first offending tensors."""
-    import torch
-
+    from baselines.finite import is_finite
     from fda.io.checkpoints import CheckpointError
 
-    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [k for k, t in state.items() if not is_finite(t)]
     if bad:
         shown = ", ".join(repr(k) for k in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN/inf ({shown}); refusing to evaluate a "
