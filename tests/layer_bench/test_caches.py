@@ -224,3 +224,19 @@ def test_adapted_block_cache_follows_the_experts(tiny_clip, capsys):
     cli.main(adapt)
     err = capsys.readouterr().err
     assert "adapt block 1" in err and "cached" not in err
+
+
+def test_every_rule_that_runs_the_method_reruns_when_its_code_changes():
+    """Snakemake's params trigger reruns a job when a param changes: every rule that merges,
+    constructs, adapts or assembles must take the method's code version as a param."""
+    import re
+
+    commands = ("fda-bench merge", "fda-bench fda-construct", "fda-bench fda-adapt", "fda-bench fda-assemble",
+                "fda-bench stream-merge", "fda-bench llm-construct", "fda-bench llm-adapt", "fda-bench llm-assemble")
+    found = 0
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for rule in re.split(r"(?m)^(?=\s*rule\b)", smk.read_text()):
+            if any(c in rule for c in commands):
+                found += 1
+                assert re.search(r"(?m)^\s*code=METHOD_CODE,", rule), f"{smk.name}: a rule running the method lacks code=METHOD_CODE:\n{rule[:300]}"
+    assert found >= 10  # merge, 2 construct, 3 adapt/assemble, 4 LLM rules

@@ -168,3 +168,9 @@ def test_every_subcommand_has_help():
         "fda-adapt", "fda-assemble", "evaluate", "cell", "aggregate", "figures", "construction-figures",
         "stream-merge", "convert-bin", "llm-construct", "llm-adapt", "llm-assemble", "llm-eval"}
     assert cli.GPU_COMMANDS <= set(sub.choices)
+
+
+def test_json_arguments_must_be_objects(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["merge", "--method", "ta", "--hparams", "[0.3]", "--base", "b", "--expert", "t=d", "--out", "o"])
+    assert "expected a JSON object" in capsys.readouterr().err
