@@ -44,7 +44,10 @@ from fda.blocks import BlockAdapter, LossTerm
 StateDict = dict[str, torch.Tensor]
 
 SIMILARITIES = ("cos", "mse", "l1")
-ANCHOR_INITS = ("gauss", "weight")
+#: gauss and weight are the paper's; task_span is BEYOND it (see :func:`task_span_anchors`)
+ANCHOR_INITS = ("gauss", "weight", "task_span")
+#: adamw is the paper's and the official code's; lbfgs is BEYOND it (see :func:`construct_anchors`)
+CONSTRUCT_OPTIMIZERS = ("adamw", "lbfgs")
 # cosine of a zero vector: 0 instead of NaN (same eps as torch's cosine_similarity default)
 COS_EPS = 1e-8
 # what to do with tensors whose induced gradient is identically zero (attention key biases):
@@ -122,6 +125,43 @@ def weight_anchors(
     return official_to_canonical(chosen.reshape(_official_shape(adapter.official_layout, n, tokens, d)), adapter.official_layout)
 
 
+def task_span_anchors(
+    adapter: BlockAdapter,
+    block: int,
+    pretrained: Mapping[str, torch.Tensor],
+    finetuned: Mapping[str, torch.Tensor],
+    n: int,
+    tokens: int,
+    sigma: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """BEYOND the paper: tokens drawn from the row span of the expert's task vector, canonical shape.
+
+    The anchors' gradient must align with τ; a token x enters the gradient of a weight W that reads
+    the block input as (∂S/∂(Wx)) xᵀ, so tokens in the span of τ_W's rows start closer to it than
+    isotropic noise. With ``M [R, d]`` the block's input-reading weight deltas (q, k, v and the
+    first MLP layer: :meth:`~fda.blocks.BlockAdapter.input_reading_names`), each divided by its
+    Frobenius norm and stacked, every token is ``Mᵀz`` with ``z ~ N(0, I_R)`` (covariance ``MᵀM``),
+    rescaled to the median row norm of the finetuned block's width-d weights (the ``weight`` init's
+    pool, so both start at the same scale), plus ``N(0, σ²)`` noise. A block whose deltas are all
+    zero draws ``z`` in ``R^d`` instead (isotropic tokens at the same scale).
+    """
+    names = adapter.input_reading_names(block)
+    if not names:
+        raise ValueError(f"{adapter.family} block {block}: no weight reads the block input (width {adapter.width}) for the 'task_span' init")
+    deltas = [(finetuned[k].detach().float() - pretrained[k].detach().float()) for k in names]
+    norms = [d.norm() for d in deltas]
+    rows = [d / nrm for d, nrm in zip(deltas, norms) if float(nrm) > 0]
+    d = adapter.width
+    m = torch.cat(rows, dim=0) if rows else torch.eye(d)  # [R, d]
+    count = n * (1 if adapter.official_layout == "ND" else tokens)
+    x = torch.randn(count, m.shape[0], generator=generator) @ m  # [count, d]
+    target = weight_row_pool(adapter, block, finetuned).norm(dim=1).median()
+    x = x * (target / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny))
+    x = x + sigma * torch.randn(x.shape, generator=generator)
+    return x.reshape(adapter.anchor_shape(n, tokens))
+
+
 def init_anchors(
     kind: str,
     adapter: BlockAdapter,
@@ -132,13 +172,19 @@ def init_anchors(
     tokens: int,
     sigma: float,
     seed: int,
+    pretrained: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Initial anchors for one (block, expert); ``seed`` seeds a private ``torch.Generator``."""
+    """Initial anchors for one (block, expert); ``seed`` seeds a private ``torch.Generator``.
+    ``pretrained`` (the block's θ0 tensors) is needed by ``task_span`` only."""
     gen = torch.Generator().manual_seed(seed)
     if kind == "gauss":
         return gauss_anchors(adapter, n, tokens, sigma, gen)
     if kind == "weight":
         return weight_anchors(adapter, block, finetuned, n, tokens, gen)
+    if kind == "task_span":
+        if pretrained is None:
+            raise ValueError("the 'task_span' anchor init needs the pretrained block (pretrained=...)")
+        return task_span_anchors(adapter, block, pretrained, finetuned, n, tokens, sigma, gen)
     raise ValueError(f"unknown anchor init {kind!r}; expected one of {ANCHOR_INITS}")
 
 
@@ -252,22 +298,20 @@ class _Objective:
             gnorm = torch.stack([g.detach().norm(dim=1) for g in g_terms], dim=1)
             return loss.detach(), cos.detach(), gnorm, gx
         # one expert at a time, each graph freed before the next: peak memory of one expert
-        losses, coss, norms, gxs = [], [], [], []
+        outs = [self.one(e, X[e]) for e in range(len(self.thetas))]
+        return tuple(torch.stack(parts) for parts in zip(*outs))  # type: ignore[return-value]
+
+    def one(self, e: int, xe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss [], cos [P], grad_norm [P], dloss/dxe) of expert ``e`` alone (``batching="loop"``);
+        ``xe``: its anchors, a tensor that requires grad (a row of the stack, or its own leaf)."""
         leaves = [self.theta0_leaf[k] for k in self.names]
-        mask = self.mask.to(X.device)
-        for e, theta in enumerate(self.thetas):
-            xe = X[e]
-            S = self._sim(self.theta0_leaf, theta, xe)
-            grads = dict(zip(self.names, torch.autograd.grad(S, leaves, create_graph=True)))
-            g_terms = [_term_vector(grads, t, 0) for t in self.terms]
-            cos = torch.stack([_flat_cos(g, t) for g, t in zip(g_terms, self.taus[e])]) * mask
-            loss = (1 - cos).sum()
-            (gx,) = torch.autograd.grad(loss, [xe])
-            losses.append(loss.detach())
-            coss.append(cos.detach())
-            norms.append(torch.stack([g.detach().norm() for g in g_terms]))
-            gxs.append(gx)
-        return torch.stack(losses), torch.stack(coss), torch.stack(norms), torch.stack(gxs)
+        S = self._sim(self.theta0_leaf, self.thetas[e], xe)
+        grads = dict(zip(self.names, torch.autograd.grad(S, leaves, create_graph=True)))
+        g_terms = [_term_vector(grads, t, 0) for t in self.terms]
+        cos = torch.stack([_flat_cos(g, t) for g, t in zip(g_terms, self.taus[e])]) * self.mask.to(xe.device)
+        loss = (1 - cos).sum()
+        (gx,) = torch.autograd.grad(loss, [xe])
+        return loss.detach(), cos.detach(), torch.stack([g.detach().norm() for g in g_terms]), gx
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,7 +386,7 @@ def _normalised_sv(x: torch.Tensor) -> torch.Tensor:
     return s / s[0].clamp_min(torch.finfo(s.dtype).tiny)
 
 
-def _diverged(where: str, loss: torch.Tensor, ids: Sequence[int], step: int, steps: int, lr: float) -> None:
+def _diverged(where: str, loss: torch.Tensor, ids: Sequence[int], step: int, steps: int, lr: float, optimizer: str = "adamw") -> None:
     """Raise ``NonFiniteError`` for a non-finite construction loss ``[E]`` at ``step``."""
     bad = [ids[e] for e in range(loss.numel()) if not math.isfinite(float(loss[e]))]
     experts = f"expert{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}"  # original indices
@@ -351,10 +395,166 @@ def _diverged(where: str, loss: torch.Tensor, ids: Sequence[int], step: int, ste
             f"{where}, {experts}: the construction loss is non-finite (per-expert losses {nonfinite_kind(loss)}) at step 0, before any "
             f"update: the initial anchors (anchor init, sigma) or the block's weights give NaN/inf outputs or gradients"
         )
+    if optimizer == "lbfgs":
+        raise NonFiniteError(
+            f"{where}, {experts}: the construction loss became non-finite (per-expert losses {nonfinite_kind(loss)}) at objective "
+            f"evaluation {step} of {steps} with construct_optimizer='lbfgs': its line search stepped the anchors to NaN/inf "
+            f"outputs; use construct_optimizer='adamw' for this block"
+        )
     raise NonFiniteError(
         f"{where}, {experts}: the construction loss became non-finite (per-expert losses {nonfinite_kind(loss)}) at step {step} of "
         f"{steps} with construct_lr={lr!r}: the anchors diverged; lower construct_lr"
     )
+
+
+@dataclass
+class _Trace:
+    """What one construction run kept, per expert: the best anchors, the per-evaluation logs and
+    the budget snapshots (``kept[e][s]``: the best of the first ``s`` evaluations)."""
+
+    best: list[torch.Tensor]
+    best_loss: list[float]
+    best_step: list[int]
+    loss: list[torch.Tensor]  # [evaluations]
+    cos: list[torch.Tensor]  # [evaluations, P]
+    grad_norm: list[torch.Tensor]  # [evaluations, P]
+    sv_steps: list[list[int]]
+    sv: list[list[torch.Tensor]]
+    kept: list[dict[int, torch.Tensor]]
+
+
+def _run_adamw(objective: _Objective, init: torch.Tensor, steps: int, lr: float, budgets: list[int], sv_every: int,
+               where: str, ids: Sequence[int], progress: bool, block: int) -> _Trace:
+    """The official optimiser: AdamW (PyTorch defaults, wd 0.01) on the stacked anchors ``[E, ...]``,
+    one objective evaluation per step."""
+    E, dev = init.shape[0], init.device
+    X = init.detach().clone().requires_grad_(True)
+    opt = torch.optim.AdamW([X], lr=lr)  # PyTorch defaults, weight_decay=0.01, as the official code
+    best = X.detach().clone()
+    best_loss = torch.full((E,), math.inf, device=dev)
+    best_step = torch.full((E,), -1, dtype=torch.long, device=dev)
+    losses, coss, norms = [], [], []
+    sv_steps: list[int] = []
+    svs: list[list[torch.Tensor]] = [[] for _ in range(E)]
+    kept: dict[int, torch.Tensor] = {}  # budget s -> best [E, ...] of steps 0..s-1
+
+    def snapshot(step: int) -> None:
+        sv_steps.append(step)
+        for e in range(E):
+            svs[e].append(_normalised_sv(X[e]).cpu())
+
+    bar = tqdm(range(steps), desc=f"construct block {block}", disable=not progress, leave=False)
+    for step in bar:
+        if step in budgets:
+            kept[step] = best.clone()
+        if sv_every and step % sv_every == 0:
+            snapshot(step)
+        # per-expert losses are independent: the summed loss's gradient wrt X[e] is expert e's own
+        loss, cos, gnorm, grad = objective(X)
+        X.grad = grad
+        with torch.no_grad():
+            improved = loss < best_loss
+            best_loss = torch.where(improved, loss, best_loss)
+            best_step = torch.where(improved, torch.full_like(best_step, step), best_step)
+            best[improved] = X.detach()[improved]
+        losses.append(loss.cpu())  # (a host copy: the check below adds no GPU sync)
+        if not bool(torch.isfinite(losses[-1]).all()):
+            _diverged(where, losses[-1], ids, step, steps, lr)
+        coss.append(cos.cpu())
+        norms.append(gnorm.cpu())
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if progress:  # float() would synchronise a GPU every step
+            bar.set_postfix(loss=float(loss.mean()), cos=float(cos.mean()))
+    if sv_every:
+        snapshot(steps)
+    if steps in budgets:
+        kept[steps] = best.clone()
+    P = len(objective.terms)
+    L = torch.stack(losses, dim=1) if losses else torch.empty(E, 0)
+    C = torch.stack(coss, dim=1) if coss else torch.empty(E, 0, P)
+    N = torch.stack(norms, dim=1) if norms else torch.empty(E, 0, P)
+    return _Trace(
+        best=list(best), best_loss=[float(v) for v in best_loss], best_step=[int(v) for v in best_step],
+        loss=list(L), cos=list(C), grad_norm=list(N), sv_steps=[list(sv_steps) for _ in range(E)], sv=svs,
+        kept=[{s: kept[s][e] for s in budgets} for e in range(E)],
+    )  # fmt: skip
+
+
+class _BudgetSpent(Exception):
+    """Raised by the L-BFGS closure when the evaluation budget is used up (ends the step early)."""
+
+
+def _run_lbfgs(objective: _Objective, init: torch.Tensor, steps: int, history: int, budgets: list[int], sv_every: int,
+               where: str, ids: Sequence[int], progress: bool, block: int) -> _Trace:
+    """BEYOND the paper: PyTorch's L-BFGS (strong-Wolfe line search, ``history`` pairs), one
+    expert at a time, for at most ``steps`` objective evaluations each, line-search ones included.
+
+    L-BFGS is not elementwise: one optimiser on the stacked anchors would couple the experts
+    through its line search and curvature pairs, so each expert gets its own (on a CPU this costs
+    what the per-expert objective loop costs anyway; on a GPU it gives up vmap's batching). The
+    best anchors over all evaluations are kept, trial points included. A run whose line search
+    makes no progress (torch's tolerances met) stops before its budget.
+    """
+    E = init.shape[0]
+    P = len(objective.terms)
+    trace = _Trace([], [], [], [], [], [], [], [], [])
+    bar = tqdm(total=E * steps, desc=f"construct block {block} (L-BFGS)", disable=not progress, leave=False)
+    for e in range(E):
+        x = init[e].detach().clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([x], lr=1.0, max_iter=steps, max_eval=steps, history_size=history, line_search_fn="strong_wolfe")
+        best, best_loss, best_step = x.detach().clone(), math.inf, -1
+        losses: list[torch.Tensor] = []
+        coss: list[torch.Tensor] = []
+        norms: list[torch.Tensor] = []
+        sv_steps: list[int] = []
+        svs: list[torch.Tensor] = []
+        kept: dict[int, torch.Tensor] = {}
+
+        def closure() -> torch.Tensor:
+            nonlocal best, best_loss, best_step
+            count = len(losses)
+            if count >= steps:
+                raise _BudgetSpent
+            if count in budgets:
+                kept[count] = best.clone()
+            if sv_every and count % sv_every == 0:
+                sv_steps.append(count)
+                svs.append(_normalised_sv(x).cpu())
+            loss, cos, gnorm, gx = objective.one(e, x)
+            losses.append(loss.cpu())
+            if not math.isfinite(float(losses[-1])):
+                _diverged(where, losses[-1].reshape(1), [ids[e]], count, steps, 1.0, "lbfgs")
+            coss.append(cos.cpu())
+            norms.append(gnorm.cpu())
+            if float(losses[-1]) < best_loss:
+                best, best_loss, best_step = x.detach().clone(), float(losses[-1]), count
+            x.grad = gx
+            bar.update(1)
+            return loss
+
+        with contextlib.suppress(_BudgetSpent):
+            while len(losses) < steps:
+                before = len(losses)
+                opt.step(closure)
+                if len(losses) - before <= 1:  # converged at its first evaluation: nothing left to gain
+                    break
+        bar.update(steps - len(losses))
+        if sv_every:  # the final snapshot: the returned (best) anchors
+            sv_steps.append(len(losses))
+            svs.append(_normalised_sv(best).cpu())
+        trace.best.append(best)
+        trace.best_loss.append(best_loss)
+        trace.best_step.append(best_step)
+        trace.loss.append(torch.stack(losses) if losses else torch.empty(0))
+        trace.cos.append(torch.stack(coss) if coss else torch.empty(0, P))
+        trace.grad_norm.append(torch.stack(norms) if norms else torch.empty(0, P))
+        trace.sv_steps.append(sv_steps)
+        trace.sv.append(svs)
+        # a budget at or past the last evaluation (the full budget, or past an early stop) is the final best
+        trace.kept.append({s: kept.get(s, best) for s in budgets})
+    bar.close()
+    return trace
 
 
 def construct_anchors(
@@ -374,18 +574,25 @@ def construct_anchors(
     zero_grad: str = "keep",
     snapshot_steps: Sequence[int] = (),
     qkv_layout: str | None = None,
+    optimizer: str = "adamw",
+    lbfgs_history: int = 20,
 ) -> list[ConstructResult]:
     """Construct the anchors of E experts of one block together.
 
     ``theta0`` / ``experts[e]``: the block's tensors by local name (``adapter.param_names``);
-    ``init``: stacked initial anchors ``[E, *anchor_shape]``. ``batching``: ``vmap`` (one vectorised
-    call for all experts), ``loop`` (a Python loop inside each step) or ``auto`` (vmap for E > 1 on CUDA, else loop);
-    all give the same anchors up to float round-off. Runs on ``init``'s device and dtype,
-    with the block in eval mode (no dropout, as the official construction). ``snapshot_steps``:
-    budgets s (0 <= s <= steps) whose best-so-far anchors are kept in ``budget_anchors`` (one long
-    run answers "what would s steps give", e.g. for a step-budget study; s = 0 is the initial
-    anchors). ``qkv_layout``: the q/k/v layout of the loss's per-tensor cosines (None: as the block
-    stores them; see :meth:`fda.blocks.BlockAdapter.loss_terms`). Returns one
+    ``init``: stacked initial anchors ``[E, *anchor_shape]``. ``steps``: the budget in objective
+    evaluations, whatever the optimiser (so budgets compare FLOP for FLOP). ``optimizer``:
+    ``adamw`` (the official: one evaluation per step, ``lr``) or ``lbfgs`` (BEYOND the paper:
+    strong-Wolfe L-BFGS with ``lbfgs_history`` pairs, one expert at a time, ``lr`` unused; see
+    :func:`_run_lbfgs`). ``batching`` (AdamW): ``vmap`` (one vectorised call for all experts),
+    ``loop`` (a Python loop inside each step) or ``auto`` (vmap for E > 1 on CUDA, else loop);
+    all give the same anchors up to float round-off; L-BFGS always loops. Runs on ``init``'s device
+    and dtype, with the block in eval mode (no dropout, as the official construction).
+    ``snapshot_steps``: budgets s (0 <= s <= steps) whose best-so-far anchors are kept in
+    ``budget_anchors`` (the best of the first s evaluations; what an s-evaluation AdamW run returns,
+    as AdamW has no schedule; for L-BFGS a prefix of the longer run, e.g. for a budget study; s = 0
+    is the initial anchors). ``qkv_layout``: the q/k/v layout of the loss's per-tensor cosines
+    (None: as the block stores them; see :meth:`fda.blocks.BlockAdapter.loss_terms`). Returns one
     :class:`ConstructResult` per expert, in order.
     """
     E = len(experts)
@@ -396,6 +603,14 @@ def construct_anchors(
         raise ValueError(f"construct_lr must be a positive finite number, got {lr!r}")
     if steps < 0:
         raise ValueError(f"construct_steps must be >= 0, got {steps}")
+    if optimizer not in CONSTRUCT_OPTIMIZERS:
+        raise ValueError(f"construct_optimizer must be one of {CONSTRUCT_OPTIMIZERS}, got {optimizer!r}")
+    if optimizer == "lbfgs":
+        if batching == "vmap":
+            raise ValueError("construct_optimizer='lbfgs' runs one expert at a time (its line search is per expert): use batching 'auto' or 'loop'")
+        if isinstance(lbfgs_history, bool) or not isinstance(lbfgs_history, numbers.Integral) or lbfgs_history < 1:
+            raise ValueError(f"lbfgs_history must be an int >= 1, got {lbfgs_history!r}")
+        batching = "loop"
     where = f"FDA construction of block {block}"
     check_result(where, "the initial anchor tensor", init, {}, fix="the anchor init (sigma, or the expert's weights) gives NaN/inf")
     if batching == "auto":
@@ -409,64 +624,24 @@ def construct_anchors(
     dev = init.device
     to_dev = lambda sd: {k: v.to(dev, init.dtype) for k, v in sd.items()}  # noqa: E731
     objective = _Objective(adapter, block, to_dev(theta0), [to_dev(e) for e in experts], similarity_kind, batching, zero_grad, qkv_layout)
-    X = init.detach().clone().requires_grad_(True)
-    opt = torch.optim.AdamW([X], lr=lr)  # PyTorch defaults, weight_decay=0.01, as the official code
-    best = X.detach().clone()
-    best_loss = torch.full((E,), math.inf, device=dev)
-    best_step = torch.full((E,), -1, dtype=torch.long, device=dev)
-    losses, coss, norms = [], [], []
-    sv_steps: list[int] = []
-    svs: list[list[torch.Tensor]] = [[] for _ in range(E)]
-    kept: dict[int, torch.Tensor] = {}  # budget s -> best [E, ...] of steps 0..s-1
-
-    def snapshot(step: int) -> None:
-        sv_steps.append(step)
-        for e in range(E):
-            svs[e].append(_normalised_sv(X[e]).cpu())
-
-    bar = tqdm(range(steps), desc=f"construct block {block}", disable=not progress, leave=False)
     with module_mode(adapter.block_module(block), False):
-        for step in bar:
-            if step in budgets:
-                kept[step] = best.clone()
-            if sv_every and step % sv_every == 0:
-                snapshot(step)
-            # per-expert losses are independent: the summed loss's gradient wrt X[e] is expert e's own
-            loss, cos, gnorm, grad = objective(X)
-            X.grad = grad
-            with torch.no_grad():
-                improved = loss < best_loss
-                best_loss = torch.where(improved, loss, best_loss)
-                best_step = torch.where(improved, torch.full_like(best_step, step), best_step)
-                best[improved] = X.detach()[improved]
-            losses.append(loss.cpu())  # (a host copy: the check below adds no GPU sync)
-            if not bool(torch.isfinite(losses[-1]).all()):
-                _diverged(where, losses[-1], ids, step, steps, lr)
-            coss.append(cos.cpu())
-            norms.append(gnorm.cpu())
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if progress:  # float() would synchronise a GPU every step
-                bar.set_postfix(loss=float(loss.mean()), cos=float(cos.mean()))
-    if sv_every:
-        snapshot(steps)
-    if steps in budgets:
-        kept[steps] = best.clone()
-    check_result(where, "the constructed anchor tensor", best, {"construct_lr": lr})
-    P = len(objective.terms)
-    L = torch.stack(losses, dim=1) if losses else torch.empty(E, 0)
-    C = torch.stack(coss, dim=1) if coss else torch.empty(E, 0, P)
-    N = torch.stack(norms, dim=1) if norms else torch.empty(E, 0, P)
+        if optimizer == "adamw":
+            trace = _run_adamw(objective, init, steps, lr, budgets, sv_every, where, ids, progress, block)
+        else:
+            trace = _run_lbfgs(objective, init, steps, lbfgs_history, budgets, sv_every, where, ids, progress, block)
+    best = torch.stack(trace.best) if E else init
+    check_result(where, "the constructed anchor tensor", best, {"construct_lr": lr} if optimizer == "adamw" else {"construct_optimizer": optimizer})
     return [
         ConstructResult(
             block=block,
             expert=ids[e],
-            anchors=best[e].detach().clone(),
+            anchors=trace.best[e].detach().clone(),
             initial=init[e].detach().clone(),
-            best_loss=float(best_loss[e]) if steps else math.nan,
-            best_step=int(best_step[e]),
-            log=ConstructLog(list(objective.term_names), L[e], C[e], N[e], list(objective.unalignable), list(sv_steps), svs[e]),
-            budget_anchors={s: kept[s][e].detach().clone() for s in budgets},
+            best_loss=trace.best_loss[e] if trace.loss[e].numel() else math.nan,
+            best_step=trace.best_step[e],
+            log=ConstructLog(list(objective.term_names), trace.loss[e], trace.cos[e], trace.grad_norm[e], list(objective.unalignable),
+                             trace.sv_steps[e], trace.sv[e]),
+            budget_anchors={s: t.detach().clone() for s, t in trace.kept[e].items()},
         )
         for e in range(E)
-    ]
+    ]  # fmt: skip

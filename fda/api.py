@@ -210,7 +210,7 @@ def _construct_block(model, pretrained, experts, block, anchor_init, config, exp
         # official vision: one Gauss draw (seed) for every block and task; else one per (block, expert)
         shared = anchor_init == "gauss" and cfg.gauss_shared
         seed = cfg.seed if shared else derive_seed(cfg.seed, anchor_init, block, i)
-        inits.append(init_anchors(anchor_init, adapter, block, th, n=cfg.n_anchors, tokens=cfg.tokens, sigma=cfg.sigma, seed=seed))
+        inits.append(init_anchors(anchor_init, adapter, block, th, n=cfg.n_anchors, tokens=cfg.tokens, sigma=cfg.sigma, seed=seed, pretrained=theta0))
         check_result(f"FDA construction of block {block}", f"the initial {anchor_init} anchor tensor of {_expert_who(i, names, all_experts[i])}",
                      inits[-1], {"sigma": cfg.sigma} if anchor_init == "gauss" else {})
     dev = _device(cfg)
@@ -218,7 +218,7 @@ def _construct_block(model, pretrained, experts, block, anchor_init, config, exp
         adapter, block, theta0, thetas, torch.stack(inits).to(dev),
         steps=cfg.construct_steps, lr=cfg.construct_lr, similarity_kind=cfg.similarity, batching=cfg.batching,
         sv_every=cfg.sv_every, progress=cfg.progress, expert_ids=ids, zero_grad=str(cfg.zero_grad),
-        snapshot_steps=snapshot_steps, qkv_layout=cfg.qkv_layout,
+        snapshot_steps=snapshot_steps, qkv_layout=cfg.qkv_layout, optimizer=cfg.construct_optimizer, lbfgs_history=cfg.lbfgs_history,
     )  # fmt: skip
     for res in results:
         res.settings = {**cfg.construction_metadata(), "anchor_init": anchor_init, "layout": "canonical"}

@@ -34,6 +34,8 @@ from torch.func import functional_call
 StateDict = dict[str, torch.Tensor]
 
 _KEY_BIAS = re.compile(r"(^|\.)(key|k_proj|k)\.bias$")
+# attention output projections (HF CLIP / open_clip, Llama, BERT): width-d inputs that are not the block's
+_ATTN_OUT = re.compile(r"(^|\.)((out_proj|o_proj)|attention\.output\.dense)\.weight$")
 # separate attention projections, HF names: (prefix, projection, weight|bias)
 _SPLIT_QKV = re.compile(r"^((?:.*\.)?)(q_proj|k_proj|v_proj|query|key|value)\.(weight|bias)$")
 _QKV_ROLE = {"q_proj": 0, "k_proj": 1, "v_proj": 2, "query": 0, "key": 1, "value": 2}
@@ -167,6 +169,12 @@ class BlockAdapter(abc.ABC):
         """Local names of 2-D weights whose input width is d, in parameter order."""
         d = self.width
         return [n for n, p in self.block_module(block).named_parameters() if p.dim() == 2 and p.shape[1] == d]
+
+    def input_reading_names(self, block: int) -> list[str]:
+        """The 2-D weights that read the block's (normalised) input: q, k, v and the first MLP
+        layer(s), i.e. :meth:`weight_row_names` without the attention output projection, whose
+        input is the attention's output. Used by the ``task_span`` anchor init."""
+        return [n for n in self.weight_row_names(block) if not _ATTN_OUT.search(n)]
 
     def zero_gradient_names(self, block: int) -> list[str]:
         """Tensors whose induced gradient is identically zero: attention key biases (softmax is

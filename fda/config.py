@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 
 from fda.adapt import ADAPT_LOSSES
-from fda.anchors import SIMILARITIES, ZERO_GRAD_POLICIES
+from fda.anchors import CONSTRUCT_OPTIMIZERS, SIMILARITIES, ZERO_GRAD_POLICIES
 from fda.blocks import QKV_LAYOUTS, BlockAdapter, families, registered_parts
 
 #: family -> defaults kind
@@ -49,8 +49,11 @@ class FDAConfig:
     """All FDA settings. ``FDAConfig.for_family(family, init=...)`` gives the official values.
 
     Construction: ``n_anchors`` (64), ``tokens`` (None: from the model — vision patches+1, text 5,
-    Llama MLP 1), ``construct_steps`` (1200; LLM 200), ``construct_lr`` (1e-2, AdamW defaults
-    incl. wd 0.01), ``sigma`` (0.01, gauss init), ``similarity`` (``cos``|``mse``|``l1``),
+    Llama MLP 1), ``construct_steps`` (1200; LLM 200: the budget in objective evaluations, for
+    every optimiser), ``construct_lr`` (1e-2, AdamW defaults incl. wd 0.01),
+    ``construct_optimizer`` (``adamw``, the official; ``lbfgs``, BEYOND the paper: strong-Wolfe
+    L-BFGS per expert with ``lbfgs_history`` (20) curvature pairs, ``construct_lr`` unused),
+    ``sigma`` (0.01: the gauss init's σ and the ``task_span`` init's noise), ``similarity`` (``cos``|``mse``|``l1``),
     ``gauss_shared`` (None: family default — vision reuses one draw seeded with ``seed`` for every
     block and expert as the official code; text/LLM draw per (block, expert) from a derived seed).
 
@@ -85,6 +88,8 @@ class FDAConfig:
     tokens: int | None = None
     construct_steps: int = 1200
     construct_lr: float = 1e-2
+    construct_optimizer: Literal["adamw", "lbfgs"] = "adamw"
+    lbfgs_history: int = 20
     sigma: float = 0.01
     similarity: Literal["cos", "mse", "l1"] = "cos"
     gauss_shared: bool | None = None
@@ -183,7 +188,7 @@ class FDAConfig:
     def validate(self) -> None:
         """Check every field's type and range; raise :class:`FDAConfigError` naming the field, the value
         and the valid names or range. Run when the config is built, and again by ``resolved``."""
-        for name, low in (("n_anchors", 1), ("adapt_batch", 1), ("construct_steps", 0), ("adapt_epochs", 0), ("sv_every", 0)):
+        for name, low in (("n_anchors", 1), ("adapt_batch", 1), ("construct_steps", 0), ("adapt_epochs", 0), ("sv_every", 0), ("lbfgs_history", 1)):
             v = getattr(self, name)
             if not is_int(v) or v < low:
                 raise _bad(name, v, f"an int >= {low}")
@@ -203,10 +208,12 @@ class FDAConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise _bad(name, v, "True, False or None (the family's default)")
-        for name, valid in (("similarity", SIMILARITIES), ("adapt_loss", ADAPT_LOSSES), ("batching", _BATCHINGS)):
+        for name, valid in (("similarity", SIMILARITIES), ("adapt_loss", ADAPT_LOSSES), ("batching", _BATCHINGS), ("construct_optimizer", CONSTRUCT_OPTIMIZERS)):
             v = getattr(self, name)
             if not isinstance(v, str) or v not in valid:
                 raise _bad(name, v, _choices(valid))
+        if self.construct_optimizer == "lbfgs" and self.batching == "vmap":
+            raise _bad("batching", self.batching, "'auto' or 'loop' with construct_optimizer='lbfgs' (L-BFGS runs one expert at a time)")
         for name, valid in (("non_block", _NON_BLOCK), ("zero_grad", ZERO_GRAD_POLICIES), ("qkv_layout", QKV_LAYOUTS)):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or v not in valid):
@@ -230,5 +237,6 @@ class FDAConfig:
             raise _bad("init_hparams", self.init_hparams, "a dict of baselines hyperparameters (str keys)")
 
     def construction_metadata(self) -> dict[str, Any]:
-        keys = ("family", "n_anchors", "tokens", "construct_steps", "construct_lr", "sigma", "similarity", "gauss_shared", "seed", "part", "zero_grad", "qkv_layout", "batching")
+        keys = ("family", "n_anchors", "tokens", "construct_steps", "construct_lr", "construct_optimizer", "lbfgs_history", "sigma",
+                "similarity", "gauss_shared", "seed", "part", "zero_grad", "qkv_layout", "batching")
         return {k: getattr(self, k) for k in keys}
