@@ -90,23 +90,27 @@ def suite_runs(args: argparse.Namespace, options: list[dict[str, Any]], done: se
     layout = cfg_views.merge_layout(b.config, args.suite)
     n_blocks = int(section["fda"]["n_blocks"])
     blocks = args.blocks if args.blocks else list(range(n_blocks))
+    n_anchors = args.n_anchors or cfg_names.fda_hparams(section)["n_anchors"]
+    # a subset of the experts (the first N) gives cosines only: adaptation needs every expert's anchors
+    subset = list(range(min(args.experts or len(b.experts), len(b.experts))))
+    with_accuracy = len(subset) == len(b.experts)
     init_acc = None
     for seed in args.seeds:
         for block in blocks:
             for opt in options:
-                key = (args.suite, block, seed, opt["name"])
-                if key in done:
+                if (args.suite, block, seed, opt["name"], n_anchors, len(subset)) in done:
                     continue
-                if init_acc is None:
+                if init_acc is None and with_accuracy:
                     init_acc = {i: b.score(s) for i, s in b.inits.items()}
                 cfg = fda.FDAConfig.for_family(
                     section["family"],
-                    **{**cfg_names.fda_hparams(section), "n_anchors": args.n_anchors or cfg_names.fda_hparams(section)["n_anchors"],
+                    **{**cfg_names.fda_hparams(section), "n_anchors": n_anchors,
                        "construct_steps": opt["evals"], "construct_optimizer": opt["optimizer"], "seed": seed,
                        "progress": False, "sv_every": 0, "qkv_layout": layout},
                 )  # fmt: skip
                 t0 = time.perf_counter()
-                built = fda.construct_block(b.model, b.pre, b.experts, block, opt["anchor_init"], cfg, snapshot_steps=opt["acc_budgets"])
+                built = fda.construct_block(b.model, b.pre, b.experts, block, opt["anchor_init"], cfg, subset,
+                                            snapshot_steps=opt["acc_budgets"] if with_accuracy else ())
                 seconds = time.perf_counter() - t0
                 evaluations = sum(r.log.loss.numel() for r in built)
                 row: dict[str, Any] = {
@@ -116,7 +120,7 @@ def suite_runs(args: argparse.Namespace, options: list[dict[str, Any]], done: se
                     "initial_cos": initial_cosine(built), "curve": best_so_far_cosine(built, opt["evals"]),
                     "init_accuracy": init_acc, "accuracy": {},
                 }  # fmt: skip
-                for s in opt["acc_budgets"]:
+                for s in opt["acc_budgets"] if with_accuracy else ():
                     anchors = [r.budget_anchors[s] for r in built]
                     accs = {}
                     for init, init_state in b.inits.items():
@@ -144,7 +148,7 @@ def paper_shaped_runs(args: argparse.Namespace, options: list[dict[str, Any]], d
     pre = {k: v.detach().clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(1)
     experts = []
-    for _ in range(args.experts):
+    for _ in range(args.experts or 2):
         ex = dict(pre)
         for k, v in pre.items():
             if k.startswith(prefix) and v.dim() == 2:  # rank-8 task vectors, as fine-tuning leaves them
@@ -155,8 +159,7 @@ def paper_shaped_runs(args: argparse.Namespace, options: list[dict[str, Any]], d
         experts.append(ex)
     for seed in args.seeds:
         for opt in options:
-            key = (args.paper_shaped, 0, seed, opt["name"])
-            if key in done:
+            if (args.paper_shaped, 0, seed, opt["name"], n, len(experts)) in done:
                 continue
             cfg = fda.FDAConfig(n_anchors=n, tokens=tokens, construct_steps=opt["evals"], construct_optimizer=opt["optimizer"],
                                 seed=seed, progress=False, qkv_layout="fused" if args.paper_shaped == "vitb32" else "split")  # fmt: skip
@@ -270,11 +273,12 @@ def report(rows: list[dict[str, Any]]) -> str:
             g50, g300 = _reach(runs, gauss_ref, 50), _reach(runs, gauss_ref, 300)
             own = _reference(rs, runs[0]["anchor_init"])
             own300 = [] if runs[0]["optimizer"] == "adamw" else _reach(runs, own, 300)
+            kind = f"{runs[0]['optimizer']} + {runs[0]['anchor_init']}"  # options differ per suite only in their budgets
             if not is_ref and g300:
                 if any(c is None for c in g300):
-                    misses[name] += 1
+                    misses[kind] += 1
                 else:
-                    ratios[name].append(_median([float(c) for c in g300]) / 300)  # type: ignore[arg-type]
+                    ratios[kind].append(_median([float(c) for c in g300]) / 300)  # type: ignore[arg-type]
             accs = []
             budgets = sorted({b for r in runs for b in r["accuracy"]}, key=int)
             for bud in budgets:
@@ -285,7 +289,7 @@ def report(rows: list[dict[str, Any]]) -> str:
                 last = budgets[-1] if runs[0]["optimizer"] == "adamw" else budgets[0]
                 for init, vals in ref_acc.items():
                     mine = [r["accuracy"][last][init] for r in runs if last in r["accuracy"]]
-                    acc_gap[f"{name} @ {last}"].append(_mean(mine) - _mean(vals))
+                    acc_gap[f"{kind} @ {last}"].append(_mean(mine) - _mean(vals))
             out.append(f"| {name} | {len(runs)} | {_mean([r['s_per_eval'] for r in runs]):.3f} | {_spread([r['initial_cos'] for r in runs])} | "
                        f"{at(25)} | {at(50)} | {at(60)} | {at(100)} | {at(300)} | {_reach_cell(g50)} | {_reach_cell(g300)} | "
                        f"{_reach_cell(own300)} | {'; '.join(accs)} |")  # fmt: skip
@@ -294,7 +298,7 @@ def report(rows: list[dict[str, Any]]) -> str:
         out += ["## Summary", "",
                 "Evaluations to the cosine of 300 AdamW + gauss evaluations, over 300 (per block the median over seeds; "
                 "the goal is ≤ 0.20 on every block):", "",
-                "| option | blocks reaching it | blocks not within budget | median ratio | worst ratio |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+                "| optimiser + init | blocks reaching it | blocks not within budget | median ratio | worst ratio |", "|---|---:|---:|---:|---:|"]  # fmt: skip
         for name in sorted(set(ratios) | set(misses)):
             rs_ = ratios.get(name, [])
             out.append(f"| {name} | {len(rs_)} | {misses.get(name, 0)} | {_median(rs_):.2f} | {max(rs_):.2f} |" if rs_
@@ -303,9 +307,41 @@ def report(rows: list[dict[str, Any]]) -> str:
     if acc_gap:
         out += ["One-block accuracy minus that of AdamW + gauss at 300 evaluations (points; over blocks and both inits, "
                 "each block's value a mean over seeds; the seed-to-seed spread of one-block accuracy is ±0.1 to ±1 point):", "",
-                "| option @ budget | cases | mean | min | max |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+                "| optimiser + init @ budget | cases | mean | min | max |", "|---|---:|---:|---:|---:|"]  # fmt: skip
         for name, gaps in sorted(acc_gap.items()):
             out.append(f"| {name} | {len(gaps)} | {_mean(gaps):+.2f} | {min(gaps):+.2f} | {max(gaps):+.2f} |")
+    return "\n".join(out) + "\n"
+
+
+def gap_report(rows: list[dict[str, Any]]) -> str:
+    """Markdown: how much of the cosine gap between the embedded default (AdamW + gauss, 50
+    evaluations, the suite's anchor count) and the paper's budget (AdamW + gauss, 1200 evaluations,
+    64 anchors) each option closes, per (suite, block, seed) of a long run."""
+    out = ["# The remaining gap to the paper's construction budget", "",
+           "Produced by `benchmarks/bench_construction.py --gap` from the JSON lines next to this file. *paper*: AdamW + gauss, "
+           "1200 evaluations, 64 anchors; *default*: AdamW + gauss after 50 evaluations with the suite's anchor count; "
+           "closed = (cos − default) / (paper − default), at each option's full budget (the options use the suite's anchor "
+           "count). Cosines are means over the experts run (the first N of the suite).", "",
+           "| suite | block | seed | experts | paper cos | default cos | option | anchors | evaluations | cos | gap closed |",
+           "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["suite"], r["block"], r["seed"], r["experts"])].append(r)
+    for (suite, block, seed, experts), rs in sorted(groups.items()):
+        paper = next((r for r in rs if r["optimizer"] == "adamw" and r["anchor_init"] == "gauss" and r["n_anchors"] >= 64 and r["evals"] >= 1200), None)
+        small = [r for r in rs if r is not paper]
+        default = next((r for r in small if r["optimizer"] == "adamw" and r["anchor_init"] == "gauss" and r["evals"] >= 50), None)
+        if paper is None or default is None:
+            continue
+        top, base = paper["curve"][1199], default["curve"][49]
+        for r in small:
+            budgets = [50, 300] if r is default else [r["evals"]]
+            for k in budgets:
+                if len(r["curve"]) < k:
+                    continue
+                c = r["curve"][k - 1]
+                out.append(f"| {suite} | {block} | {seed} | {experts} | {top:.3f} | {base:.3f} | {r['optimizer']} + {r['anchor_init']} | "
+                           f"{r['n_anchors']} | {k} | {c:.3f} | {(c - base) / (top - base):.0%} |")  # fmt: skip
     return "\n".join(out) + "\n"
 
 
@@ -354,13 +390,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", type=int, nargs="*", help="default: every block")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--n-anchors", type=int, help="default: the suite's config (paper-shaped: 16)")
-    p.add_argument("--experts", type=int, default=2, help="paper-shaped: random experts")
+    p.add_argument("--experts", type=int, help="paper-shaped: random experts (default 2); suite: the first N experts, "
+                   "cosines only (default: all, with accuracies)")
     p.add_argument("--options", type=parse_option, nargs="+", default=[parse_option(o) for o in DEFAULT_OPTIONS])
     p.add_argument("--out", default="benchmarks/results/construction.jsonl")
     p.add_argument("--report", metavar="JSONL", help="print the Markdown report of a results file and exit")
+    p.add_argument("--gap", metavar="JSONL", help="print the gap-to-the-paper's-budget report of a long run's file and exit")
     p.add_argument("--figure", metavar="PNG", help="with --report: also plot cosine against evaluations here")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.gap:
+        print(gap_report(read_rows(args.gap)), end="")
+        return 0
     if args.report:
         print(report(read_rows(args.report)), end="")
         if args.figure:
@@ -371,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # resume: what the file already holds is skipped (one file per setting, e.g. per anchor count)
-    done = {(r["suite"], r["block"], r["seed"], r["option"]) for r in read_rows(args.out)}
+    done = {(r["suite"], r["block"], r["seed"], r["option"], r["n_anchors"], r["experts"]) for r in read_rows(args.out)}
     (paper_shaped_runs if args.paper_shaped else suite_runs)(args, args.options, done)
     return 0
 
