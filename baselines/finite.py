@@ -22,8 +22,16 @@ CORRUPT_FIX = "the checkpoint is corrupt or training diverged; re-export or re-d
 
 
 def is_finite(t: torch.Tensor) -> bool:
-    """Whether every value of ``t`` is finite (always true for integer and bool tensors)."""
-    return not t.is_floating_point() or bool(torch.isfinite(t).all())
+    """Whether every value of ``t`` is finite (always true for integer and bool tensors).
+
+    Through ``aminmax``: a NaN anywhere makes both extremes NaN and an inf is an extreme, so the
+    answer is the same as ``isfinite(t).all()``, which allocates a mask and costs ~15x more on CPU
+    (0.17 s vs 0.01 s for 23M values, one thread): it runs on every tensor of every job's inputs.
+    """
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def nonfinite_kind(t: torch.Tensor) -> str:

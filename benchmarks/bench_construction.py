@@ -44,7 +44,7 @@ import fda  # noqa: E402
 from fda.bench.config import naming as cfg_names  # noqa: E402
 from fda.bench.config import suite_views as cfg_views  # noqa: E402
 
-DEFAULT_OPTIONS = ["adamw:gauss:300:50,300", "adamw:weight:300:50,300", "lbfgs:gauss:100:60", "lbfgs:weight:100:60", "lbfgs:task_span:100:60"]
+DEFAULT_OPTIONS = ["adamw:gauss:300:50,300", "adamw:weight:300:50,300", "lbfgs:gauss:100:60", "lbfgs:weight:100:60", "lbfgs:taskspan:100:60"]
 
 
 def parse_option(text: str) -> dict[str, Any]:

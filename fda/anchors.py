@@ -44,8 +44,8 @@ from fda.blocks import BlockAdapter, LossTerm
 StateDict = dict[str, torch.Tensor]
 
 SIMILARITIES = ("cos", "mse", "l1")
-#: gauss and weight are the paper's; task_span is BEYOND it (see :func:`task_span_anchors`)
-ANCHOR_INITS = ("gauss", "weight", "task_span")
+#: gauss and weight are the paper's; taskspan is BEYOND it (see :func:`task_span_anchors`)
+ANCHOR_INITS = ("gauss", "weight", "taskspan")
 #: adamw is the paper's and the official code's; lbfgs is BEYOND it (see :func:`construct_anchors`)
 CONSTRUCT_OPTIMIZERS = ("adamw", "lbfgs")
 # cosine of a zero vector: 0 instead of NaN (same eps as torch's cosine_similarity default)
@@ -148,7 +148,7 @@ def task_span_anchors(
     """
     names = adapter.input_reading_names(block)
     if not names:
-        raise ValueError(f"{adapter.family} block {block}: no weight reads the block input (width {adapter.width}) for the 'task_span' init")
+        raise ValueError(f"{adapter.family} block {block}: no weight reads the block input (width {adapter.width}) for the 'taskspan' init")
     deltas = [(finetuned[k].detach().float() - pretrained[k].detach().float()) for k in names]
     norms = [d.norm() for d in deltas]
     rows = [d / nrm for d, nrm in zip(deltas, norms) if float(nrm) > 0]
@@ -175,15 +175,15 @@ def init_anchors(
     pretrained: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Initial anchors for one (block, expert); ``seed`` seeds a private ``torch.Generator``.
-    ``pretrained`` (the block's θ0 tensors) is needed by ``task_span`` only."""
+    ``pretrained`` (the block's θ0 tensors) is needed by ``taskspan`` only."""
     gen = torch.Generator().manual_seed(seed)
     if kind == "gauss":
         return gauss_anchors(adapter, n, tokens, sigma, gen)
     if kind == "weight":
         return weight_anchors(adapter, block, finetuned, n, tokens, gen)
-    if kind == "task_span":
+    if kind == "taskspan":
         if pretrained is None:
-            raise ValueError("the 'task_span' anchor init needs the pretrained block (pretrained=...)")
+            raise ValueError("the 'taskspan' anchor init needs the pretrained block (pretrained=...)")
         return task_span_anchors(adapter, block, pretrained, finetuned, n, tokens, sigma, gen)
     raise ValueError(f"unknown anchor init {kind!r}; expected one of {ANCHOR_INITS}")
 

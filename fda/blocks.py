@@ -173,7 +173,7 @@ class BlockAdapter(abc.ABC):
     def input_reading_names(self, block: int) -> list[str]:
         """The 2-D weights that read the block's (normalised) input: q, k, v and the first MLP
         layer(s), i.e. :meth:`weight_row_names` without the attention output projection, whose
-        input is the attention's output. Used by the ``task_span`` anchor init."""
+        input is the attention's output. Used by the ``taskspan`` anchor init."""
         return [n for n in self.weight_row_names(block) if not _ATTN_OUT.search(n)]
 
     def zero_gradient_names(self, block: int) -> list[str]:

@@ -53,7 +53,7 @@ class FDAConfig:
     every optimiser), ``construct_lr`` (1e-2, AdamW defaults incl. wd 0.01),
     ``construct_optimizer`` (``adamw``, the official; ``lbfgs``, BEYOND the paper: strong-Wolfe
     L-BFGS per expert with ``lbfgs_history`` (20) curvature pairs, ``construct_lr`` unused),
-    ``sigma`` (0.01: the gauss init's σ and the ``task_span`` init's noise), ``similarity`` (``cos``|``mse``|``l1``),
+    ``sigma`` (0.01: the gauss init's σ and the ``taskspan`` init's noise), ``similarity`` (``cos``|``mse``|``l1``),
     ``gauss_shared`` (None: family default — vision reuses one draw seeded with ``seed`` for every
     block and expert as the official code; text/LLM draw per (block, expert) from a derived seed).
 

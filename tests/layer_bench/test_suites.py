@@ -227,6 +227,29 @@ def test_evaluate_rejects_a_foreign_state(built):
         suite.evaluate(bad, task, root / "base", root / "data", root / "experts" / task)
 
 
+def test_evaluate_copies_a_state_into_the_model_once_per_state(built, monkeypatch):
+    """One merged state evaluated on every task is copied into the model once; another state (or
+    the first one again after it) is copied anew, and scores as a fresh suite scores it."""
+    suite, root = built
+    module = sys.modules[type(suite).__module__]
+    copies = []
+    real = module.load_encoder_state
+    monkeypatch.setattr(module, "load_encoder_state", lambda model, state: (copies.append(state), real(model, state)))
+    base = load_state_dict(root / "base")
+    expert = load_state_dict(root / "experts" / suite.tasks[0])
+    args = (root / "base", root / "data")
+
+    def score(state, task):
+        return suite.evaluate(state, task, *args, root / "experts" / task)
+
+    first = [score(expert, t) for t in suite.tasks[:2]]
+    assert len(copies) == 1
+    score(base, suite.tasks[0])
+    assert score(expert, suite.tasks[0]) == first[0] and len(copies) == 3
+    fresh = get_suite(suite.name, suite.settings)
+    assert fresh.evaluate(expert, suite.tasks[1], *args, root / "experts" / suite.tasks[1]) == first[1]
+
+
 def test_load_encoder_matches_the_stored_weights(built):
     suite, root = built
     model = suite.load_encoder(root / "base")

@@ -45,7 +45,7 @@ def test_default_config_has_every_method_and_fda_variant():
     for section in config["suites"].values():
         assert list(section["methods"]) == list(cfg_names.METHODS)
         assert section["fda"]["inits"] == list(cfg_names.FDA_INITS)
-        assert section["fda"]["anchor_inits"] == list(cfg_names.ANCHOR_INITS)
+        assert section["fda"]["anchor_inits"] == ["gauss", "weight"]  # the paper's two; taskspan is an option
     assert len(cfg_names.cells(config)) == 2 * (7 + 4)
 
 
@@ -285,3 +285,18 @@ def test_construction_params_leave_out_adaptation_fields():
     assert "adapt_epochs" not in construct and construct["construct_steps"] == 1200
     assert cfg_names.fda_hparams(section, "pretrained")["adapt_epochs"] == 25
     assert cfg_names.fda_hparams(section, "wudi")["adapt_epochs"] == 15
+
+
+def test_beyond_the_paper_construction_options_are_config_words():
+    # the taskspan anchor init and the lbfgs optimiser are accepted by the schema and reach FDAConfig;
+    # a misspelt optimiser is refused with the allowed values
+    cfg = _raw()
+    fda_cfg = cfg["suites"]["minivision"]["fda"]
+    fda_cfg["anchor_inits"] = ["gauss", "taskspan"]
+    fda_cfg["hparams"]["construct_optimizer"] = "lbfgs"
+    config = cfg_load.validate_config(copy.deepcopy(cfg))
+    section = cfg_views.effective_suite(config, "minivision")
+    assert section["fda"]["anchor_inits"] == ["gauss", "taskspan"]
+    assert cfg_names.fda_hparams(section)["construct_optimizer"] == "lbfgs"
+    fda_cfg["hparams"]["construct_optimizer"] = "bfgs"
+    assert "adamw, lbfgs" in _error(cfg)

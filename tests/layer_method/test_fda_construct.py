@@ -28,7 +28,7 @@ def small_config(family: str, **kw) -> FDAConfig:
 
 
 @pytest.mark.parametrize("family", [*BUILDERS, "llama-layer"])
-@pytest.mark.parametrize("anchor_init", ["gauss", "weight", "task_span"])
+@pytest.mark.parametrize("anchor_init", ["gauss", "weight", "taskspan"])
 def test_construction_aligns_the_induced_gradient_with_the_task_vector(family, anchor_init):
     part = "layer" if family == "llama-layer" else None
     family = "llama" if part else family

@@ -1,8 +1,8 @@
-"""Construction options BEYOND the paper: the L-BFGS optimiser and the ``task_span`` anchor init.
+"""Construction options BEYOND the paper: the L-BFGS optimiser and the ``taskspan`` anchor init.
 
 The paper's defaults (AdamW, gauss / weight) are covered by test_fda_construct.py; here: that the
 new options are budgeted in objective evaluations, keep the best-anchor and snapshot contracts,
-stay per-expert independent, fail clearly on bad settings, and that ``task_span`` draws tokens
+stay per-expert independent, fail clearly on bad settings, and that ``taskspan`` draws tokens
 from the task vector's row span at the weight rows' scale.
 """
 
@@ -85,8 +85,8 @@ def test_lbfgs_experts_are_independent():
     model = tiny_clip()
     pre, experts = states(model, 3)
     cfg = lbfgs_config("clip-vision", steps=10)
-    together = fda.construct_block(model, pre, experts, 0, "task_span", cfg)
-    (alone,) = fda.construct_block(model, pre, experts, 0, "task_span", cfg, experts_subset=[2])
+    together = fda.construct_block(model, pre, experts, 0, "taskspan", cfg)
+    (alone,) = fda.construct_block(model, pre, experts, 0, "taskspan", cfg, experts_subset=[2])
     assert torch.equal(alone.anchors, together[2].anchors) and torch.equal(alone.log.loss, together[2].log.loss)
 
 
@@ -128,7 +128,7 @@ def test_default_optimizer_is_the_papers():
 
 
 # ------------------------------------------------------------------------------------------------
-# task_span init
+# taskspan init
 
 
 def _block_tensors(state: dict, adapter, block: int) -> dict:
@@ -136,7 +136,7 @@ def _block_tensors(state: dict, adapter, block: int) -> dict:
     return {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}
 
 
-def test_task_span_tokens_lie_along_a_rank_one_task_vector_at_the_weight_rows_scale():
+def test_taskspan_tokens_lie_along_a_rank_one_task_vector_at_the_weight_rows_scale():
     model = tiny_clip()
     ad = adapter_for(model)
     pre = _block_tensors(model.state_dict(), ad, 0)
@@ -155,14 +155,14 @@ def test_task_span_tokens_lie_along_a_rank_one_task_vector_at_the_weight_rows_sc
     torch.testing.assert_close(tokens.norm(dim=1), target.expand(30), rtol=1e-3, atol=0)
 
 
-def test_task_span_reads_q_k_v_and_the_first_mlp_layer_only():
+def test_taskspan_reads_q_k_v_and_the_first_mlp_layer_only():
     for model, expected in ((tiny_clip(), {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "mlp.fc1.weight"}),
                             (tiny_bert(), {"attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight",
                                            "intermediate.dense.weight"})):  # fmt: skip
         assert set(adapter_for(model).input_reading_names(0)) == expected
 
 
-def test_task_span_of_an_untouched_block_is_isotropic_and_finite():
+def test_taskspan_of_an_untouched_block_is_isotropic_and_finite():
     model = tiny_clip()
     ad = adapter_for(model)
     pre = _block_tensors(model.state_dict(), ad, 0)
@@ -171,21 +171,21 @@ def test_task_span_of_an_untouched_block_is_isotropic_and_finite():
     assert torch.linalg.matrix_rank(x.reshape(-1, D)) == min(20, D)
 
 
-def test_task_span_is_seeded_per_block_and_expert_and_repeats():
+def test_taskspan_is_seeded_per_block_and_expert_and_repeats():
     model = tiny_bert()
     pre, experts = states(model, 2)
     cfg = dataclasses.replace(lbfgs_config("bert"), construct_steps=0)
-    a = fda.construct_block(model, pre, experts, 0, "task_span", cfg)
-    b = fda.construct_block(model, pre, experts, 0, "task_span", cfg)
+    a = fda.construct_block(model, pre, experts, 0, "taskspan", cfg)
+    b = fda.construct_block(model, pre, experts, 0, "taskspan", cfg)
     assert torch.equal(a[0].initial, b[0].initial) and not torch.equal(a[0].initial, a[1].initial)
 
 
-def test_task_span_starts_closer_to_the_task_vector_than_gauss():
+def test_taskspan_starts_closer_to_the_task_vector_than_gauss():
     # the init's point: a higher induced-gradient cosine before any step
     model = tiny_clip()
     pre, experts = states(model, 2)
     cfg = dataclasses.replace(lbfgs_config("clip-vision"), construct_steps=1)
-    span = fda.construct_block(model, pre, experts, 1, "task_span", cfg)
+    span = fda.construct_block(model, pre, experts, 1, "taskspan", cfg)
     gauss = fda.construct_block(model, pre, experts, 1, "gauss", cfg)
     for s, g in zip(span, gauss):
         assert float(s.log.mean_cos()[0]) > float(g.log.mean_cos()[0])

@@ -390,3 +390,21 @@ def test_clip_family_input_check():
     key = "encoder.layers.0.self_attn.k_proj.bias"
     with pytest.raises(MergeInputError, match=rf"expert 1: tensor '{key}'"):
         fda.construct_block(model, pre, [experts[0], poisoned(experts[1], key)], 0, "weight", small("clip-vision"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_is_finite_agrees_with_isfinite_all(dtype):
+    # is_finite goes through aminmax for speed: one NaN or inf anywhere, alone or together, any dtype
+    from baselines.finite import is_finite
+
+    gen = torch.Generator().manual_seed(0)
+    for bad in (None, float("nan"), float("inf"), float("-inf")):
+        for where in (0, 17, 99):
+            t = torch.randn(100, generator=gen).to(dtype)
+            if bad is not None:
+                t[where] = bad
+            assert is_finite(t) == bool(torch.isfinite(t).all()), (dtype, bad, where)
+    t = torch.randn(10).to(dtype)
+    t[2], t[5] = float("nan"), float("inf")
+    assert not is_finite(t)
+    assert is_finite(torch.empty(0, dtype=dtype)) and is_finite(torch.tensor([1, 2])) and is_finite(torch.tensor(3.0, dtype=dtype))

@@ -72,7 +72,7 @@ def fda_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--family", required=True)
     sp.add_argument("--size", default="base", choices=["base", "large"], help="FDAConfig.for_family size")
     sp.add_argument("--fda", type=json_arg, default={}, help="FDAConfig overrides (JSON)")
-    sp.add_argument("--anchor-init", required=True, choices=["gauss", "weight", "task_span"])
+    sp.add_argument("--anchor-init", required=True, choices=["gauss", "weight", "taskspan"])
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--n-blocks", type=int, help="expected number of blocks (checked against the model)")
     sp.add_argument("--base", required=True)

@@ -8,7 +8,7 @@ REFERENCE_METHODS = ("pretrained", "individual")
 BASELINE_METHODS = ("ta", "tsvm", "wudi", "average", "ties")
 METHODS = REFERENCE_METHODS + BASELINE_METHODS
 FDA_INITS = ("pretrained", "ta", "tsvm", "wudi")
-ANCHOR_INITS = ("gauss", "weight", "task_span")  # task_span: BEYOND the paper
+ANCHOR_INITS = ("gauss", "weight", "taskspan")  # taskspan: BEYOND the paper
 SUITES = ("minitext", "minivision", "vitb32", "vitb16", "vitl14", "robertab", "robertal", "llama13b")
 
 

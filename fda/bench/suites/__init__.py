@@ -7,32 +7,64 @@ An unknown suite name or settings key is a ``SettingsError`` (a ``ValueError``) 
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from fda.bench.suites.assets import CorruptAssetError, MissingAssetError
-from fda.bench.suites.base import Row, StateDict, Suite
-from fda.bench.suites.minitext import MinitextSettings, MinitextSuite
-from fda.bench.suites.minivision import MinivisionSettings, MinivisionSuite
 from fda.bench.settings import SettingsError, coerce, schema
 
-_REGISTRY: dict[str, type[Suite]] = {"minitext": MinitextSuite, "minivision": MinivisionSuite}
-_SETTINGS: dict[str, type] = {"minitext": MinitextSettings, "minivision": MinivisionSettings}
+if TYPE_CHECKING:
+    from fda.bench.suites.base import Suite
 
-# Paper-scale suites (hub or local checkpoints; see docs/paper-suites.md)
-from fda.bench.suites.clip_vision import ClipVisionSettings, VitB16Suite, VitB32Suite, VitL14Suite  # noqa: E402
-from fda.bench.suites.glue import GlueSettings, RobertaBaseSuite, RobertaLargeSuite  # noqa: E402
-from fda.bench.suites.llama import LlamaSettings, LlamaSuite  # noqa: E402
+#: suite name -> (module, suite class, settings class). A suite's module is imported only when that
+#: suite is asked for (PEP 562 below for the re-exported names): a job pays for its own suite's
+#: imports, not for every suite's (the paper suites pull in tqdm, open_clip conversion, hub code).
+_SUITES: dict[str, tuple[str, str, str]] = {
+    "minitext": ("fda.bench.suites.minitext", "MinitextSuite", "MinitextSettings"),
+    "minivision": ("fda.bench.suites.minivision", "MinivisionSuite", "MinivisionSettings"),
+    # paper-scale suites (hub or local checkpoints; see docs/paper-suites.md)
+    "vitb32": ("fda.bench.suites.clip_vision", "VitB32Suite", "ClipVisionSettings"),
+    "vitb16": ("fda.bench.suites.clip_vision", "VitB16Suite", "ClipVisionSettings"),
+    "vitl14": ("fda.bench.suites.clip_vision", "VitL14Suite", "ClipVisionSettings"),
+    "robertab": ("fda.bench.suites.glue", "RobertaBaseSuite", "GlueSettings"),
+    "robertal": ("fda.bench.suites.glue", "RobertaLargeSuite", "GlueSettings"),
+    "llama13b": ("fda.bench.suites.llama", "LlamaSuite", "LlamaSettings"),
+}
+SUITES: tuple[str, ...] = tuple(_SUITES)
 
-_REGISTRY.update({"vitb32": VitB32Suite, "vitb16": VitB16Suite, "vitl14": VitL14Suite,
-                  "robertab": RobertaBaseSuite, "robertal": RobertaLargeSuite, "llama13b": LlamaSuite})
-_SETTINGS.update({"vitb32": ClipVisionSettings, "vitb16": ClipVisionSettings, "vitl14": ClipVisionSettings,
-                  "robertab": GlueSettings, "robertal": GlueSettings, "llama13b": LlamaSettings})
-SUITES: tuple[str, ...] = tuple(_REGISTRY)
+#: names re-exported from the submodules, imported on first use (``from fda.bench.suites import Suite``)
+_LAZY = {
+    "CorruptAssetError": "fda.bench.suites.assets",
+    "MissingAssetError": "fda.bench.suites.assets",
+    "Row": "fda.bench.suites.base",
+    "StateDict": "fda.bench.suites.base",
+    "Suite": "fda.bench.suites.base",
+    "MinitextSettings": "fda.bench.suites.minitext",
+    "MinitextSuite": "fda.bench.suites.minitext",
+    "MinivisionSettings": "fda.bench.suites.minivision",
+    "MinivisionSuite": "fda.bench.suites.minivision",
+}
 
 
-def _check_name(name: str) -> None:
-    if name not in _REGISTRY:
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fda.bench.suites' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+def _classes(name: str) -> tuple[type[Suite], type]:
+    """``(suite class, settings class)`` of suite ``name``, importing its module."""
+    if name not in _SUITES:
         raise SettingsError(f"unknown suite {name!r}; valid suites: {list(SUITES)}")
+    module_name, suite_cls, settings_cls = _SUITES[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, suite_cls), getattr(module, settings_cls)
 
 
 def get_suite(name: str, settings: dict[str, Any] | None = None) -> Suite:
@@ -40,33 +72,30 @@ def get_suite(name: str, settings: dict[str, Any] | None = None) -> Suite:
 
     ``settings`` may also be ``{"preset": "smoke", ...overrides}`` for the tiny variant.
     """
-    _check_name(name)
+    suite_cls, settings_cls = _classes(name)
     settings = dict(settings or {})
     preset = settings.pop("preset", "default")
     if preset == "smoke":
-        overrides = coerce(_SETTINGS[name], settings, suite=name)  # same key/type checks as the default preset
-        return _REGISTRY[name](_SETTINGS[name].smoke(**overrides))
+        overrides = coerce(settings_cls, settings, suite=name)  # same key/type checks as the default preset
+        return suite_cls(settings_cls.smoke(**overrides))
     if preset != "default":
         raise SettingsError(f"suite {name!r}: unknown preset {preset!r}; valid presets: ['default', 'smoke']")
-    return _REGISTRY[name](settings)
+    return suite_cls(settings)
 
 
 def suite_family(name: str) -> str:
     """The block-adapter family of suite ``name``'s model (without building the suite)."""
-    _check_name(name)
-    return _REGISTRY[name].family
+    return _classes(name)[0].family
 
 
 def suite_settings_class(name: str) -> type:
     """The settings dataclass of suite ``name`` (its fields' types, defaults, help and ranges)."""
-    _check_name(name)
-    return _SETTINGS[name]
+    return _classes(name)[1]
 
 
 def suite_settings_schema(name: str) -> dict[str, dict[str, Any]]:
     """``{key: {"type", "default", "help"}}`` of suite ``name`` (plus the ``preset`` key)."""
-    _check_name(name)
-    out = schema(_SETTINGS[name])
+    out = schema(_classes(name)[1])
     out["preset"] = {"type": "str", "default": "default", "help": "'default' or 'smoke' (tiny variant; other keys override it)"}
     return out
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import torch
 from torch import nn
 
 from fda.bench.suites.base import StateDict
+
+if TYPE_CHECKING:
+    import datasets
 
 
 def task_seed(seed: int, task: str, stage: str) -> int:
@@ -22,6 +25,8 @@ def load_split(data_dir: Path, task: str, split: str) -> datasets.Dataset:
     path = Path(data_dir) / task
     if not (path / "dataset_dict.json").is_file():
         raise FileNotFoundError(f"no data for task '{task}' at {path}: run the suite's prepare_data first")
+    import datasets  # noqa: PLC0415  (local: merge and FDA jobs build suites but read no data)
+
     return datasets.load_from_disk(str(path))[split]
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -103,6 +102,7 @@ class MinitextSuite(Suite):
         self._model_cache: dict[str, nn.Module] = {}
         self._tok_cache: dict[str, Any] = {}
         self._data_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._loaded: tuple[nn.Module, StateDict] | None = None  # (evaluation model, the state copied into it)
 
     @property
     def tasks(self) -> list[str]:
@@ -116,6 +116,10 @@ class MinitextSuite(Suite):
     def prepare_data(self, out_dir: Path, seed: int) -> None:
         """Per task: DatasetDict(train/validation/test) with columns ``text`` (str), ``label``
         (ClassLabel over the task's fortunes categories); class-balanced, seeded, disjoint."""
+        # datasets and transformers are imported where used: a job pays only for what
+        # its command runs (a merge or FDA job builds the suite but reads no data).
+        import datasets  # noqa: PLC0415
+
         c = self.cfg
         src = assets.fortunes_dir(c.fortunes_dir)
         counts = {"train": c.train_per_class, "validation": c.val_per_class, "test": c.test_per_class}
@@ -227,7 +231,12 @@ class MinitextSuite(Suite):
         if task not in self.tasks:
             raise ValueError(f"minitext: task {task!r} not in this suite's tasks {self.tasks}")
         model = self._model(base_dir)
-        load_encoder_state(model, encoder_state)
+        # A job evaluates one merged state on every task: copy it into the model once. The pair is
+        # held (not its ids, which a freed state could pass on); states are never changed in place.
+        if self._loaded is None or self._loaded[0] is not model or self._loaded[1] is not encoder_state:
+            self._loaded = None  # until the copy is complete
+            load_encoder_state(model, encoder_state)
+            self._loaded = (model, encoder_state)
         weight, bias, _meta = load_head(Path(expert_dir) / HEAD_FILE)
         ids, mask, y = self._encode(base_dir, data_dir, task, "test", limit)
         order = torch.argsort(mask.sum(1))  # length-sorted batches: less padding
@@ -240,6 +249,7 @@ class MinitextSuite(Suite):
                 h = model(input_ids=ids[idx, :width], attention_mask=m[:, :width]).last_hidden_state
                 preds[idx] = (_mean_pool(h, m[:, :width]) @ weight.T + bias).argmax(-1)
         acc = float((preds == y).float().mean())
-        from sklearn.metrics import f1_score  # lazy: sklearn costs ~1.6 s of start-up in every job
+        from sklearn.metrics import f1_score  # lazy: only evaluation jobs pay for sklearn's import
+
         f1 = float(f1_score(y.numpy(), preds.numpy(), average="macro", labels=np.arange(len(TASKS[task])), zero_division=0))
         return [{"task": task, "metric": "accuracy", "value": acc}, {"task": task, "metric": "f1macro", "value": f1}]

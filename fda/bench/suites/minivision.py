@@ -14,9 +14,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,6 +29,9 @@ from fda.bench.suites.heads import HEAD_FILE, apply_head, load_head, prototype_h
 from fda.bench.suites.splits import balanced_split, save_dataset_dict
 from fda.io.atomic import atomic_dir
 from fda.bench.suites.training import seeded, train
+
+if TYPE_CHECKING:
+    import datasets
 
 FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 DIGIT_CLASSES = [str(i) for i in range(10)]
@@ -147,6 +149,10 @@ def _to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 
 def _image_features() -> datasets.Features:
+    # datasets, transformers and sklearn are imported where used: a job pays only for what its
+    # command runs (a merge or FDA job builds the suite but reads no data).
+    import datasets  # noqa: PLC0415
+
     return datasets.Features({"image": datasets.Array2D(shape=(28, 28), dtype="uint8"), "label": datasets.Value("int64")})
 
 
@@ -163,6 +169,7 @@ class MinivisionSuite(Suite):
         self.cfg = cfg
         self._model_cache: dict[str, nn.Module] = {}
         self._data_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._loaded: tuple[nn.Module, StateDict] | None = None  # (evaluation model, the state copied into it)
 
     @property
     def tasks(self) -> list[str]:
@@ -213,6 +220,8 @@ class MinivisionSuite(Suite):
 
     @staticmethod
     def _write(path: Path, parts: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str] | None = None) -> None:
+        import datasets  # noqa: PLC0415
+
         feats = _image_features()
         if classes is not None:
             feats["label"] = datasets.ClassLabel(names=classes)
@@ -333,11 +342,17 @@ class MinivisionSuite(Suite):
         if task not in self.tasks:
             raise ValueError(f"minivision: task {task!r} not in this suite's tasks {self.tasks}")
         model = self._model(base_dir)
-        load_encoder_state(model, encoder_state)
+        # A job evaluates one merged state on every task: copy it into the model once. The pair is
+        # held (not its ids, which a freed state could pass on); states are never changed in place.
+        if self._loaded is None or self._loaded[0] is not model or self._loaded[1] is not encoder_state:
+            self._loaded = None  # until the copy is complete
+            load_encoder_state(model, encoder_state)
+            self._loaded = (model, encoder_state)
         weight, bias, meta = load_head(Path(expert_dir) / HEAD_FILE)
         x, y = self._arrays(data_dir, task, "test", limit)
         preds = apply_head(self._features(model, x), weight, bias, meta).argmax(-1)
         acc = float((preds == y).float().mean())
-        from sklearn.metrics import f1_score  # lazy: sklearn costs ~1.6 s of start-up in every job
+        from sklearn.metrics import f1_score  # lazy: only evaluation jobs pay for sklearn's import
+
         f1 = float(f1_score(y.numpy(), preds.numpy(), average="macro", labels=np.arange(len(weight)), zero_division=0))
         return [{"task": task, "metric": "accuracy", "value": acc}, {"task": task, "metric": "f1macro", "value": f1}]
