@@ -220,3 +220,17 @@ def test_figures(tmp_path):
     # same inputs, same bytes (no timestamps in PNG or PDF)
     again = figures.write_construction_figures("minitext", "gauss", log_paths, tmp_path / "again")
     assert [p.read_bytes() for p in out] == [p.read_bytes() for p in again]
+
+
+def test_lbfgs_construction_logs_are_drawn_best_so_far():
+    from fda.bench.report import figures
+
+    # line-search trial points are not steps: an L-BFGS curve shows what a run of each length returns
+    log = {"block": 0, "optimizer": "lbfgs", "loss": [5.0, 7.0, 3.0, 4.0], "cos_mean": [0.1, 0.0, 0.4, 0.3], "steps": [0, 1, 2, 3]}
+    best = figures._best_so_far(log)
+    assert best["loss"] == [5.0, 5.0, 3.0, 3.0] and best["cos_mean"] == [0.1, 0.1, 0.4, 0.4]
+    fig = figures.construction_curves([log], "t")
+    assert fig.axes[0].get_xlabel().startswith("objective evaluation")
+    assert list(fig.axes[1].lines[0].get_ydata()) == [0.1, 0.1, 0.4, 0.4]
+    adamw = figures.construction_curves([{**log, "optimizer": "adamw"}], "t")
+    assert adamw.axes[0].get_xlabel() == "construction step" and list(adamw.axes[1].lines[0].get_ydata()) == [0.1, 0.0, 0.4, 0.3]

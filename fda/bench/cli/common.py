@@ -186,7 +186,8 @@ def construct_log_record(result: Any, **meta: Any) -> dict[str, Any]:
     names = list(clog.param_names)
     cos = {n: [float(r[k]) for r in cos_rows] for k, n in enumerate(names)}
     cos_mean = [float(v) for v in to_list(clog.mean_cos())] if loss else []
-    return {**meta, "best_step": int(result.best_step), "best_loss": float(result.best_loss),
+    return {**meta, "optimizer": result.settings.get("construct_optimizer", "adamw"),
+            "best_step": int(result.best_step), "best_loss": float(result.best_loss),
             "steps": list(range(len(loss))), "loss": loss, "cos_mean": cos_mean, "cos": cos,
             "unalignable": list(clog.unalignable), "sv_steps": [int(x) for x in clog.sv_steps],
             "singular_values": [to_list(v) for v in clog.sv]}

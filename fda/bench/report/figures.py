@@ -109,11 +109,25 @@ def read_construct_log(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def _best_so_far(log: dict[str, Any]) -> dict[str, Any]:
+    """An L-BFGS log as the anchors a run of each length returns: loss and cosine at the lowest
+    loss so far (its raw rows include line-search trial points, which are not steps)."""
+    loss, cos = np.asarray(log.get("loss", []), dtype=float), np.asarray(log.get("cos_mean", []), dtype=float)
+    if not len(loss):
+        return log
+    best = np.minimum.accumulate(loss)
+    at = np.array([int(np.argmin(loss[: k + 1])) for k in range(len(loss))])  # index of the lowest loss so far
+    return {**log, "loss": best.tolist(), "cos_mean": cos[at].tolist() if len(cos) == len(loss) else log.get("cos_mean", [])}
+
+
 def construction_curves(logs: Iterable[dict[str, Any]], title: str) -> plt.Figure:
-    """Loss and mean gradient cosine over construction steps; one line per block (mean over experts)."""
+    """Loss and mean gradient cosine over objective evaluations (AdamW: steps); one line per block
+    (mean over experts). L-BFGS logs are drawn best-so-far (see :func:`_best_so_far`)."""
     by_block: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    optimizers = set()
     for log in logs:
-        by_block[int(log["block"])].append(log)
+        optimizers.add(log.get("optimizer", "adamw"))
+        by_block[int(log["block"])].append(_best_so_far(log) if log.get("optimizer") == "lbfgs" else log)
     fig, (ax_l, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
     cmap = plt.get_cmap("viridis", max(len(by_block), 2))
     for k, block in enumerate(sorted(by_block)):
@@ -124,8 +138,9 @@ def construction_curves(logs: Iterable[dict[str, Any]], title: str) -> plt.Figur
             n = min(len(s) for s in series)
             steps = np.asarray(by_block[block][0]["steps"][:n], dtype=float)
             ax.plot(steps, np.mean([s[:n] for s in series], axis=0), color=cmap(k), label=f"block {block}")
-    ax_l.set(xlabel="construction step", ylabel="loss  Σ_p (1 − cos)", title="construction loss")
-    ax_c.set(xlabel="construction step", ylabel="mean cos(∇, τ)", title="gradient–task-vector cosine")
+    xlabel = "construction step" if optimizers <= {"adamw"} else "objective evaluation (L-BFGS: best so far)"
+    ax_l.set(xlabel=xlabel, ylabel="loss  Σ_p (1 − cos)", title="construction loss")
+    ax_c.set(xlabel=xlabel, ylabel="mean cos(∇, τ)", title="gradient–task-vector cosine")
     for ax in (ax_l, ax_c):
         ax.grid(alpha=0.3)
     ax_c.legend(fontsize=7, ncol=2)
