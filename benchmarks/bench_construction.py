@@ -238,7 +238,9 @@ def report(rows: list[dict[str, Any]]) -> str:
            "(its lowest loss so far; mean over the experts; mean ± half the range over seeds). *to G50 / G300*: "
            "evaluations the option needs to reach the cosine of AdamW + gauss (the paper's default) after 50 / 300 "
            "evaluations, same seed (median over seeds; *> budget*: not within the option's budget, for how many seeds); "
-           "*to own 300*: the same against AdamW with the option's own anchor init. *s/eval*: wall seconds per "
+           "*to own 300*: the same against AdamW with the option's own anchor init. *AdamW-gauss equivalent*: the "
+           "evaluations AdamW + gauss needs to reach the option's cosine at its full budget, and that over the budget "
+           "(the option's speed-up). *s/eval*: wall seconds per "
            "objective evaluation of one expert (1 thread; the machine ran two such processes and other work, so "
            "compare within a row group only). Accuracy: suite mean test accuracy (%) with only this block adapted on the "
            "anchors of that budget, from the pretrained model / from TA (mean over seeds); the other blocks keep the init.",
@@ -255,8 +257,8 @@ def report(rows: list[dict[str, Any]]) -> str:
         init_acc = next((r.get("init_accuracy") for r in rs if r.get("init_accuracy")), None)
         if init_acc:
             out += ["Without adapting the block: " + ", ".join(f"{k} {v:.1f}" for k, v in init_acc.items()) + ".", ""]
-        out += ["| option | seeds | s/eval | cos at 0 | at 25 | at 50 | at 60 | at 100 | at 300 | to G50 | to G300 | to own 300 | accuracy (pre / TA) |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        out += ["| option | seeds | s/eval | cos at 0 | at 25 | at 50 | at 60 | at 100 | at 300 | to G50 | to G300 | to own 300 | AdamW-gauss equivalent | accuracy (pre / TA) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         by_option: dict[str, list[dict]] = defaultdict(list)
         for r in rs:
             by_option[r["option"]].append(r)
@@ -279,6 +281,15 @@ def report(rows: list[dict[str, Any]]) -> str:
                     misses[kind] += 1
                 else:
                     ratios[kind].append(_median([float(c) for c in g300]) / 300)  # type: ignore[arg-type]
+            # evaluations AdamW + gauss needs to match this option's cosine at its full budget, and that over the budget
+            matches = [evals_to_reach(gauss_ref[r["seed"]]["curve"], r["curve"][-1]) for r in runs if r["seed"] in gauss_ref]
+            if is_ref or not matches:
+                equivalent = ""
+            elif any(m is None for m in matches):
+                equivalent = f"> 300 at {runs[0]['evals']}"
+            else:
+                m = _median([float(x) for x in matches])  # type: ignore[arg-type]
+                equivalent = f"{m:.0f} at {runs[0]['evals']} ({m / runs[0]['evals']:.1f}x)"
             accs = []
             budgets = sorted({b for r in runs for b in r["accuracy"]}, key=int)
             for bud in budgets:
@@ -292,7 +303,7 @@ def report(rows: list[dict[str, Any]]) -> str:
                     acc_gap[f"{kind} @ {last}"].append(_mean(mine) - _mean(vals))
             out.append(f"| {name} | {len(runs)} | {_mean([r['s_per_eval'] for r in runs]):.3f} | {_spread([r['initial_cos'] for r in runs])} | "
                        f"{at(25)} | {at(50)} | {at(60)} | {at(100)} | {at(300)} | {_reach_cell(g50)} | {_reach_cell(g300)} | "
-                       f"{_reach_cell(own300)} | {'; '.join(accs)} |")  # fmt: skip
+                       f"{_reach_cell(own300)} | {equivalent} | {'; '.join(accs)} |")  # fmt: skip
         out.append("")
     if ratios or misses:
         out += ["## Summary", "",
