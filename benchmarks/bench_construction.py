@@ -356,6 +356,29 @@ def gap_report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def run_check(rows: list[dict[str, Any]], work: str, seed: int = 0) -> str:
+    """Markdown: the cosine of the anchors a workflow run built (``WORK/*/fda/seed{seed}/anchors``
+    construction logs; mean over experts at the returned anchors) beside AdamW + gauss at 50 and
+    300 evaluations of the same block and seed from ``rows``; ✓ marks at least the 300 value."""
+    ref = {(r["suite"], r["block"]): r["curve"] for r in rows
+           if r["optimizer"] == "adamw" and r["anchor_init"] == "gauss" and r["seed"] == seed and r["evals"] >= 300}  # fmt: skip
+    built: dict[tuple, list[float]] = defaultdict(list)
+    for f in Path(work).glob(f"*/fda/seed{seed}/anchors/*/block*/*.json"):
+        log = json.loads(f.read_text())
+        built[(log["suite"], log["block"], log["anchor_init"])].append(log["cos_mean"][log["best_step"]])
+    inits = sorted({k[2] for k in built})
+    out = ["| suite | block | AdamW gauss 50 | AdamW gauss 300 | " + " | ".join(f"run, {i}" for i in inits) + " |",
+           "|---|---:|---:|---:|" + "---:|" * len(inits)]
+    for suite, block in sorted(ref):
+        curve = ref[(suite, block)]
+        cells = []
+        for i in inits:
+            vals = built.get((suite, block, i))
+            cells.append("–" if not vals else f"{_mean(vals):.3f} {'✓' if _mean(vals) >= curve[299] else '✗'}")
+        out.append(f"| {suite} | {block} | {curve[49]:.3f} | {curve[299]:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def figure(rows: list[dict[str, Any]], path: str) -> None:
     """Cosine against objective evaluations, one panel per (suite, block), one line per option
     (mean over seeds); the dotted line is AdamW + gauss at 300 evaluations."""
@@ -407,11 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results/construction.jsonl")
     p.add_argument("--report", metavar="JSONL", help="print the Markdown report of a results file and exit")
     p.add_argument("--gap", metavar="JSONL", help="print the gap-to-the-paper's-budget report of a long run's file and exit")
+    p.add_argument("--check-run", metavar="WORK", help="with --report: instead compare the anchors a workflow run built under "
+                   "WORK (e.g. work) with AdamW + gauss at 50 and 300 evaluations")
     p.add_argument("--figure", metavar="PNG", help="with --report: also plot cosine against evaluations here")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
     if args.gap:
         print(gap_report(read_rows(args.gap)), end="")
+        return 0
+    if args.report and args.check_run:
+        print(run_check(read_rows(args.report), args.check_run), end="")
         return 0
     if args.report:
         print(report(read_rows(args.report)), end="")
