@@ -149,11 +149,9 @@ def task_span_anchors(
     names = adapter.input_reading_names(block)
     if not names:
         raise ValueError(f"{adapter.family} block {block}: no weight reads the block input (width {adapter.width}) for the 'taskspan' init")
-    deltas = [(finetuned[k].detach().float() - pretrained[k].detach().float()) for k in names]
-    norms = [d.norm() for d in deltas]
-    rows = [d / nrm for d, nrm in zip(deltas, norms) if float(nrm) > 0]
-    d = adapter.width
-    m = torch.cat(rows, dim=0) if rows else torch.eye(d)  # [R, d]
+    deltas = [finetuned[k].detach().float() - pretrained[k].detach().float() for k in names]
+    rows = [delta / delta.norm() for delta in deltas if float(delta.norm()) > 0]
+    m = torch.cat(rows, dim=0) if rows else torch.eye(adapter.width)  # [R, d]
     count = n * (1 if adapter.official_layout == "ND" else tokens)
     x = torch.randn(count, m.shape[0], generator=generator) @ m  # [count, d]
     target = weight_row_pool(adapter, block, finetuned).norm(dim=1).median()
@@ -496,65 +494,70 @@ def _run_lbfgs(objective: _Objective, init: torch.Tensor, steps: int, history: i
     best anchors over all evaluations are kept, trial points included. A run whose line search
     makes no progress (torch's tolerances met) stops before its budget.
     """
-    E = init.shape[0]
-    P = len(objective.terms)
     trace = _Trace([], [], [], [], [], [], [], [], [])
-    bar = tqdm(total=E * steps, desc=f"construct block {block} (L-BFGS)", disable=not progress, leave=False)
-    for e in range(E):
-        x = init[e].detach().clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([x], lr=1.0, max_iter=steps, max_eval=steps, history_size=history, line_search_fn="strong_wolfe")
-        best, best_loss, best_step = x.detach().clone(), math.inf, -1
-        losses: list[torch.Tensor] = []
-        coss: list[torch.Tensor] = []
-        norms: list[torch.Tensor] = []
-        sv_steps: list[int] = []
-        svs: list[torch.Tensor] = []
-        kept: dict[int, torch.Tensor] = {}
-
-        def closure() -> torch.Tensor:
-            nonlocal best, best_loss, best_step
-            count = len(losses)
-            if count >= steps:
-                raise _BudgetSpent
-            if count in budgets:
-                kept[count] = best.clone()
-            if sv_every and count % sv_every == 0:
-                sv_steps.append(count)
-                svs.append(_normalised_sv(x).cpu())
-            loss, cos, gnorm, gx = objective.one(e, x)
-            losses.append(loss.cpu())
-            if not math.isfinite(float(losses[-1])):
-                _diverged(where, losses[-1].reshape(1), [ids[e]], count, steps, 1.0, "lbfgs")
-            coss.append(cos.cpu())
-            norms.append(gnorm.cpu())
-            if float(losses[-1]) < best_loss:
-                best, best_loss, best_step = x.detach().clone(), float(losses[-1]), count
-            x.grad = gx
-            bar.update(1)
-            return loss
-
-        with contextlib.suppress(_BudgetSpent):
-            while len(losses) < steps:
-                before = len(losses)
-                opt.step(closure)
-                if len(losses) - before <= 1:  # converged at its first evaluation: nothing left to gain
-                    break
-        bar.update(steps - len(losses))
-        if sv_every:  # the final snapshot: the returned (best) anchors
-            sv_steps.append(len(losses))
-            svs.append(_normalised_sv(best).cpu())
-        trace.best.append(best)
-        trace.best_loss.append(best_loss)
-        trace.best_step.append(best_step)
-        trace.loss.append(torch.stack(losses) if losses else torch.empty(0))
-        trace.cos.append(torch.stack(coss) if coss else torch.empty(0, P))
-        trace.grad_norm.append(torch.stack(norms) if norms else torch.empty(0, P))
-        trace.sv_steps.append(sv_steps)
-        trace.sv.append(svs)
-        # a budget at or past the last evaluation (the full budget, or past an early stop) is the final best
-        trace.kept.append({s: kept.get(s, best) for s in budgets})
+    bar = tqdm(total=init.shape[0] * steps, desc=f"construct block {block} (L-BFGS)", disable=not progress, leave=False)
+    for e in range(init.shape[0]):
+        _lbfgs_expert(objective, e, init[e], steps, history, budgets, sv_every, where, ids[e], bar, trace)
     bar.close()
     return trace
+
+
+def _lbfgs_expert(objective: _Objective, e: int, x0: torch.Tensor, steps: int, history: int, budgets: list[int], sv_every: int,
+                  where: str, expert_id: int, bar: tqdm, trace: _Trace) -> None:
+    """One expert's L-BFGS run (see :func:`_run_lbfgs`), appended to ``trace``."""
+    P = len(objective.terms)
+    x = x0.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=steps, max_eval=steps, history_size=history, line_search_fn="strong_wolfe")
+    best, best_loss, best_step = x.detach().clone(), math.inf, -1
+    losses: list[torch.Tensor] = []
+    coss: list[torch.Tensor] = []
+    norms: list[torch.Tensor] = []
+    sv_steps: list[int] = []
+    svs: list[torch.Tensor] = []
+    kept: dict[int, torch.Tensor] = {}
+
+    def closure() -> torch.Tensor:
+        nonlocal best, best_loss, best_step
+        count = len(losses)
+        if count >= steps:
+            raise _BudgetSpent
+        if count in budgets:
+            kept[count] = best.clone()
+        if sv_every and count % sv_every == 0:
+            sv_steps.append(count)
+            svs.append(_normalised_sv(x).cpu())
+        loss, cos, gnorm, gx = objective.one(e, x)
+        losses.append(loss.cpu())
+        if not math.isfinite(float(losses[-1])):
+            _diverged(where, losses[-1].reshape(1), [expert_id], count, steps, 1.0, "lbfgs")
+        coss.append(cos.cpu())
+        norms.append(gnorm.cpu())
+        if float(losses[-1]) < best_loss:
+            best, best_loss, best_step = x.detach().clone(), float(losses[-1]), count
+        x.grad = gx
+        bar.update(1)
+        return loss
+
+    with contextlib.suppress(_BudgetSpent):
+        while len(losses) < steps:
+            before = len(losses)
+            opt.step(closure)
+            if len(losses) - before <= 1:  # converged at its first evaluation: nothing left to gain
+                break
+    bar.update(steps - len(losses))
+    if sv_every:  # the final snapshot: the returned (best) anchors
+        sv_steps.append(len(losses))
+        svs.append(_normalised_sv(best).cpu())
+    trace.best.append(best)
+    trace.best_loss.append(best_loss)
+    trace.best_step.append(best_step)
+    trace.loss.append(torch.stack(losses) if losses else torch.empty(0))
+    trace.cos.append(torch.stack(coss) if coss else torch.empty(0, P))
+    trace.grad_norm.append(torch.stack(norms) if norms else torch.empty(0, P))
+    trace.sv_steps.append(sv_steps)
+    trace.sv.append(svs)
+    # a budget at or past the last evaluation (the full budget, or past an early stop) is the final best
+    trace.kept.append({s: kept.get(s, best) for s in budgets})
 
 
 def construct_anchors(
