@@ -150,7 +150,7 @@ def task_span_anchors(
     if not names:
         raise ValueError(f"{adapter.family} block {block}: no weight reads the block input (width {adapter.width}) for the 'taskspan' init")
     deltas = [finetuned[k].detach().float() - pretrained[k].detach().float() for k in names]
-    rows = [delta / delta.norm() for delta in deltas if float(delta.norm()) > 0]
+    rows = [delta / norm for delta, norm in ((d, d.norm()) for d in deltas) if float(norm) > 0]
     m = torch.cat(rows, dim=0) if rows else torch.eye(adapter.width)  # [R, d]
     count = n * (1 if adapter.official_layout == "ND" else tokens)
     x = torch.randn(count, m.shape[0], generator=generator) @ m  # [count, d]
@@ -410,15 +410,15 @@ class _Trace:
     """What one construction run kept, per expert: the best anchors, the per-evaluation logs and
     the budget snapshots (``kept[e][s]``: the best of the first ``s`` evaluations)."""
 
-    best: list[torch.Tensor]
-    best_loss: list[float]
-    best_step: list[int]
-    loss: list[torch.Tensor]  # [evaluations]
-    cos: list[torch.Tensor]  # [evaluations, P]
-    grad_norm: list[torch.Tensor]  # [evaluations, P]
-    sv_steps: list[list[int]]
-    sv: list[list[torch.Tensor]]
-    kept: list[dict[int, torch.Tensor]]
+    best: list[torch.Tensor] = field(default_factory=list)
+    best_loss: list[float] = field(default_factory=list)
+    best_step: list[int] = field(default_factory=list)
+    loss: list[torch.Tensor] = field(default_factory=list)  # [evaluations] each
+    cos: list[torch.Tensor] = field(default_factory=list)  # [evaluations, P] each
+    grad_norm: list[torch.Tensor] = field(default_factory=list)  # [evaluations, P] each
+    sv_steps: list[list[int]] = field(default_factory=list)
+    sv: list[list[torch.Tensor]] = field(default_factory=list)
+    kept: list[dict[int, torch.Tensor]] = field(default_factory=list)
 
 
 def _run_adamw(objective: _Objective, init: torch.Tensor, steps: int, lr: float, budgets: list[int], sv_every: int,
@@ -494,7 +494,7 @@ def _run_lbfgs(objective: _Objective, init: torch.Tensor, steps: int, history: i
     best anchors over all evaluations are kept, trial points included. A run whose line search
     makes no progress (torch's tolerances met) stops before its budget.
     """
-    trace = _Trace([], [], [], [], [], [], [], [], [])
+    trace = _Trace()
     bar = tqdm(total=init.shape[0] * steps, desc=f"construct block {block} (L-BFGS)", disable=not progress, leave=False)
     for e in range(init.shape[0]):
         _lbfgs_expert(objective, e, init[e], steps, history, budgets, sv_every, where, ids[e], bar, trace)

@@ -189,3 +189,22 @@ def test_taskspan_starts_closer_to_the_task_vector_than_gauss():
     gauss = fda.construct_block(model, pre, experts, 1, "gauss", cfg)
     for s, g in zip(span, gauss):
         assert float(s.log.mean_cos()[0]) > float(g.log.mean_cos()[0])
+
+
+def test_lbfgs_non_finite_loss_names_the_block_expert_and_evaluation(monkeypatch):
+    # a line-search trial point whose outputs are NaN stops the run with a clear error
+    from baselines.errors import NonFiniteError
+
+    original = fda.anchors._Objective.one
+    calls = [0]
+
+    def poisoned(self, e, xe):
+        calls[0] += 1
+        loss, cos, gnorm, gx = original(self, e, xe)
+        return (loss * float("nan"), cos, gnorm, gx) if calls[0] == 4 else (loss, cos, gnorm, gx)
+
+    monkeypatch.setattr(fda.anchors._Objective, "one", poisoned)
+    model = tiny_bert()
+    pre, experts = states(model, 1)
+    with pytest.raises(NonFiniteError, match=r"block 0, expert 0: .* objective evaluation 3 of 10 with construct_optimizer='lbfgs'"):
+        fda.construct_block(model, pre, experts, 0, "gauss", lbfgs_config("bert", steps=10))

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fda.bench.config.vocabulary import ANCHOR_INITS  # the --anchor-init choices (a names-only module)
+
 #: ``add(name, fn, help) -> subparser``: how :func:`fda.bench.cli.build_parser` lets a family
 #: module register a subcommand (each family's ``register(add)``)
 AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
@@ -72,7 +74,7 @@ def fda_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--family", required=True)
     sp.add_argument("--size", default="base", choices=["base", "large"], help="FDAConfig.for_family size")
     sp.add_argument("--fda", type=json_arg, default={}, help="FDAConfig overrides (JSON)")
-    sp.add_argument("--anchor-init", required=True, choices=["gauss", "weight", "taskspan"])
+    sp.add_argument("--anchor-init", required=True, choices=ANCHOR_INITS)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--n-blocks", type=int, help="expected number of blocks (checked against the model)")
     sp.add_argument("--base", required=True)

@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from fda.bench.cli.common import (INITS, AddCommand, construct_log_record, fda_config, inputs_key, json_arg, log,
+from fda.bench.cli.common import (ANCHOR_INITS, INITS, AddCommand, construct_log_record, fda_config, inputs_key, json_arg, log,
                                   replace_dir, suite_of, suite_task, task_dir, UsageError)
 
 #: the staging directory's record of what it is building (the resume key)
@@ -249,7 +249,7 @@ def register(add: AddCommand) -> None:
     sp = add("llm-construct", cmd_llm_construct, "construct FDA anchors of one decoder layer for one expert")
     sp.add_argument("--suite", required=True, help="suite name (recorded in the construction log)")
     _fda_flags(sp)
-    sp.add_argument("--anchor-init", required=True, choices=["gauss", "weight", "taskspan"])
+    sp.add_argument("--anchor-init", required=True, choices=ANCHOR_INITS)
     _model_flags(sp)
     sp.add_argument("--layer", type=int, required=True)
     sp.add_argument("--task", required=True, help="the expert whose anchors are built")
@@ -258,7 +258,7 @@ def register(add: AddCommand) -> None:
 
     sp = add("llm-adapt", cmd_llm_adapt, "adapt one decoder layer on the anchors of every expert")
     _fda_flags(sp)
-    sp.add_argument("--anchor-init", required=True, choices=["gauss", "weight", "taskspan"])
+    sp.add_argument("--anchor-init", required=True, choices=ANCHOR_INITS)
     _model_flags(sp)
     sp.add_argument("--init", required=True, choices=INITS)
     sp.add_argument("--init-model", help="the init's merged directory (not for pretrained)")
