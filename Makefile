@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    the main job on the embedded default suites
 #   make test   the test suite (what CI runs)
-# Both create .venv if it is missing.
+# Both create .venv if it is missing and install the Debian packages they need when missing (as
+# root or with password-less sudo; otherwise they stop first with the command to run).
 SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
@@ -11,8 +12,12 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 CORES ?= 2
 # the workflow's jobs call `fda-bench`: the venv's bin comes first, activated or not
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Offline assets of the embedded suites (Fashion-MNIST, the fortunes corpus); the tests also need
+# bubblewrap, the sandbox that runs model-generated code.
+RUN_PACKAGES  := dataset-fashion-mnist fortunes fortunes-min
+TEST_PACKAGES := $(RUN_PACKAGES) bubblewrap
 
-.PHONY: run test smoke reference venv clean-venv
+.PHONY: run test smoke reference venv clean-venv packages-run packages-test
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -27,10 +32,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-run: $(STAMP)
+# First (before the venv's minutes of pip): missing Debian packages are installed or named.
+packages-run:
+	scripts/ensure-debian-packages $(RUN_PACKAGES)
+
+packages-test:
+	scripts/ensure-debian-packages $(TEST_PACKAGES)
+
+run: packages-run $(STAMP)
 	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) all
 
-smoke: $(STAMP)
+smoke: packages-run $(STAMP)
 	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) all --config smoke=true
 
 # Freeze the outputs of a finished `make run` as the committed reference (README results section):
@@ -42,7 +54,7 @@ reference: $(STAMP)
 	cp -r results/tables results/figures results/reference/
 	$(PY) benchmarks/job_times.py logs/benchmarks > results/reference/job_times.md
 
-test: $(STAMP)
+test: packages-test $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q
 
 clean-venv:

@@ -2,7 +2,7 @@
 #
 #   snakemake --cores 2                                    # embedded suites (config/config.yaml)
 #   snakemake --cores 2 --config smoke=true                # the same, minutes instead of hours
-#   snakemake results/vitb16_wudi_fda.csv --configfile config/paper.yaml --profile workflow/profiles/slurm
+#   snakemake results/vitb16_wudi_fda.csv --configfile config/paper.yaml --workflow-profile workflow/profiles/slurm
 #   snakemake --report report.html                         # tables and figures in one HTML file
 #
 # Rules live in workflow/rules/*.smk; every job is a thin `fda-bench ...` call. The streaming LLM

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from baselines.errors import NonFiniteError
 from baselines.finite import check_result, nonfinite_kind
-from fda.anchors import module_mode
+from fda.anchors import StepCallback, module_mode
 from fda.blocks import BlockAdapter
 
 StateDict = dict[str, torch.Tensor]
@@ -136,12 +136,14 @@ def adapt(
     ta_lambda: float,
     seed: int,
     progress: bool = True,
+    on_step: StepCallback | None = None,
 ) -> AdaptResult:
     """Adapt block ``block`` on ``anchors[i]`` (canonical, expert i's anchors).
 
     ``theta0``, ``experts[i]``, ``init_block``: the block's tensors by local name. Targets are
     computed in eval mode; training runs with the block in ``train_mode`` (dropout on or off).
     Returns the adapted tensors under the block's full keys, detached, on the anchors' device.
+    ``on_step(done, total)`` is called after every epoch (``total = epochs``), e.g. for progress.
     """
     if len(anchors) != len(experts):
         raise ValueError(f"{len(anchors)} anchor sets for {len(experts)} experts")
@@ -204,6 +206,8 @@ def adapt(
                 )
             if progress:
                 bar.set_postfix(loss=float(epoch_losses[-1]))
+            if on_step is not None:
+                on_step(len(epoch_losses), epochs)
     final = pooled_loss()
     prefix = adapter.block_prefix(block)
     with torch.no_grad():

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import math
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +40,9 @@ from tqdm.auto import tqdm
 from baselines.errors import NonFiniteError
 from baselines.finite import check_result, nonfinite_kind
 from fda.blocks import BlockAdapter, LossTerm
+
+# on_step(done, total): the work done so far on one block, for progress displays
+StepCallback = Callable[[int, int], None]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -422,7 +425,7 @@ class _Trace:
 
 
 def _run_adamw(objective: _Objective, init: torch.Tensor, steps: int, lr: float, budgets: list[int], sv_every: int,
-               where: str, ids: Sequence[int], progress: bool, block: int) -> _Trace:
+               where: str, ids: Sequence[int], progress: bool, block: int, on_step: StepCallback | None) -> _Trace:
     """The official optimiser: AdamW (PyTorch defaults, wd 0.01) on the stacked anchors ``[E, ...]``,
     one objective evaluation per step."""
     E, dev = init.shape[0], init.device
@@ -464,6 +467,8 @@ def _run_adamw(objective: _Objective, init: torch.Tensor, steps: int, lr: float,
         opt.zero_grad(set_to_none=True)
         if progress:  # float() would synchronise a GPU every step
             bar.set_postfix(loss=float(loss.mean()), cos=float(cos.mean()))
+        if on_step is not None:
+            on_step(step + 1, steps)
     if sv_every:
         snapshot(steps)
     if steps in budgets:
@@ -484,7 +489,7 @@ class _BudgetSpent(Exception):
 
 
 def _run_lbfgs(objective: _Objective, init: torch.Tensor, steps: int, history: int, budgets: list[int], sv_every: int,
-               where: str, ids: Sequence[int], progress: bool, block: int) -> _Trace:
+               where: str, ids: Sequence[int], progress: bool, block: int, on_step: StepCallback | None) -> _Trace:
     """BEYOND the paper: PyTorch's L-BFGS (strong-Wolfe line search, ``history`` pairs), one
     expert at a time, for at most ``steps`` objective evaluations each, line-search ones included.
 
@@ -496,14 +501,17 @@ def _run_lbfgs(objective: _Objective, init: torch.Tensor, steps: int, history: i
     """
     trace = _Trace()
     bar = tqdm(total=init.shape[0] * steps, desc=f"construct block {block} (L-BFGS)", disable=not progress, leave=False)
-    for e in range(init.shape[0]):
-        _lbfgs_expert(objective, e, init[e], steps, history, budgets, sv_every, where, ids[e], bar, trace)
+    E = init.shape[0]
+    for e in range(E):
+        # progress counts evaluations over all experts: expert e's n-th is e * steps + n of E * steps
+        count = None if on_step is None else (lambda n, e=e: on_step(e * steps + n, E * steps))
+        _lbfgs_expert(objective, e, init[e], steps, history, budgets, sv_every, where, ids[e], bar, trace, count)
     bar.close()
     return trace
 
 
 def _lbfgs_expert(objective: _Objective, e: int, x0: torch.Tensor, steps: int, history: int, budgets: list[int], sv_every: int,
-                  where: str, expert_id: int, bar: tqdm, trace: _Trace) -> None:
+                  where: str, expert_id: int, bar: tqdm, trace: _Trace, on_eval: Callable[[int], None] | None) -> None:
     """One expert's L-BFGS run (see :func:`_run_lbfgs`), appended to ``trace``."""
     P = len(objective.terms)
     x = x0.detach().clone().requires_grad_(True)
@@ -536,6 +544,8 @@ def _lbfgs_expert(objective: _Objective, e: int, x0: torch.Tensor, steps: int, h
             best, best_loss, best_step = x.detach().clone(), float(losses[-1]), count
         x.grad = gx
         bar.update(1)
+        if on_eval is not None:
+            on_eval(len(losses))
         return loss
 
     with contextlib.suppress(_BudgetSpent):
@@ -545,6 +555,8 @@ def _lbfgs_expert(objective: _Objective, e: int, x0: torch.Tensor, steps: int, h
             if len(losses) - before <= 1:  # converged at its first evaluation: nothing left to gain
                 break
     bar.update(steps - len(losses))
+    if on_eval is not None and len(losses) < steps:  # an early stop: the rest of the budget is done
+        on_eval(steps)
     if sv_every:  # the final snapshot: the returned (best) anchors
         sv_steps.append(len(losses))
         svs.append(_normalised_sv(best).cpu())
@@ -579,6 +591,7 @@ def construct_anchors(
     qkv_layout: str | None = None,
     optimizer: str = "adamw",
     lbfgs_history: int = 20,
+    on_step: StepCallback | None = None,
 ) -> list[ConstructResult]:
     """Construct the anchors of E experts of one block together.
 
@@ -595,8 +608,10 @@ def construct_anchors(
     ``budget_anchors`` (the best of the first s evaluations; what an s-evaluation AdamW run returns,
     as AdamW has no schedule; for L-BFGS a prefix of the longer run, e.g. for a budget study; s = 0
     is the initial anchors). ``qkv_layout``: the q/k/v layout of the loss's per-tensor cosines
-    (None: as the block stores them; see :meth:`fda.blocks.BlockAdapter.loss_terms`). Returns one
-    :class:`ConstructResult` per expert, in order.
+    (None: as the block stores them; see :meth:`fda.blocks.BlockAdapter.loss_terms`).
+    ``on_step(done, total)``: called after every step with the block's work done so far (AdamW:
+    steps of all experts at once; L-BFGS: evaluations over the experts, ``total = E * steps``),
+    e.g. for a progress display. Returns one :class:`ConstructResult` per expert, in order.
     """
     E = len(experts)
     if init.shape[0] != E:
@@ -629,9 +644,9 @@ def construct_anchors(
     objective = _Objective(adapter, block, to_dev(theta0), [to_dev(e) for e in experts], similarity_kind, batching, zero_grad, qkv_layout)
     with module_mode(adapter.block_module(block), False):
         if optimizer == "adamw":
-            trace = _run_adamw(objective, init, steps, lr, budgets, sv_every, where, ids, progress, block)
+            trace = _run_adamw(objective, init, steps, lr, budgets, sv_every, where, ids, progress, block, on_step)
         else:
-            trace = _run_lbfgs(objective, init, steps, lbfgs_history, budgets, sv_every, where, ids, progress, block)
+            trace = _run_lbfgs(objective, init, steps, lbfgs_history, budgets, sv_every, where, ids, progress, block, on_step)
     best = torch.stack(trace.best) if E else init
     check_result(where, "the constructed anchor tensor", best, {"construct_lr": lr} if optimizer == "adamw" else {"construct_optimizer": optimizer})
     return [

@@ -26,6 +26,7 @@ from fda.adapt import AdaptResult, adapt
 from fda.anchors import (
     ANCHOR_INITS,
     ConstructResult,
+    StepCallback,
     construct_anchors,
     derive_seed,
     init_anchors,
@@ -177,6 +178,7 @@ def construct_block(
     experts_subset: Sequence[int] | None = None,
     *,
     snapshot_steps: Sequence[int] = (),
+    on_step: StepCallback | None = None,
 ) -> list[ConstructResult]:
     """Construct anchors for ``block`` and each expert (all of ``experts_subset`` at once).
 
@@ -185,15 +187,17 @@ def construct_block(
     :class:`~fda.anchors.ConstructResult` per chosen expert; ``anchors`` is canonical
     ``[n, T, d]`` (``[n, d]`` for the Llama MLP). ``snapshot_steps``: step budgets whose anchors
     are kept too (``ConstructResult.budget_anchors``; see :func:`fda.anchors.construct_anchors`).
+    ``on_step(done, total)``: the block's progress after every step (for a display).
 
     The block's tensors are checked as ``baselines.merge`` checks its inputs (``MergeInputError``
     naming the expert and key); a construction loss that becomes NaN/inf is a ``NonFiniteError``
     naming ``construct_lr`` and the block.
     """
-    return _construct_block(model, pretrained, experts, block, anchor_init, config, experts_subset, snapshot_steps, check=True)
+    return _construct_block(model, pretrained, experts, block, anchor_init, config, experts_subset, snapshot_steps, check=True, on_step=on_step)
 
 
-def _construct_block(model, pretrained, experts, block, anchor_init, config, experts_subset, snapshot_steps, *, check: bool):
+def _construct_block(model, pretrained, experts, block, anchor_init, config, experts_subset, snapshot_steps, *, check: bool,
+                     on_step: StepCallback | None = None):
     if anchor_init not in ANCHOR_INITS:
         raise ValueError(f"anchor_init must be one of {ANCHOR_INITS}, got {anchor_init!r}")
     config = config or FDAConfig.for_family(adapter_for(model).family)
@@ -219,6 +223,7 @@ def _construct_block(model, pretrained, experts, block, anchor_init, config, exp
         steps=cfg.construct_steps, lr=cfg.construct_lr, similarity_kind=cfg.similarity, batching=cfg.batching,
         sv_every=cfg.sv_every, progress=cfg.progress, expert_ids=ids, zero_grad=str(cfg.zero_grad),
         snapshot_steps=snapshot_steps, qkv_layout=cfg.qkv_layout, optimizer=cfg.construct_optimizer, lbfgs_history=cfg.lbfgs_history,
+        on_step=on_step,
     )  # fmt: skip
     for res in results:
         res.settings = {**cfg.construction_metadata(), "anchor_init": anchor_init, "layout": "canonical"}
@@ -272,6 +277,8 @@ def adapt_block(
     init: str,
     init_state: StateLike | None,
     config: FDAConfig | None = None,
+    *,
+    on_step: StepCallback | None = None,
 ) -> AdaptResult:
     """Adapt ``block`` on the pooled ``anchors`` (one canonical tensor per expert, same order).
 
@@ -283,12 +290,14 @@ def adapt_block(
 
     Inputs (block tensors, the merged init's block, the anchors) are checked as ``baselines.merge``
     checks its inputs (``MergeInputError``); a loss or adapted tensor that becomes NaN/inf is a
-    ``NonFiniteError`` naming ``adapt_lr`` and the block.
+    ``NonFiniteError`` naming ``adapt_lr`` and the block. ``on_step(done, total)``: the block's
+    progress after every epoch (for a display).
     """
-    return _adapt_block(model, pretrained, experts, block, anchors, init, init_state, config, check=True)
+    return _adapt_block(model, pretrained, experts, block, anchors, init, init_state, config, check=True, on_step=on_step)
 
 
-def _adapt_block(model, pretrained, experts, block, anchors, init, init_state, config, *, check: bool) -> AdaptResult:
+def _adapt_block(model, pretrained, experts, block, anchors, init, init_state, config, *, check: bool,
+                 on_step: StepCallback | None = None) -> AdaptResult:
     config = config or FDAConfig.for_family(adapter_for(model).family, init=init)
     adapter, cfg = _adapter(model, config)
     all_experts, names = _expert_list(experts), _expert_names(experts)
@@ -312,6 +321,7 @@ def _adapt_block(model, pretrained, experts, block, anchors, init, init_state, c
         [a.to(dev, torch.float32) for a in anchors], init=init, init_block=init_block, epochs=cfg.adapt_epochs,
         lr=cfg.adapt_lr, batch_size=cfg.adapt_batch, loss=cfg.adapt_loss, train_mode=bool(cfg.train_mode),
         ta_lambda=cfg.ta_lambda, seed=derive_seed(cfg.seed, "adapt", block), progress=cfg.progress,
+        on_step=on_step,
     )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,12 +33,12 @@ SMOKE_FDA = {"minitext": (("pretrained", "ta"), "gauss"), "minivision": (("tsvm"
 def smoke_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("smoke")
     start = time.monotonic()
-    snakemake("--cores", "2", "--config", "smoke=true", cwd=work)
-    return work, time.monotonic() - start
+    proc = snakemake("--cores", "2", "--config", "smoke=true", cwd=work)
+    return work, time.monotonic() - start, proc.stdout + proc.stderr
 
 
 def test_smoke_run_writes_every_cell_table_and_figure(smoke_run):
-    work, seconds = smoke_run
+    work, seconds, _ = smoke_run
     print(f"\nsmoke run: {seconds:.0f} s wall")
     for suite, (inits, anchor_init) in SMOKE_FDA.items():
         for cell in ("pretrained", "individual", "ta", "tsvm", "wudi", "average", "ties"):
@@ -53,8 +54,20 @@ def _dry(work: Path, *args: str) -> list[dict]:
     return parse_jobs(proc.stdout + proc.stderr)
 
 
+def test_fda_jobs_report_progress_on_the_console(smoke_run):
+    """Coarse FDA jobs write a line per finished block, with the share done and the time left, to
+    the console (fd 3 of the rule's shell), not only to their logs."""
+    _, _, console = smoke_run
+    for suite, (inits, anchor_init) in SMOKE_FDA.items():
+        for label in [f"fda-construct {suite} seed0 {anchor_init}"] + [f"fda-adapt {suite} seed0 {i} {anchor_init}" for i in inits]:
+            done = re.findall(rf"^{label}: block \d+ \((\d+)/(\d+)\) done · (\d+)% after \S+(, ~\S+ left)?$", console, re.M)
+            assert done, f"no progress lines of {label!r} on the console:\n{console[-2000:]}"
+            assert [int(k) for k, _, _, _ in done] == list(range(1, int(done[0][1]) + 1))  # every block once, in order
+            assert done[0][3] and done[-1][2] == "100"  # the first line estimates the time left; the last is at 100%
+
+
 def test_delete_one_cell_rebuilds_only_that_cell(smoke_run):
-    work, _ = smoke_run
+    work, _, _ = smoke_run
     cell = work / "results/minitext_ta.csv"
     before = cell.read_bytes()
     cell.unlink()
@@ -66,7 +79,7 @@ def test_delete_one_cell_rebuilds_only_that_cell(smoke_run):
 
 
 def test_rerunning_a_cell_is_byte_identical(smoke_run):
-    work, _ = smoke_run
+    work, _, _ = smoke_run
     cell = work / "results/minivision_wudi_fda.csv"
     before = cell.read_bytes()
     snakemake("--cores", "2", "--config", "smoke=true", "--forcerun", "cell_fda", "--until",
@@ -75,7 +88,7 @@ def test_rerunning_a_cell_is_byte_identical(smoke_run):
 
 
 def test_changing_one_hyperparameter_reruns_only_its_jobs(smoke_run):
-    work, _ = smoke_run
+    work, _, _ = smoke_run
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     cfg["suites"]["minivision"]["methods"]["wudi"]["lr"] = 3.0e-5
     changed = work / "changed.yaml"
@@ -95,7 +108,7 @@ def test_changing_one_hyperparameter_reruns_only_its_jobs(smoke_run):
 
 
 def test_coarse_adaptation_reuses_cached_blocks(smoke_run):
-    work, _ = smoke_run
+    work, _, _ = smoke_run
     snakemake("--cores", "2", "--config", "smoke=true", "--forcerun", "fda_adapt", "--until",
               "work/minivision/fda/seed0/tsvm-weight/merged.safetensors", cwd=work)
     log = (work / "logs/minivision/fda/seed0/adapt-tsvm-weight.log").read_text()
@@ -103,7 +116,7 @@ def test_coarse_adaptation_reuses_cached_blocks(smoke_run):
 
 
 def test_report_has_tables_and_figures(smoke_run):
-    work, _ = smoke_run
+    work, _, _ = smoke_run
     snakemake("--config", "smoke=true", "--report", "report.html", cwd=work)
     html = (work / "report.html").read_text(errors="replace")
     for name in ("minitext-paper.csv", "minivision-methods.png", "minivision-spectra-weight.png"):
@@ -155,5 +168,8 @@ def test_kill_9_mid_construction_resumes_without_redoing_finished_blocks(tmp_pat
     for block in finished:
         assert f"block {block}: cached anchors" in log
     assert f"construct block {finished[-1] + 1} " in log
+    # the console's progress counts only the blocks left to build
+    left = 5 - finished[-1]
+    assert re.search(rf"^fda-construct minitext seed0 gauss: block {finished[-1] + 1} \(1/{left}\) done", rerun.stdout + rerun.stderr, re.M)
     anchors = load_state_dict(tmp_path / target)
     assert json.loads(read_metadata(tmp_path / target)["task"]) == "society" and all(v.isfinite().all() for v in anchors.values())

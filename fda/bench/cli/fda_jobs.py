@@ -6,11 +6,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from fda.bench.cli.common import (INITS, AddCommand, check_blocks, construct_log_record, fda_args, fda_config,
-                                  inputs_key, link_or_copy, load_experts, log, suite_of, to_list)
+                                  inputs_key, link_or_copy, load_experts, log, suite_of, to_list, UsageError)
+from fda.bench.progress import JobProgress
+
+PROGRESS_HELP = "also write progress lines (per block and step, with the time left) to this open file descriptor, e.g. 3 with `3>&2`"
+
+
+def open_progress_fd(fd: int | None) -> TextIO | None:
+    """A line-buffered text stream on ``fd`` (left open on exit), or None without one."""
+    if fd is None:
+        return None
+    try:
+        os.fstat(fd)
+    except OSError as err:
+        raise UsageError(f"--progress-fd {fd}: that file descriptor is not open; open it in the shell, e.g. `{fd}>&2`") from err
+    return open(fd, "w", buffering=1, closefd=False)  # noqa: SIM115 - the shell's fd: it closes it
 
 
 def _block_job_inputs(args: argparse.Namespace):
@@ -39,13 +54,19 @@ def cmd_fda_construct(args: argparse.Namespace) -> int:
     key = inputs_key([Path(args.base)] + [d for _, d in args.expert],
                      {"fda": args.fda, "size": args.size, "family": args.family, "seed": args.seed,
                       "anchor_init": args.anchor_init, "qkv_layout": cfg.qkv_layout})
+    files_of = {b: {t: work_dir / f"block{b}" / f"{t}.safetensors" for t in want} for b in args.block}
+    cached = {b for b, files in files_of.items()
+              if all(f.is_file() and read_metadata(f).get("cache_key") == json.dumps(key) for f in files.values())}
+    progress = JobProgress(f"fda-construct {args.suite} seed{args.seed} {args.anchor_init}",
+                           [b for b in args.block if b not in cached], open_progress_fd(args.progress_fd))
     for block in args.block:
-        files = {t: work_dir / f"block{block}" / f"{t}.safetensors" for t in want}
-        if all(f.is_file() and read_metadata(f).get("cache_key") == json.dumps(key) for f in files.values()):
+        files = files_of[block]
+        if block in cached:
             log(f"block {block}: cached anchors in {work_dir}")
         else:
             log(f"construct block {block} for {want} ({args.anchor_init} anchors)")
-            results = F.construct_block(model, pre, experts, block, args.anchor_init, cfg, experts_subset=subset)
+            results = F.construct_block(model, pre, experts, block, args.anchor_init, cfg, experts_subset=subset,
+                                        on_step=progress.step(block))
             for task, res in zip(want, results, strict=True):
                 meta = {"suite": args.suite, "task": task, "anchor_init": args.anchor_init, "seed": args.seed,
                         "fda": args.fda, "cache_key": key}
@@ -56,6 +77,7 @@ def cmd_fda_construct(args: argparse.Namespace) -> int:
                 files[task].unlink(missing_ok=True)
                 write_json_atomic(record, files[task].with_suffix(".json"))
                 F.save_anchors(res, files[task], meta)  # last: its presence marks the pair complete
+            progress.finished(block)
         if work_dir != out_dir:
             for task, f in files.items():
                 for src in (f.with_suffix(".json"), f):
@@ -71,18 +93,22 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
     init_state = load_state_dict(args.init_model) if args.init_model else pre
     cfg = fda_config(args, args.init)
     blocks_dir, anchors_dir = Path(args.blocks_dir), Path(args.anchors_dir)
+    anchor_files = {b: [anchors_dir / f"block{b}" / f"{t}.safetensors" for t in tasks] for b in args.block}
+    # the experts too: adaptation matches their block outputs, not only the anchors built from them
+    models = [Path(args.base)] + [d for _, d in args.expert] + ([Path(args.init_model)] if args.init_model else [])
+    keys = {b: inputs_key(anchor_files[b] + models, {"fda": args.fda, "init": args.init, "seed": args.seed, "tasks": tasks})
+            for b in args.block}
+    cached = {b for b in args.block if (p := blocks_dir / f"block{b}.safetensors").is_file() and read_metadata(p).get("cache_key") == keys[b]}
+    progress = JobProgress(f"fda-adapt {args.suite} seed{args.seed} {args.init} {args.anchor_init}",
+                           [b for b in args.block if b not in cached], open_progress_fd(args.progress_fd))
     for block in args.block:
-        path = blocks_dir / f"block{block}.safetensors"
-        anchor_files = [anchors_dir / f"block{block}" / f"{t}.safetensors" for t in tasks]
-        # the experts too: adaptation matches their block outputs, not only the anchors built from them
-        inputs = anchor_files + [Path(args.base)] + [d for _, d in args.expert] + ([Path(args.init_model)] if args.init_model else [])
-        key = inputs_key(inputs, {"fda": args.fda, "init": args.init, "seed": args.seed, "tasks": tasks})
-        if path.is_file() and read_metadata(path).get("cache_key") == key:
+        path, key = blocks_dir / f"block{block}.safetensors", keys[block]
+        if block in cached:
             log(f"block {block}: cached ({path})")  # a killed coarse job resumes here
             continue
-        anchors = [F.load_anchors(f)[0] for f in anchor_files]
+        anchors = [F.load_anchors(f)[0] for f in anchor_files[block]]
         log(f"adapt block {block} from {args.init} on {args.anchor_init} anchors")
-        result = F.adapt_block(model, pre, experts, block, anchors, args.init, init_state, cfg)
+        result = F.adapt_block(model, pre, experts, block, anchors, args.init, init_state, cfg, on_step=progress.step(block))
         # The old block goes first and the new one last, after its log: a block on disk always has
         # the log of the run that wrote it (a kill in between leaves no block, which is redone).
         path.unlink(missing_ok=True)
@@ -90,6 +116,7 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
                            "log": to_list(getattr(result, "log", None))}, blocks_dir / f"block{block}.json")
         save_state_dict(result.params, path, {"cache_key": key, "block": str(block), "init": args.init,
                                               "anchor_init": args.anchor_init, "seed": str(args.seed)})
+        progress.finished(block)
     if args.assemble:
         _assemble(args, model, pre, init_state, cfg)
     return 0
@@ -127,6 +154,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--task", action="append", help="only these experts (default: all)")
     sp.add_argument("--out-dir", required=True, help="writes OUT_DIR/block{b}/{task}.safetensors and .json")
     sp.add_argument("--cache-dir", help="build (and resume) blocks here, then link them into OUT_DIR")
+    sp.add_argument("--progress-fd", type=int, metavar="FD", help=PROGRESS_HELP)
 
     sp = add("fda-adapt", cmd_fda_adapt, "adapt blocks on the anchors; each finished block is cached")
     fda_args(sp)
@@ -136,6 +164,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--block", type=int, action="append", required=True)
     sp.add_argument("--blocks-dir", required=True, help="writes BLOCKS_DIR/block{b}.safetensors and .json")
     sp.add_argument("--assemble", help="then assemble all n-blocks blocks into this merged file")
+    sp.add_argument("--progress-fd", type=int, metavar="FD", help=PROGRESS_HELP)
 
     sp = add("fda-assemble", cmd_fda_assemble, "assemble adapted blocks into the merged encoder")
     fda_args(sp)
