@@ -5,7 +5,8 @@
 
 ``pretrained`` is a state dict, ``experts`` a list of state dicts with the same keys, shapes and
 dtypes; the result holds the merged **full** parameters θ0 + Δ for every key of ``pretrained``
-(same dtypes and devices). Methods: ``ta``, ``tsvm``, ``wudi``, ``average``, ``ties``; see
+(same dtypes and devices). Methods: ``ta``, ``tsvm``, ``wudi``, ``average``, ``ties``, ``isoc``,
+``isocts``; see
 ``list_methods()``, ``method_spec(name).describe()`` and docs/baselines.md.
 """
 
@@ -32,11 +33,13 @@ from .inputs import StateDict, validate
 from .registry import METHODS, MethodSpec, build_hparams, list_methods, method_spec
 
 # Importing the method modules registers them (each calls registry.register once).
-from . import average, ta, ties, tsvm, wudi  # noqa: E402,F401  isort: skip
+from . import average, iso, ta, ties, tsvm, wudi  # noqa: E402,F401  isort: skip
+from .iso import isoc_matrix, isocts_bases, isocts_matrix, isocts_sizes  # noqa: E402
 from .tsvm import combine_factors, polar_factor, tsvm_bases, tsvm_matrix  # noqa: E402
 from .wudi import gram_adam, gram_terms, wudi_loss, wudi_solve  # noqa: E402
 
-_FAMILY = {"tsvm": "tsvm", "wudi": "wudi"}  # every other method is elementwise
+# coverage family per method: the SVD methods share TSV-M's rules; every other method is elementwise
+_FAMILY = {"tsvm": "tsvm", "isoc": "tsvm", "isocts": "tsvm", "wudi": "wudi"}
 
 __all__ = [
     "METHODS",
@@ -56,6 +59,10 @@ __all__ = [
     "coverage_plan",
     "gram_adam",
     "gram_terms",
+    "isoc_matrix",
+    "isocts_bases",
+    "isocts_matrix",
+    "isocts_sizes",
     "list_methods",
     "merge",
     "method_spec",

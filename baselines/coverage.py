@@ -2,7 +2,7 @@
 
 A preset maps (method family, key, shape) to a ``Role``:
 
-- ``MERGE``: the method's own rule (SVD merge for ``tsvm``, Adam on the interference loss for
+- ``MERGE``: the method's own rule (SVD merge for ``tsvm``, ``isoc``, ``isocts``, Adam on the interference loss for
   ``wudi``, the elementwise rule for ``ta``/``average``/``ties``);
 - ``MEAN``: the mean task vector (1/T)·Σ τ_i (TSV-M's rule for non-matrix tensors);
 - ``KEEP``: the tensor stays at the pretrained value θ0.
@@ -35,6 +35,8 @@ class Role(str, enum.Enum):
 
 
 # Method families: the matrix methods treat 2-D tensors specially, the elementwise ones do not.
+# "tsvm" is the SVD family: tsvm, isoc and isocts follow the same rules (their official code treats
+# tensors alike: 2-D merged except text_projection, everything else averaged).
 FAMILIES = ("tsvm", "wudi", "elementwise")
 
 Rule = Callable[[str, tuple[int, ...]], Role]

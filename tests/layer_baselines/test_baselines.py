@@ -1,6 +1,6 @@
 """Contract tests of the baselines package: registry, input errors, coverage, TA, averaging, TIES.
 
-TSV-M and WUDI properties live in test_baselines_matrix.py. State dicts use real key names
+TSV-M and WUDI properties live in test_baselines_matrix.py, Iso-C and Iso-CTS ones in test_iso.py. State dicts use real key names
 (open_clip ViT, HF BERT) with small widths.
 """
 
@@ -17,7 +17,7 @@ import baselines
 from baselines import HyperparameterError, MergeInputError, Role, UnknownMethodError, synthetic
 from baselines.registry import RegistrationError, hparam, register
 
-ALL_METHODS = ["average", "ta", "ties", "tsvm", "wudi"]
+ALL_METHODS = ["average", "isoc", "isocts", "ta", "ties", "tsvm", "wudi"]
 FAST = {"wudi": {"steps": 3}}  # keep the table-driven tests fast; WUDI's schedule is tested elsewhere
 
 
@@ -45,7 +45,7 @@ def tiny(dtype: torch.dtype = torch.float32, num_experts: int = 3):
 # Registry
 
 
-def test_registry_lists_the_five_methods():
+def test_registry_lists_the_seven_methods():
     assert baselines.list_methods() == ALL_METHODS
     assert set(baselines.METHODS) == set(ALL_METHODS)
     for name in ALL_METHODS:
@@ -60,6 +60,8 @@ def test_default_hyperparameters_follow_the_references():
     assert d["ta"]["alpha"] == 0.3 and d["tsvm"]["alpha"] == 1.0 and d["wudi"]["alpha"] == 1.0
     assert (d["wudi"]["steps"], d["wudi"]["lr"], d["wudi"]["form"]) == (300, 1e-5, "gram")
     assert (d["ties"]["topk"], d["ties"]["merge_func"], d["ties"]["alpha"]) == (20.0, "sum", 0.3)
+    # Iso: the paper's ViT-B/32 α (tuned on validation there) and its common-space fraction
+    assert d["isoc"]["alpha"] == 1.3 and (d["isocts"]["alpha"], d["isocts"]["common_space_fraction"]) == (1.5, 0.8)
     assert all(d[m]["coverage"] == "all" and d[m]["exclude"] == () for m in ALL_METHODS)
 
 
@@ -99,6 +101,14 @@ def test_unknown_hyperparameter_lists_valid_ones():
         ("ties", {"topk": 0}, "topk"),
         ("ties", {"merge_func": "median"}, "merge_func"),
         ("average", {"dtype": "float16"}, "dtype"),
+        ("isoc", {"alpha": float("nan")}, "alpha"),
+        ("isoc", {"common_space_fraction": 0.8}, "no hyperparameter 'common_space_fraction'"),  # Iso-CTS only
+        ("isocts", {"alpha": float("-inf")}, "alpha"),
+        ("isocts", {"common_space_fraction": 1.5}, r"common_space_fraction must be a number in \[0, 1\], got 1.5"),
+        ("isocts", {"common_space_fraction": -0.1}, r"in \[0, 1\], got -0.1"),
+        ("isocts", {"common_space_fraction": float("nan")}, r"in \[0, 1\], got nan"),
+        ("isocts", {"common_space_fraction": "0.8"}, "common_space_fraction' must be float"),
+        ("isocts", {"coverage": "fda-audio"}, "fda-vision"),
     ],
 )
 def test_bad_hyperparameter_values_are_refused(method, hparams, expected):
