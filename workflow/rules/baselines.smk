@@ -27,6 +27,7 @@ rule merge_baseline:
         mem_mb=mem("merge"),
         runtime=runtime("merge"),
         gpu=gpu("merge"),
+        cpus_per_task=cpus("merge"),
     conda:
         ENV
     shell:

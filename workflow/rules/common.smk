@@ -384,8 +384,10 @@ def all_targets():
 
 # ---------------------------------------------------------------- resources
 # Defaults per stage and kind of suite: embedded (CPU, small), paper (one GPU), streaming LLM
-# (Llama-2-13B, one GPU). Runtime settings belong to profiles: override with `set-resources` /
-# `set-threads` (workflow/profiles/*).
+# (Llama-2-13B, one GPU). They are what a job needs whatever runs it; the SLURM executor maps
+# mem_mb to --mem, runtime to --time, gpu to --gpus and cpus_per_task to --cpus-per-task. Site and
+# runtime settings belong to profiles: override with `set-resources` / `set-threads`
+# (workflow/profiles/*).
 _EMBEDDED = {"minitext", "minivision"}
 _RES = {
     # stage: (mem_mb, runtime min, gpu) for embedded, paper and streaming suites
@@ -425,6 +427,24 @@ def runtime(stage):
 
 def gpu(stage):
     return _res(stage, 2)
+
+
+#: CPUs a job that drives one GPU (paper and streaming suites) asks SLURM for: the main process
+#: plus what feeds the GPU (DataLoader workers, tokenisation, checkpoint I/O).
+_CPUS_PER_GPU_JOB = 4
+
+
+def cpus(stage):
+    """`cpus_per_task`, what the SLURM executor requests (`--cpus-per-task`; local runs count
+    `threads` instead): a CPU job asks for the rule's threads, which is all it uses (snakemake
+    exports OMP_NUM_THREADS=threads to it), so an embedded suite's jobs fit a small node and run
+    side by side; a GPU job asks for _CPUS_PER_GPU_JOB."""
+    uses_gpu = gpu(stage)
+
+    def fn(wildcards, threads):
+        return _CPUS_PER_GPU_JOB if uses_gpu(wildcards) else threads
+
+    return fn
 
 
 def p_expert_key_all(wildcards):

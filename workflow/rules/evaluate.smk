@@ -30,6 +30,7 @@ rule evaluate_reference:
         mem_mb=mem("evaluate"),
         runtime=runtime("evaluate"),
         gpu=gpu("evaluate"),
+        cpus_per_task=cpus("evaluate"),
     conda:
         ENV
     shell:
@@ -65,6 +66,7 @@ rule evaluate_baseline:
         mem_mb=mem("evaluate"),
         runtime=runtime("evaluate"),
         gpu=gpu("evaluate"),
+        cpus_per_task=cpus("evaluate"),
     conda:
         ENV
     shell:
@@ -99,6 +101,7 @@ rule evaluate_fda:
         mem_mb=mem("evaluate"),
         runtime=runtime("evaluate"),
         gpu=gpu("evaluate"),
+        cpus_per_task=cpus("evaluate"),
     conda:
         ENV
     shell:

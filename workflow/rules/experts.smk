@@ -21,6 +21,7 @@ rule prepare_data:
         mem_mb=mem("data"),
         runtime=runtime("data"),
         gpu=gpu("data"),
+        cpus_per_task=cpus("data"),
     conda:
         ENV
     shell:
@@ -48,6 +49,7 @@ rule prepare_base:
         mem_mb=mem("base"),
         runtime=runtime("base"),
         gpu=gpu("base"),
+        cpus_per_task=cpus("base"),
     conda:
         ENV
     shell:
@@ -79,6 +81,7 @@ rule prepare_expert:
         mem_mb=mem("expert"),
         runtime=runtime("expert"),
         gpu=gpu("expert"),
+        cpus_per_task=cpus("expert"),
     conda:
         ENV
     shell:

@@ -38,6 +38,7 @@ if cfg_names.fda_granularity(config, "construct") == "fine":
             mem_mb=mem("construct"),
             runtime=runtime("construct"),
             gpu=gpu("construct"),
+            cpus_per_task=cpus("construct"),
         conda:
             ENV
         shell:
@@ -88,6 +89,7 @@ else:
                 mem_mb=mem("construct"),
                 runtime=runtime("construct"),
                 gpu=gpu("construct"),
+                cpus_per_task=cpus("construct"),
             conda:
                 ENV
             shell:
@@ -132,6 +134,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             mem_mb=mem("adapt"),
             runtime=runtime("adapt"),
             gpu=gpu("adapt"),
+            cpus_per_task=cpus("adapt"),
         conda:
             ENV
         shell:
@@ -173,6 +176,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             mem_mb=mem("assemble"),
             runtime=runtime("assemble"),
             gpu=gpu("assemble"),
+            cpus_per_task=cpus("assemble"),
         conda:
             ENV
         shell:
@@ -219,6 +223,7 @@ else:
             mem_mb=mem("adapt"),
             runtime=runtime("adapt"),
             gpu=gpu("adapt"),
+            cpus_per_task=cpus("adapt"),
         conda:
             ENV
         shell:

@@ -28,6 +28,7 @@ rule llm_prepare_data:
         mem_mb=mem("data"),
         runtime=runtime("data"),
         gpu=gpu("data"),
+        cpus_per_task=cpus("data"),
     conda:
         ENV
     shell:
@@ -55,6 +56,7 @@ rule llm_prepare_base:
         mem_mb=mem("base"),
         runtime=runtime("base"),
         gpu=gpu("base"),
+        cpus_per_task=cpus("base"),
     conda:
         ENV
     shell:
@@ -85,6 +87,7 @@ rule llm_prepare_expert:
         mem_mb=mem("expert"),
         runtime=runtime("expert"),
         gpu=gpu("expert"),
+        cpus_per_task=cpus("expert"),
     conda:
         ENV
     shell:
@@ -118,6 +121,7 @@ rule llm_merge:
         mem_mb=mem("merge"),
         runtime=runtime("merge"),
         gpu=gpu("merge"),
+        cpus_per_task=cpus("merge"),
     conda:
         ENV
     shell:
@@ -153,6 +157,7 @@ rule llm_construct:
         mem_mb=mem("construct"),
         runtime=runtime("construct"),
         gpu=gpu("construct"),
+        cpus_per_task=cpus("construct"),
     conda:
         ENV
     shell:
@@ -192,6 +197,7 @@ rule llm_adapt:
         mem_mb=mem("adapt"),
         runtime=runtime("adapt"),
         gpu=gpu("adapt"),
+        cpus_per_task=cpus("adapt"),
     conda:
         ENV
     shell:
@@ -229,6 +235,7 @@ rule llm_assemble:
         mem_mb=mem("assemble"),
         runtime=runtime("assemble"),
         gpu=gpu("assemble"),
+        cpus_per_task=cpus("assemble"),
     conda:
         ENV
     shell:
@@ -265,6 +272,7 @@ rule llm_evaluate_reference:
         mem_mb=mem("evaluate"),
         runtime=runtime("evaluate"),
         gpu=gpu("evaluate"),
+        cpus_per_task=cpus("evaluate"),
     conda:
         ENV
     shell:
@@ -297,6 +305,7 @@ rule llm_evaluate_baseline:
         mem_mb=mem("evaluate"),
         runtime=runtime("evaluate"),
         gpu=gpu("evaluate"),
+        cpus_per_task=cpus("evaluate"),
     conda:
         ENV
     shell:
@@ -328,6 +337,7 @@ rule llm_evaluate_fda:
         mem_mb=mem("evaluate"),
         runtime=runtime("evaluate"),
         gpu=gpu("evaluate"),
+        cpus_per_task=cpus("evaluate"),
     conda:
         ENV
     shell:
