@@ -90,8 +90,9 @@ def _official_shape(layout: str, n: int, tokens: int, d: int) -> tuple[int, ...]
 def gauss_anchors(adapter: BlockAdapter, n: int, tokens: int, sigma: float, generator: torch.Generator) -> torch.Tensor:
     """``σ·N(0, 1)`` anchors, canonical shape.
 
-    Drawn in the official layout and then permuted, so a generator seeded with 0 reproduces the
-    official vision draw (``torch.manual_seed(0); randn(T, n, d)``) bit for bit on CPU.
+    Drawn in the official layout and then permuted, so a generator seeded with 0 reproduces a CPU
+    re-statement of the official vision draw (``torch.manual_seed(0); randn(T, n, d)``) bit for
+    bit. The official runs drew on CUDA, whose generator gives other numbers (docs/fda.md).
     """
     shape = _official_shape(adapter.official_layout, n, tokens, adapter.width)
     x = torch.randn(shape, generator=generator, dtype=torch.float32)
@@ -113,8 +114,10 @@ def weight_anchors(
 
     ``need = n·T`` rows. Pool ≥ need: a random subset without replacement (``randperm``).
     Pool < need: every pool row in natural order, then ``need - R`` rows that are each the mean of
-    two uniformly drawn pool rows. The rows are reshaped row-major to the official layout (vision
-    ``[T, n, d]``: row r is token ``r // n`` of anchor ``r % n``) and converted to canonical.
+    two uniformly drawn pool rows (one ``randint(0, R, (k, 2))``: from the same generator state, the
+    pairs of the official loop of ``randint(0, R, (2,))`` calls, in its order). The rows are
+    reshaped row-major to the official layout (vision ``[T, n, d]``: row r is token ``r // n`` of
+    anchor ``r % n``) and converted to canonical.
     No scaling.
     """
     pool = weight_row_pool(adapter, block, finetuned)

@@ -55,6 +55,11 @@ def test_paper_config_uses_the_papers_hyperparameters():
     assert set(s) == {"vitb32", "vitb16", "vitl14", "robertab", "robertal", "llama13b"}
     assert [s[n]["methods"]["ta"]["alpha"] for n in ("vitb16", "robertab", "robertal", "llama13b")] == [0.3, 0.3, 0.2, 0.5]
     assert s["vitb32"]["methods"]["wudi"]["lr"] == 1e-5 and s["robertab"]["methods"]["wudi"]["lr"] == 2e-5
+    # NLU TSV-M and WUDI scale the merged delta by --alpha, default 0.4 (official NLU/fda_args.py); vision adds it unscaled
+    for n in ("robertab", "robertal"):
+        assert s[n]["methods"]["wudi"]["alpha"] == s[n]["methods"]["tsvm"]["alpha"] == 0.4
+    assert s["vitb32"]["methods"]["wudi"]["alpha"] == s["vitb32"]["methods"]["tsvm"]["alpha"] == 1.0
+    assert s["robertab"]["fda"]["hparams"]["adapt_epochs"] == 125  # NLU/adapt.sh (the paper's text says 100)
     assert s["vitb16"]["fda"]["hparams"]["construct_steps"] == 1200
     assert s["llama13b"]["fda"]["hparams"]["construct_steps"] == 200
     assert s["robertal"]["fda"]["hparams"]["adapt_epochs"] == 25

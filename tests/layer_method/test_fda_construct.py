@@ -233,6 +233,35 @@ def test_weight_init_padding_reproduces_the_official_layout():
         assert torch.cdist(pool, 2 * row - pool, p=float("inf")).min() < 1e-6
 
 
+def _official_weight_init(params: list[torch.Tensor], n: int, T: int, d: int) -> torch.Tensor:
+    """CPU re-statement of the official vision ``initialize_X`` weight branch (Vision/utils.py:100-134):
+    the global generator, ``randperm`` for a large pool, else one ``torch.randint(0, R, (2,))`` per missing row."""
+    rows = torch.cat([p.detach().reshape(-1, d) for p in params if p.ndim == 2 and p.shape[1] == d])
+    if rows.shape[0] >= T * n:
+        return rows[torch.randperm(rows.shape[0])[: T * n]].reshape(T, n, d)
+    extra = []
+    for _ in range(T * n - rows.shape[0]):
+        i, j = torch.randint(0, rows.shape[0], (2,))
+        extra.append(((rows[i] + rows[j]) / 2).unsqueeze(0))
+    return torch.cat([rows, *extra])[: T * n].reshape(T, n, d)
+
+
+@pytest.mark.parametrize("tokens", [40, 4])  # pool 256 rows < 8·40 (pair padding) / ≥ 8·4 (subset)
+def test_weight_init_matches_the_official_draw_from_the_same_generator_state(tokens):
+    # the batched randint(0, R, (k, 2)) gives the official loop's pairs, in its order; only the
+    # generator's state differs in real runs (official: one global stream; here: derive_seed per job)
+    model = TinyOpenClipVisual(tokens=tokens)
+    ad = adapter_for(model)
+    _, (expert,) = states(model, 1)
+    model.load_state_dict(expert)
+    block = {k[len(ad.block_prefix(0)) :]: v for k, v in expert.items() if k.startswith(ad.block_prefix(0))}
+    n = 8
+    torch.manual_seed(5)
+    official = _official_weight_init(list(model.transformer.resblocks[0].parameters()), n, tokens, D)
+    ours = weight_anchors(ad, 0, block, n, tokens, torch.Generator().manual_seed(5))
+    assert torch.equal(ours, official.permute(1, 0, 2))
+
+
 def test_weight_init_subset_path_takes_distinct_rows():
     model = tiny_llama()
     ad = adapter_for(model)
