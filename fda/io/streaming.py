@@ -12,7 +12,7 @@ Peak host memory ≈ (m + 2) × largest block + shard_size + the method's tempor
 independent of the number of layers (measured in ``benchmarks/bench_streaming.py``; numbers for
 Llama-2-13B in ``docs/llm.md``).
 
-Per-key methods (``ta``, ``average``, ``tsvm``, ``wudi``) stream exactly. ``ties`` trims each task
+Per-key methods (``ta``, ``average``, ``tsvm``, ``wudi``, ``isoc``, ``isocts``) stream exactly. ``ties`` trims each task
 vector to its global top-k magnitudes; the global threshold of every task is computed exactly in a
 first streaming pass by a two-level radix selection over float32 bit patterns (two reads of the
 task vectors, 2 × 65536 counters per task, no per-entry storage); see :func:`global_topk_thresholds`.

@@ -38,7 +38,7 @@ def test_validate_config_error(tmp_path, capsys):
 def test_cells_lists_the_cells(capsys):
     assert cli.main(["cells", str(ROOT / "config/paper.yaml")]) == 0
     out = capsys.readouterr().out.split()
-    assert "results/vitb16_wudi_fda.csv" in out and len(out) == 66
+    assert "results/vitb16_isocts_fda.csv" in out and len(out) == 78  # 3 vision suites x (9 + 6), 3 others x (7 + 4)
 
 
 def _raw(path: Path, method: str, values: dict[str, float], init: str = "", ai: str = "", seed: int = 0) -> Path:

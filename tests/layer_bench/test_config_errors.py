@@ -236,9 +236,9 @@ def test_validate_config_names_an_empty_file_in_one_line(tmp_path, capsys):
 def test_wildcard_values_are_the_configured_ones_per_suite():
     config = cfg_load.load_config([DEFAULT], ["smoke=true"])
     vision = cfg_names.suite_wildcard_values(config, "minivision")
-    assert vision["init"] == ["tsvm", "wudi"] and vision["anchorinit"] == ["weight"]
+    assert vision["init"] == ["tsvm", "wudi", "isocts"] and vision["anchorinit"] == ["weight"]
     assert vision["task"] == ["fashionrot", "digits"] and vision["block"] == ["0", "1"] and vision["seed"] == ["0"]
-    assert cfg_names.configured_values(config)["init"] == ["pretrained", "ta", "tsvm", "wudi"]
+    assert cfg_names.configured_values(config)["init"] == ["pretrained", "ta", "tsvm", "wudi", "isocts"]
     assert cfg_names.wildcard_problems(config, {"suite": "minivision", "init": "tsvm", "task": "digits"}) == []
     (problem,) = cfg_names.wildcard_problems(config, {"suite": "minivision", "init": "ta"})
     assert problem.startswith("init 'ta' is not configured for suite 'minivision' (configured: tsvm, wudi")

@@ -102,6 +102,20 @@ def test_table_rows_order_avg_and_delta():
     assert math.isnan(row.loc["TA", "Δ"])
 
 
+def test_iso_rows_are_labelled_and_ordered_after_the_papers_baselines():
+    extra = {("isocts", "", ""): {"a": 0.66, "b": 0.36}, ("isoc", "", ""): {"a": 0.62, "b": 0.34},
+             ("fda", "isocts", "weight"): {"a": 0.7, "b": 0.5}, ("fda", "wudi", "gauss"): {"a": 0.5, "b": 0.5}}
+    individual = _raw_rows(("individual", "", ""))
+    cells = pd.concat([_cells()] + [results.build_cell([_raw_rows(k, values=v)], individual, suite="minitext",
+                                                       expert_source="finetuned-here", config_hash="abc123", version="0.0.0")
+                                    for k, v in extra.items()], ignore_index=True)
+    t = tables.build_table(cells, "minitext", TASKS)
+    assert list(t["row"]) == ["Pretrained", "Individual", "TA", "Iso-C", "Iso-CTS", "FDA (Pretrained, Weight)",
+                              "FDA (TA, Gauss)", "FDA (WUDI, Gauss)", "FDA (Iso-CTS, Weight)"]
+    assert t.set_index("row").loc["FDA (Iso-CTS, Weight)", "Δ"] == pytest.approx(0.6 - 0.51)  # against Iso-CTS
+    assert tables.row_label("isoc") == "Iso-C" and tables.row_label("fda", "isoc", "gauss") == "FDA (Iso-C, Gauss)"
+
+
 def test_normalized_table():
     t = tables.build_table(_cells(), "minitext", TASKS, "normalized").set_index("row")
     assert t.loc["Individual", "Avg"] == pytest.approx(1.0)

@@ -90,12 +90,16 @@ def test_dry_run_resolves_every_cell(scratch, args, configfile, fda_jobs):
         assert f"results/figures/{suite}-spectra-weight.pdf" in outputs
     rules = Counter(j["rule"] for j in jobs)
     assert rules["all"] == 1
-    n_suites = len(config["suites"])
-    assert rules["cell"] == 7 * n_suites and rules["cell_fda"] == 4 * n_suites
+    suites = config["suites"]
+    assert rules["cell"] == sum(len(s["methods"]) for s in suites.values())
+    assert rules["cell_fda"] == sum(len(s["fda"]["inits"]) for s in suites.values())
     # streaming (LLM) suites run llm.smk's rules, the others the in-memory ones
     llm = cfg_views.streaming_suites(config)
     in_memory = [s for s in config["suites"] if s not in llm]
-    assert rules["merge_baseline"] == 5 * len(in_memory) and rules["llm_merge"] == 5 * len(llm)
+    baselines_of = {n: len([m for m in s["methods"] if m in cfg_names.BASELINE_METHODS]) for n, s in suites.items()}
+    variants = {n: len(s["fda"]["inits"]) * len(s["fda"]["anchor_inits"]) for n, s in suites.items()}  # (init, anchor init)
+    assert rules["merge_baseline"] == sum(baselines_of[n] for n in in_memory)
+    assert rules["llm_merge"] == sum(baselines_of[n] for n in llm)
     # anchors are shared by the four inits: construction never depends on the init
     construct = [j for j in jobs if j["rule"].startswith(("fda_construct", "llm_construct"))]
     assert all("init" not in j["wildcards"] for j in construct)
@@ -103,14 +107,15 @@ def test_dry_run_resolves_every_cell(scratch, args, configfile, fda_jobs):
     blocks = {n: s["fda"]["n_blocks"] for n, s in config["suites"].items()}
     # streaming suites: one job per (layer, expert) and per layer whatever fda_jobs says
     assert rules["llm_construct"] == sum(per_block[n] for n in llm)
-    assert rules["llm_adapt"] == sum(blocks[n] * 8 for n in llm) and rules["llm_assemble"] == 8 * len(llm)
+    assert rules["llm_adapt"] == sum(blocks[n] * variants[n] for n in llm)
+    assert rules["llm_assemble"] == sum(variants[n] for n in llm)
     if fda_jobs == "fine":
         assert rules["fda_construct"] == sum(per_block[n] for n in in_memory)
-        assert rules["fda_adapt_block"] == sum(blocks[n] * 8 for n in in_memory)
-        assert rules["fda_assemble"] == 8 * len(in_memory)
+        assert rules["fda_adapt_block"] == sum(blocks[n] * variants[n] for n in in_memory)
+        assert rules["fda_assemble"] == sum(variants[n] for n in in_memory)
     else:
         assert sum(v for r, v in rules.items() if r.startswith("fda_construct_")) == 2 * len(in_memory)
-        assert rules["fda_adapt"] == 8 * len(in_memory)
+        assert rules["fda_adapt"] == sum(variants[n] for n in in_memory)
 
 
 def test_single_cell_resolves_to_exactly_its_jobs(scratch):
@@ -177,11 +182,11 @@ def _bad_config(tmp: Path, edit) -> Path:
 
 def _two_mistakes(c):
     c["suites"]["minitext"]["seedz"] = [0]
-    c["suites"]["minitext"]["methods"]["isoc"] = {}
+    c["suites"]["minitext"]["methods"]["fisher"] = {}
 
 
 @pytest.mark.parametrize("edit, expected", [
-    (_two_mistakes, ["'seedz'", "allowed keys:", "seeds", "'isoc'", "tsvm", "wudi"]),
+    (_two_mistakes, ["'seedz'", "allowed keys:", "seeds", "'fisher'", "tsvm", "isocts"]),
     (lambda c: c["suites"]["minitext"]["fda"].__setitem__("n_blocks", "six"), ["n_blocks", "expected integer"]),
 ], ids=["typo-and-unknown-method", "wrong-type"])
 def test_config_errors_stop_snakemake_before_any_job(tmp_path, edit, expected):

@@ -26,7 +26,7 @@ from test_workflow import ROOT, parse_jobs, snakemake  # tests/ is on sys.path (
 
 pytestmark = pytest.mark.slow
 # config.yaml smoke_overrides: (inits, anchor init) per suite
-SMOKE_FDA = {"minitext": (("pretrained", "ta"), "gauss"), "minivision": (("tsvm", "wudi"), "weight")}
+SMOKE_FDA = {"minitext": (("pretrained", "ta"), "gauss"), "minivision": (("tsvm", "wudi", "isocts"), "weight")}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_smoke_run_writes_every_cell_table_and_figure(smoke_run):
     work, seconds, _ = smoke_run
     print(f"\nsmoke run: {seconds:.0f} s wall")
     for suite, (inits, anchor_init) in SMOKE_FDA.items():
-        for cell in ("pretrained", "individual", "ta", "tsvm", "wudi", "average", "ties"):
+        for cell in ("pretrained", "individual", "ta", "tsvm", "wudi", "average", "ties", "isoc", "isocts"):
             assert (work / f"results/{suite}_{cell}.csv").is_file()
         for init in inits:
             assert (work / f"results/{suite}_{init}_fda.csv").is_file()

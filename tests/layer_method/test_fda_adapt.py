@@ -67,7 +67,7 @@ def test_adaptation_lowers_its_loss(family, init):
 
 
 @pytest.mark.parametrize("family", ["bert", "clip-vision", "llama"])
-@pytest.mark.parametrize("init", ["ta", "tsvm", "wudi"])
+@pytest.mark.parametrize("init", ["ta", "tsvm", "wudi", "isoc", "isocts"])
 def test_zero_epochs_from_a_merged_init_reproduce_the_merge_exactly(family, init):
     model = BUILDERS[family]()
     pre, experts = states(model, 3)
@@ -205,6 +205,28 @@ def test_merge_computes_the_init_with_baselines():
     expected = baselines.merge("ta", pre, experts, alpha=0.5, coverage="fda-llm")
     for k in pre:  # blocks: zero epochs keep the init; outside: the LLM keeps the init too
         assert torch.equal(merged[k], expected[k]), k
+
+
+@pytest.mark.parametrize(("family", "preset"), [("clip-vision", "fda-vision"), ("bert", "fda-nlu")])
+@pytest.mark.parametrize("init", ["isoc", "isocts"])
+def test_merge_computes_an_iso_init_with_the_familys_coverage(family, preset, init):
+    """Iso-C / Iso-CTS are merged inits like TSV-M and WUDI: fda.merge computes them with
+    baselines (the family's coverage preset, the method's default α) and, with zero epochs,
+    returns them unchanged in the blocks; a short adaptation moves the coefficients."""
+    import baselines
+
+    model = BUILDERS[family]()
+    ad = adapter_for(model)
+    pre, experts = states(model, 3)
+    expected = baselines.merge(init, pre, experts, coverage=preset)
+    cfg = small_config(family, init, construct_steps=2, adapt_epochs=0)
+    merged = fda.merge(model, pre, experts, init=init, config=cfg)
+    for k in ad.all_block_keys():
+        assert torch.equal(merged[k], expected[k]), k
+    cfg = small_config(family, init, construct_steps=2, adapt_epochs=2, adapt_lr=1e-2)
+    built = fda.construct_block(model, pre, experts, 0, "gauss", cfg)
+    res = fda.adapt_block(model, pre, experts, 0, [r.anchors for r in built], init, expected, cfg)
+    assert res.log.final_loss < res.log.initial_loss
 
 
 def test_assemble_accepts_block_state_dicts_by_index():

@@ -11,7 +11,7 @@ Subcommands (``fda-bench <cmd> -h`` for arguments), by the module of fda/bench/c
     prepare-base     write a suite's pretrained encoder
     prepare-expert   fetch, copy or fine-tune one task's expert
   merges.py
-    merge            merge experts with a baseline (ta, tsvm, wudi, average, ties)
+    merge            merge experts with a baseline (ta, tsvm, wudi, average, ties, isoc, isocts)
   fda_jobs.py
     fda-construct    construct FDA anchors for some blocks (and experts)
     fda-adapt        adapt some blocks on the anchors (per-block cache), optionally assemble

@@ -18,14 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fda.bench.config.vocabulary import ANCHOR_INITS  # the --anchor-init choices (a names-only module)
+from fda.bench.config.vocabulary import ANCHOR_INITS, FDA_INITS  # the --anchor-init/--init choices (a names-only module)
 
 #: ``add(name, fn, help) -> subparser``: how :func:`fda.bench.cli.build_parser` lets a family
 #: module register a subcommand (each family's ``register(add)``)
 AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 #: the FDA inits, the ``--init`` choices of fda-adapt, fda-assemble, llm-adapt and llm-assemble
-INITS = ["pretrained", "ta", "tsvm", "wudi"]
+INITS = list(FDA_INITS)
 
 
 # -------------------------------------------------------------------------------- argument types

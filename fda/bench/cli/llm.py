@@ -233,7 +233,7 @@ def _stream_flags(sp: argparse.ArgumentParser) -> None:
 def register(add: AddCommand) -> None:
     """Register the LLM subcommands with ``add(name, fn, help) -> subparser`` (fda.bench.cli.build_parser)."""
     sp = add("stream-merge", cmd_stream_merge, "merge sharded checkpoints block by block into a sharded HF directory")
-    sp.add_argument("--method", required=True, help="ta, tsvm, wudi, average or ties")
+    sp.add_argument("--method", required=True, help="a baselines method: ta, tsvm, wudi, average, ties, isoc or isocts")
     sp.add_argument("--hparams", type=json_arg, default={}, help="method hyperparameters (JSON)")
     _model_flags(sp)
     sp.add_argument("--out", required=True, help="output model directory")

@@ -1,4 +1,4 @@
-"""``fda-bench merge``: a baseline merge (ta, tsvm, wudi, average, ties) of whole state dicts."""
+"""``fda-bench merge``: a baseline merge (ta, tsvm, wudi, average, ties, isoc, isocts) of whole state dicts."""
 
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 #: result-cell and file-name vocabulary (see docs/ARCHITECTURE.md); no underscores anywhere
 REFERENCE_METHODS = ("pretrained", "individual")
-BASELINE_METHODS = ("ta", "tsvm", "wudi", "average", "ties")
+# isoc, isocts: BEYOND the paper (isotropic merging, Marczak et al. 2025; docs/baselines.md)
+BASELINE_METHODS = ("ta", "tsvm", "wudi", "average", "ties", "isoc", "isocts")
 METHODS = REFERENCE_METHODS + BASELINE_METHODS
-FDA_INITS = ("pretrained", "ta", "tsvm", "wudi")
+FDA_INITS = ("pretrained", "ta", "tsvm", "wudi", "isoc", "isocts")  # isoc, isocts: BEYOND the paper
 ANCHOR_INITS = ("gauss", "weight", "taskspan")  # taskspan: BEYOND the paper
 SUITES = ("minitext", "minivision", "vitb32", "vitb16", "vitl14", "robertab", "robertal", "llama13b")
 

@@ -19,12 +19,12 @@ import pandas as pd
 
 from fda.io.atomic import atomic_path
 
-BASELINE_ORDER = ["pretrained", "individual", "ta", "tsvm", "wudi", "average", "ties"]
-INIT_ORDER = ["pretrained", "ta", "tsvm", "wudi"]
+BASELINE_ORDER = ["pretrained", "individual", "ta", "tsvm", "wudi", "average", "ties", "isoc", "isocts"]
+INIT_ORDER = ["pretrained", "ta", "tsvm", "wudi", "isoc", "isocts"]
 ANCHOR_ORDER = ["gauss", "weight", "taskspan"]
 METHOD_LABELS = {"pretrained": "Pretrained", "individual": "Individual", "ta": "TA", "tsvm": "TSV-M",
-                 "wudi": "WUDI", "average": "Average", "ties": "TIES"}
-INIT_LABELS = {"pretrained": "Pretrained", "ta": "TA", "tsvm": "TSV-M", "wudi": "WUDI"}
+                 "wudi": "WUDI", "average": "Average", "ties": "TIES", "isoc": "Iso-C", "isocts": "Iso-CTS"}
+INIT_LABELS = {"pretrained": "Pretrained", "ta": "TA", "tsvm": "TSV-M", "wudi": "WUDI", "isoc": "Iso-C", "isocts": "Iso-CTS"}
 ANCHOR_LABELS = {"gauss": "Gauss", "weight": "Weight", "taskspan": "Task span"}
 #: suites whose tables (and the paper's) are in percent; the others keep the metric's 0-1 scale
 PERCENT_SUITES = {"minitext", "minivision", "vitb32", "vitb16", "vitl14", "llama13b"}
