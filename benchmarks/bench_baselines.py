@@ -1,13 +1,16 @@
-"""Speed and memory benchmark of the matrix baselines (TSV-M, WUDI) on CLIP ViT-B/32-shaped inputs.
+"""Speed and memory benchmark of the matrix baselines (TSV-M, WUDI, Iso-C, Iso-CTS) on CLIP ViT-B/32-shaped inputs.
 
 Builds θ0 with the open_clip ViT-B/32 visual-tower keys and shapes (12 blocks, d=768, ≈88M
 parameters) and T lazy experts θ0 + τ_i (low rank + noise, regenerated per tensor on access, so
 the experts cost no memory: this is the streaming set-up a lazy safetensors reader gives). Each
 method runs in its own child process so that its peak RSS (getrusage ru_maxrss) is its own.
-Also times WUDI's direct (autograd) form against the Gram form per Adam step on one block.
+Also times WUDI's direct (autograd) form against the Gram form per Adam step on one block. The
+machine's 1-minute load average before and after each merge is recorded: on a shared machine a
+busy CPU (and, with more torch threads than free cores, OpenMP contention) slows SVDs many times.
 
     python benchmarks/bench_baselines.py --blocks 1 --out /tmp/bench.json          # quick check
     python benchmarks/bench_baselines.py --out results/bench_baselines.json        # full size
+    python benchmarks/bench_baselines.py --methods tsvm,isoc,isocts --no-forms     # a subset
 
 Prints a Markdown table and writes JSON to --out. Not a test: nothing is asserted.
 """
@@ -160,19 +163,22 @@ def run_child(kind: str, args: argparse.Namespace, method: str = "") -> dict:
            "--gram-steps", str(args.gram_steps), "--direct-steps", str(args.direct_steps)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child {kind} {method} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
 def markdown(report: dict) -> str:
-    lines = ["| method | blocks | experts | params (M) | keys merged | seconds (of which input checks) | peak RSS (MiB) | one model (MiB) | (peak − import) / model |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | blocks | experts | params (M) | keys merged | seconds (of which input checks) | peak RSS (MiB) | one model (MiB) "
+             "| (peak − import) / model | load avg before → after |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["merges"]:
+        load = f"{r['load_before']:.1f} → {r['load_after']:.1f}" if "load_before" in r else "–"
         lines.append(
             f"| {r['method']} | {r['blocks']} | {r['experts']} | {r['params'] / 1e6:.1f} | {r['keys_merged']} | {r['seconds']:.1f} ({r['validate_seconds']:.1f}) "
-            f"| {r['peak_rss_mib']:.0f} | {r['model_mib']:.0f} | {r['peak_over_import_in_models']:.2f} |"
+            f"| {r['peak_rss_mib']:.0f} | {r['model_mib']:.0f} | {r['peak_over_import_in_models']:.2f} | {load} |"
         )
     w = report.get("wudi_forms")
     if w:
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, default=12, help="residual blocks of the ViT-B/32 tower (12 = full size)")
     ap.add_argument("--experts", type=int, default=8, help="number of experts T")
-    ap.add_argument("--methods", default="tsvm,wudi", help="comma-separated methods to time (any registered method)")
+    ap.add_argument("--methods", default="tsvm,wudi,isoc,isocts", help="comma-separated methods to time (any registered method)")
     ap.add_argument("--wudi-steps", type=int, default=300, help="WUDI Adam steps in the merge run")
     ap.add_argument("--gram-steps", type=int, default=10, help="Gram-form steps timed per matrix")
     ap.add_argument("--direct-steps", type=int, default=2, help="direct-form steps timed per matrix (each is slow)")
