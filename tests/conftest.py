@@ -1,6 +1,10 @@
-"""Shared test set-up: offline hub variables, deterministic torch, few threads."""
+"""Shared test set-up: offline hub variables, deterministic torch, few threads; the local smoke
+run that several test directories share."""
 
 import os
+import sys
+import time
+from pathlib import Path
 
 # Hub look-ups must fail fast in tests: nothing here may reach a model or dataset hub.
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -8,6 +12,10 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# tests/layer_bench/test_workflow.py's snakemake helpers, for fixtures and tests outside that
+# directory (pytest's prepend mode puts a test module's own directory on sys.path only)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "layer_bench"))
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +40,17 @@ def tiny_clip(tmp_path):
     expert = {k: v + 0.05 * torch.randn_like(v) for k, v in base.state_dict().items()}
     save_state_dict(expert, tmp_path / "mnist.safetensors")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke workflow run locally once per session (`snakemake --cores 2 all --config
+    smoke=true`; minutes): tests/cluster/test_slurm.py compares a SLURM run's cells with its
+    cells, and tests/layer_bench/test_workflow_e2e.py's checks and reruns (which leave the cells
+    byte-identical) can use the same run. Returns (workdir, wall seconds, console output)."""
+    from test_workflow import snakemake
+
+    work = tmp_path_factory.mktemp("smoke")
+    start = time.monotonic()
+    proc = snakemake("--cores", "2", "--config", "smoke=true", cwd=work)
+    return work, time.monotonic() - start, proc.stdout + proc.stderr
