@@ -47,7 +47,7 @@ if cfg_names.fda_granularity(config, "construct") == "fine":
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --block {wildcards.block} --task {wildcards.task}"
             " --out-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
-            " > {log} 2>&1"
+            " --progress-fd 3 3>&2 > {log} 2>&1"
 
 else:
     # One job per (suite, seed, anchor init) doing every block and expert. Its outputs list the
@@ -99,7 +99,7 @@ else:
                 " {params.blocks}"
                 " --out-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
                 " --cache-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors-cache/{wildcards.anchorinit}"
-                " > {log} 2>&1"
+                " --progress-fd 3 3>&2 > {log} 2>&1"
 
 
 if cfg_names.fda_granularity(config, "adapt") == "fine":
@@ -144,7 +144,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             " --init {wildcards.init} {params.init_model} --block {wildcards.block}"
             " --anchors-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
             " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
-            " > {log} 2>&1"
+            " --progress-fd 3 3>&2 > {log} 2>&1"
 
     rule fda_assemble:
         wildcard_constraints:
@@ -233,4 +233,4 @@ else:
             " --init {wildcards.init} {params.init_model} {params.blocks}"
             " --anchors-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
             " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
-            " --assemble {output} > {log} 2>&1"
+            " --assemble {output} --progress-fd 3 3>&2 > {log} 2>&1"
