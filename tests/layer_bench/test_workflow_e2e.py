@@ -29,12 +29,7 @@ pytestmark = pytest.mark.slow
 SMOKE_FDA = {"minitext": (("pretrained", "ta"), "gauss"), "minivision": (("tsvm", "wudi", "isocts"), "weight")}
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("smoke")
-    start = time.monotonic()
-    proc = snakemake("--cores", "2", "--config", "smoke=true", cwd=work)
-    return work, time.monotonic() - start, proc.stdout + proc.stderr
+# smoke_run: the session's one local smoke run (tests/conftest.py), shared with tests/cluster
 
 
 def test_smoke_run_writes_every_cell_table_and_figure(smoke_run):
