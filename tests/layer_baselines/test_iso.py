@@ -20,6 +20,7 @@ import torch
 import baselines
 from baselines import HyperparameterError, MergeInputError, NonFiniteError, iso, synthetic
 from baselines.iso import isoc_matrix, isocts_bases, isocts_matrix, isocts_sizes
+from test_baselines_matrix import matrix_keys, rel, taus_of  # tests/ dirs are on sys.path (pytest prepend mode)
 
 F64 = torch.float64
 BLOCK = "model.visual.transformer.resblocks.0."
@@ -30,18 +31,6 @@ KEYS = (BLOCK + "attn.in_proj_weight", BLOCK + "mlp.c_proj.weight", BLOCK + "att
 def vit(num_experts: int, dtype: torch.dtype = F64, d: int = 32, **kw):
     shapes = synthetic.openclip_vit_shapes(d=d, blocks=1, tokens=5, patch=2, embed=12, vocab=7)
     return synthetic.make_models(shapes, num_experts, dtype, **kw)
-
-
-def taus_of(pre, experts, key):
-    return [e[key] - pre[key] for e in experts]
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
-
-
-def matrix_keys(pre):
-    return [k for k, t in pre.items() if t.ndim == 2]
 
 
 # --------------------------------------------------------------------------------------------
