@@ -81,6 +81,6 @@ def test_the_check_can_be_skipped_and_is_harmless_off_debian(run, tmp_path):
 def test_make_checks_packages_before_anything_else():
     """`make run` and `make test` name the check as their first prerequisite (before the venv)."""
     for target, wanted in (("run", "dataset-fashion-mnist fortunes fortunes-min"), ("test", "fortunes-min bubblewrap")):
-        out = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         first = out.splitlines()[0]
         assert first.startswith("scripts/ensure-debian-packages ") and wanted in first, out
