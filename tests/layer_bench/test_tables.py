@@ -248,3 +248,11 @@ def test_lbfgs_construction_logs_are_drawn_best_so_far():
     assert list(fig.axes[1].lines[0].get_ydata()) == [0.1, 0.1, 0.4, 0.4]
     adamw = figures.construction_curves([{**log, "optimizer": "adamw"}], "t")
     assert adamw.axes[0].get_xlabel() == "construction step" and list(adamw.axes[1].lines[0].get_ydata()) == [0.1, 0.0, 0.4, 0.3]
+
+
+def test_every_configurable_name_has_a_row_label():
+    """A method, init or anchor init added to the vocabulary gets a label, not its raw name."""
+    from fda.bench.config.vocabulary import ANCHOR_INITS, FDA_INITS, METHODS
+
+    assert set(tables.METHOD_LABELS) == set(METHODS)
+    assert set(tables.INIT_LABELS) == set(FDA_INITS) and set(tables.ANCHOR_LABELS) == set(ANCHOR_INITS)

@@ -141,6 +141,17 @@ def test_enums_list_allowed_values(path, value, allowed):
     assert "allowed values:" in msg and allowed in msg
 
 
+def test_schema_enums_follow_the_vocabulary():
+    """The schema (YAML, checked before any job) and the vocabulary (the CLI's choices, the
+    tables' rows) name the same methods, inits and anchor inits."""
+    from fda.bench.config.vocabulary import ANCHOR_INITS, FDA_INITS, METHODS
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["$defs"]
+    assert schema["fda_init"]["enum"] == list(FDA_INITS)
+    assert schema["anchor_init"]["enum"] == list(ANCHOR_INITS)
+    assert list(schema["methods"]["properties"]) == list(METHODS)  # the reference rows and every baseline
+
+
 def test_fda_jobs_lists_allowed_values():
     cfg = _raw()
     cfg["fda_jobs"] = "medium"

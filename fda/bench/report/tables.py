@@ -17,14 +17,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from fda.bench.config.vocabulary import ANCHOR_INITS, FDA_INITS, METHODS
 from fda.io.atomic import atomic_path
 
-BASELINE_ORDER = ["pretrained", "individual", "ta", "tsvm", "wudi", "average", "ties", "isoc", "isocts"]
-INIT_ORDER = ["pretrained", "ta", "tsvm", "wudi", "isoc", "isocts"]
-ANCHOR_ORDER = ["gauss", "weight", "taskspan"]
+# row order: the vocabulary's (a method added there is placed and labelled here, or the table test fails)
+BASELINE_ORDER = list(METHODS)
+INIT_ORDER = list(FDA_INITS)
+ANCHOR_ORDER = list(ANCHOR_INITS)
 METHOD_LABELS = {"pretrained": "Pretrained", "individual": "Individual", "ta": "TA", "tsvm": "TSV-M",
                  "wudi": "WUDI", "average": "Average", "ties": "TIES", "isoc": "Iso-C", "isocts": "Iso-CTS"}
-INIT_LABELS = {"pretrained": "Pretrained", "ta": "TA", "tsvm": "TSV-M", "wudi": "WUDI", "isoc": "Iso-C", "isocts": "Iso-CTS"}
+INIT_LABELS = {k: METHOD_LABELS[k] for k in FDA_INITS}
 ANCHOR_LABELS = {"gauss": "Gauss", "weight": "Weight", "taskspan": "Task span"}
 #: suites whose tables (and the paper's) are in percent; the others keep the metric's 0-1 scale
 PERCENT_SUITES = {"minitext", "minivision", "vitb32", "vitb16", "vitl14", "llama13b"}
