@@ -54,7 +54,7 @@ from .registry import hparam, register
 from .tsvm import polar_factor
 
 #: The paper's α per CLIP backbone (8 tasks), chosen on validation data (arXiv 2502.04959 Table 5,
-#: as /work/shared/reference/peer_numbers.csv records it). The registry default is the ViT-B/32 one.
+#: as the team's shared reference peer_numbers.csv records it). The registry default is the ViT-B/32 one.
 PAPER_ALPHA = {
     "isoc": {"ViT-B/32": 1.3, "ViT-B/16": 1.4, "ViT-L/14": 1.5},
     "isocts": {"ViT-B/32": 1.5, "ViT-B/16": 1.6, "ViT-L/14": 1.9},
