@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
 from fda.bench.config.vocabulary import ANCHOR_INITS, FDA_INITS, METHODS
+from fda.bench.report import published
 from fda.io.atomic import atomic_path
 
 # row order: the vocabulary's (a method added there is placed and labelled here, or the table test fails)
@@ -99,30 +99,32 @@ def build_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str] | None = N
 
 
 def paper_rows(suite: str, path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """The paper's published numbers for ``suite`` (package data ``fda/bench/report/data/paper_tables.csv``):
-    columns suite, source, row, method, init, anchor_init, task, value (task ``avg`` = printed Avg)."""
-    if path is None:
-        text = resources.files("fda.bench.report").joinpath("data/paper_tables.csv").read_text()
-        from io import StringIO
-
-        df = pd.read_csv(StringIO(text), keep_default_na=False, na_values={"value": [""]})
-    else:
-        df = pd.read_csv(path, keep_default_na=False, na_values={"value": [""]})
+    """The paper's published numbers for ``suite`` (package data ``fda/bench/report/data/paper_tables.csv``,
+    :mod:`fda.bench.report.published`): columns suite, source, row, method, init, anchor_init, task,
+    value (as printed; task ``avg`` = printed Avg), flag (why a printed cell is suspect, or '')."""
+    df = published.paper_data(path)
     return df[df["suite"] == suite].reset_index(drop=True)
 
 
 def paper_table(suite: str, tasks: Sequence[str], path: str | os.PathLike | None = None) -> pd.DataFrame:
     """The paper's rows in the shape of :func:`build_table` (Avg as printed; Δ recomputed from
-    the printed Avg of the init's row, as the paper does). Empty if the paper has no table."""
+    the printed Avg of the init's row, as the paper does), in our table's unit
+    (:data:`~fda.bench.report.published.PAPER_FACTOR`); ``flag``: the row's flagged cells, 'task: why'.
+    Empty if the paper has no table."""
     rows = paper_rows(suite, path)
     if rows.empty:
-        return pd.DataFrame(columns=KEY + ["row"] + list(tasks) + [AVG, DELTA])
-    rows = rows.assign(task=rows["task"].replace({"avg": AVG}))
+        return pd.DataFrame(columns=KEY + ["row"] + list(tasks) + [AVG, DELTA, "flag"])
+    rows = rows.assign(task=rows["task"].replace({"avg": AVG}),
+                       value=rows["value"] * published.PAPER_FACTOR.get(suite, 1.0))
     wide = rows.pivot_table(index=KEY + ["row"], columns="task", values="value", aggfunc="first", sort=False)
     wide = wide.reindex(columns=list(tasks) + [AVG]).reset_index()
     avg_of = {(m, i, a): v for m, i, a, v in wide[KEY + [AVG]].itertuples(index=False)}
     wide[DELTA] = [v - avg_of.get((i, "", ""), math.nan) if m == "fda" else math.nan
                    for m, i, v in wide[["method", "init", AVG]].itertuples(index=False)]
+    flags: dict[tuple, list[str]] = {}
+    for (m, i, a, t), why in published.cell_flags(rows).items():
+        flags.setdefault((m, i, a), []).append(f"{t}: {why}")
+    wide["flag"] = ["; ".join(flags.get(tuple(k), [])) for k in wide[KEY].itertuples(index=False)]
     order = sorted(range(len(wide)), key=lambda j: _row_order(tuple(wide.loc[j, KEY])))
     out = wide.iloc[order].reset_index(drop=True)
     out.columns.name = None
@@ -131,20 +133,65 @@ def paper_table(suite: str, tasks: Sequence[str], path: str | os.PathLike | None
 
 def compare_with_paper(ours: pd.DataFrame, paper: pd.DataFrame, tasks: Sequence[str], scale: float) -> pd.DataFrame:
     """Ours (times ``scale``, the paper's unit) and the paper's value side by side:
-    columns ``{col} ours`` and ``{col} paper`` for every task, Avg and Δ; rows of both tables."""
+    columns ``{col} ours`` and ``{col} paper`` for every task, Avg and Δ, and ``flag`` (the paper's
+    suspect cells); rows of both tables, labelled as ours where we have a label, else as printed."""
     cols = list(tasks) + [AVG, DELTA]
     left = ours.set_index(KEY)[cols] * scale
     right = paper.set_index(KEY)[cols]
     keys = list(dict.fromkeys(list(left.index) + list(right.index)))
     keys.sort(key=_row_order)
     paper_labels = {tuple(k): r for *k, r in paper[KEY + ["row"]].itertuples(index=False)}
-    labels = [row_label(*k) if k in left.index or k not in paper_labels else paper_labels[k] for k in keys]
+    labels = [row_label(*k) if _has_label(k) or k not in paper_labels else paper_labels[k] for k in keys]
     out = pd.DataFrame({"method": [k[0] for k in keys], "init": [k[1] for k in keys],
                         "anchor_init": [k[2] for k in keys], "row": labels})
     for c in cols:
         out[f"{c} ours"] = [left[c].get(k, math.nan) if k in left.index else math.nan for k in keys]
         out[f"{c} paper"] = [right[c].get(k, math.nan) if k in right.index else math.nan for k in keys]
+    flags = dict(zip(map(tuple, paper[KEY].itertuples(index=False)), paper.get("flag", pd.Series(dtype=str))))
+    out["flag"] = [flags.get(k, "") for k in keys]
     return out
+
+
+def _has_label(key: tuple[str, str, str]) -> bool:
+    method, init, anchor = key
+    return method in METHOD_LABELS or (method == "fda" and init in INIT_LABELS and anchor in ANCHOR_LABELS)
+
+
+def with_published_elsewhere(both: pd.DataFrame, peers: pd.DataFrame) -> pd.DataFrame:
+    """``both`` (from :func:`compare_with_paper`) with other papers' averages
+    (:func:`~fda.bench.report.published.peer_rows`) appended: method ``published``, ``Avg paper``
+    the published value, ``family`` the experts' checkpoint family, ``source`` where it is printed."""
+    out = both.assign(family="", source="")
+    extra = pd.DataFrame({"method": "published", "init": "", "anchor_init": "", "row": peers["row"],
+                          "Avg paper": peers["Avg"], "flag": "", "family": peers["family"], "source": peers["source"]})
+    return pd.concat([out, extra.reindex(columns=out.columns)], ignore_index=True) if len(extra) else out
+
+
+def mark_paper_body(both: pd.DataFrame, header: list[str], body: list[list[str]],
+                    flags: dict[tuple[str, str, str, str], str], tex: bool = False) -> tuple[list[list[str]], list[str]]:
+    """Rendered rows of :func:`with_published_elsewhere`'s table, finished: the paper's flagged cells
+    (``flags``, :func:`~fda.bench.report.published.cell_flags`) marked, with their footnotes;
+    published-elsewhere rows after a label row, Avg only, and a footnote naming their sources."""
+    mark = r"$^\dagger$" if tex else published.FLAG_MARK
+    body, notes, peers = [list(r) for r in body], [], []
+    for j, r in enumerate(both.to_dict("records")):
+        if r.get("family"):
+            avg = r[f"{AVG} paper"]
+            body[j] = [f"{r['row']} [{r['family']}]"] + [
+                f"{avg:.{max(1, published.printed_decimals(avg))}f}" if h == AVG else "" for h in header[1:]]
+            peers.append(j)
+            continue
+        for k, col in enumerate(header[1:], start=1):
+            why = flags.get((r["method"], r["init"], r["anchor_init"], published.AVG_TASK if col == AVG else col))
+            if why:
+                body[j][k] += mark
+                notes.append(f"{mark} {r['row']}, {col} (paper): {why}")
+    if peers:
+        body.insert(peers[0], ["Published elsewhere (other papers, other expert checkpoints; Avg only):"] + [""] * (len(header) - 1))
+        sources = ", ".join(dict.fromkeys(published.short_source(both["source"].iloc[j]) for j in peers))
+        notes.append(f"Published elsewhere: averages over the same tasks from other papers, with the expert checkpoints "
+                     f"in brackets (not the paper's experts, so not comparable cell by cell). Sources: {sources}.")
+    return body, notes
 
 
 # -------------------------------------------------------------------------------- rendering
@@ -240,16 +287,25 @@ def write_tables(cells: pd.DataFrame, suite: str, tasks: Sequence[str], out_dir:
     _write_text(to_latex(h, b, f"{suite}: normalised (percent of the individual expert)"), paths["normalized.tex"])
 
     paper = paper_table(suite, tasks, paper_csv)
-    if paper.empty:
+    peers = published.peer_rows(suite)
+    if paper.empty and peers.empty:
         note = f"No published numbers for {suite} in paper_tables.csv.\n"
-        _write_frame(compare_with_paper(absolute, paper, tasks, scale).iloc[0:0], paths["paper.csv"])
+        _write_frame(with_published_elsewhere(compare_with_paper(absolute, paper, tasks, scale), peers).iloc[0:0],
+                     paths["paper.csv"])
         _write_text(f"### {suite}: ours / paper\n\n{note}", paths["paper.md"])
         _write_text(f"% {note}", paths["paper.tex"])
         return paths
-    both = compare_with_paper(absolute, paper, tasks, scale)
+    both = with_published_elsewhere(compare_with_paper(absolute, paper, tasks, scale), peers)
     _write_frame(both, paths["paper.csv"])
-    source = "; ".join(sorted(set(paper_rows(suite, paper_csv)["source"])))
+    source = published.main_source(paper_rows(suite, paper_csv))
+    if suite in published.PAPER_FACTOR:
+        source += f"; printed values x {published.PAPER_FACTOR[suite]:g}"
     h, b = render_rows(both, 1.0, decimals, pair_with_paper=True)
-    _write_text(f"### {suite}: ours / paper ({source}; – = not run or not published)\n\n" + to_markdown(h, b), paths["paper.md"])
-    _write_text(to_latex(h, b, f"{suite}: ours / paper ({source})"), paths["paper.tex"])
+    flags = published.cell_flags(paper_rows(suite, paper_csv))
+    md, notes = mark_paper_body(both, h, b, flags)
+    _write_text(f"### {suite}: ours / paper ({source}; – = not run or not published)\n\n" + to_markdown(h, md)
+                + "".join(f"\n{n}\n" for n in notes), paths["paper.md"])
+    tex, notes = mark_paper_body(both, h, b, flags, tex=True)
+    _write_text(to_latex(h, tex, f"{suite}: ours / paper ({source})") + "".join(f"\\par{{\\footnotesize {_tex(n)}}}\n" for n in notes),
+                paths["paper.tex"])
     return paths
