@@ -23,6 +23,7 @@ Subcommands (``fda-bench <cmd> -h`` for arguments), by the module of fda/bench/c
     aggregate        result cells -> paper-shaped tables (CSV, Markdown, LaTeX)
     figures          result cells -> method comparison and heatmap (PNG, PDF)
     construction-figures  construction logs -> curves and singular value spectra
+    paper-tables     the paper's own tables (default: its ablations) as printed, in Markdown
   llm.py (LLM suites: llama13b)
     stream-merge, convert-bin, llm-construct, llm-adapt, llm-assemble, llm-eval
 
