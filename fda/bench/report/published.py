@@ -9,7 +9,8 @@ ablation (``vitb32_ablation_init``, ``robertab_ablation_tokennum``, ``*_ablation
 ``peer_numbers.csv``: method, backbone, tasks, checkpoint_family, metric, value, source; the
 backbone maps to a suite through :data:`BACKBONE_SUITES`.
 
-This module reads data only; :mod:`fda.bench.report.tables` renders it.
+This module reads, checks and shapes the data (the paper's own tables as string grids for
+``fda-bench paper-tables``); :mod:`fda.bench.report.tables` puts it beside ours.
 """
 
 from __future__ import annotations
