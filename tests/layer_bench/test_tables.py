@@ -251,8 +251,40 @@ def test_lbfgs_construction_logs_are_drawn_best_so_far():
 
 
 def test_every_configurable_name_has_a_row_label():
-    """A method, init or anchor init added to the vocabulary gets a label, not its raw name."""
-    from fda.bench.config.vocabulary import ANCHOR_INITS, FDA_INITS, METHODS
+    """A method, init, anchor init or anchor source added to the vocabulary gets a label, not its raw name."""
+    from fda.bench.config.vocabulary import ANCHOR_INITS, ANCHOR_SOURCES, FDA_INITS, METHODS
 
     assert set(tables.METHOD_LABELS) == set(METHODS)
     assert set(tables.INIT_LABELS) == set(FDA_INITS) and set(tables.ANCHOR_LABELS) == set(ANCHOR_INITS)
+    assert set(tables.ANCHOR_SOURCE_LABELS) == set(ANCHOR_SOURCES)
+
+
+def test_official_anchor_rows_are_labelled_and_recorded():
+    """FDA rows adapted from the authors' released anchors say so in the cell (anchor_source) and
+    in every table's row label; other rows carry no anchor source; old cells read as constructed."""
+    individual = _raw_rows(("individual", "", ""))
+    fda = results.build_cell([_raw_rows(("fda", "ta", "gauss"))], individual, suite="minitext",
+                             expert_source="finetuned-here", config_hash="h", version="0", anchor_source="official")
+    base = results.build_cell([_raw_rows(("ta", "", ""))], individual, suite="minitext",
+                              expert_source="finetuned-here", config_hash="h", version="0", anchor_source="official")
+    assert set(fda["anchor_source"]) == {"official"} and set(base["anchor_source"]) == {""}
+    cells = pd.concat([fda, base], ignore_index=True)
+    t = tables.build_table(cells, "minitext", TASKS)
+    assert dict(zip(t["method"], t["row"])) == {"ta": "TA", "fda": "FDA (TA, Gauss, official anchors)"}
+    assert tables.row_label("fda", "ta", "gauss") == "FDA (TA, Gauss)"
+    assert tables.row_label("fda", "ta", "gauss", "constructed") == "FDA (TA, Gauss)"
+    paper = pd.DataFrame({"method": ["fda"], "init": ["ta"], "anchor_init": ["gauss"], "row": ["FDA (TA, Gauss)"],
+                          "a": [70.0], "b": [40.0], "Avg": [55.0], "Δ": [5.0]})
+    both = tables.compare_with_paper(t, paper, TASKS, 100.0)
+    assert "FDA (TA, Gauss, official anchors)" in set(both["row"])  # ours, next to the paper's row
+
+
+def test_cells_without_the_anchor_source_column_read_as_constructed(tmp_path):
+    individual = _raw_rows(("individual", "", ""))
+    cell = results.build_cell([_raw_rows(("fda", "ta", "gauss")), _raw_rows(("ta", "", ""))], individual,
+                              suite="minitext", expert_source="finetuned-here", config_hash="h", version="0")
+    assert set(cell.loc[cell["method"] == "fda", "anchor_source"]) == {"constructed"}
+    cell.drop(columns=["anchor_source"]).to_csv(tmp_path / "old.csv", index=False)
+    back = results.read_cells([tmp_path / "old.csv"])
+    assert list(back.columns) == results.CELL_COLUMNS
+    assert dict(zip(back["method"], back["anchor_source"])) == {"fda": "constructed", "ta": ""}

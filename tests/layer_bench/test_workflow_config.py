@@ -144,11 +144,12 @@ def test_enums_list_allowed_values(path, value, allowed):
 def test_schema_enums_follow_the_vocabulary():
     """The schema (YAML, checked before any job) and the vocabulary (the CLI's choices, the
     tables' rows) name the same methods, inits and anchor inits."""
-    from fda.bench.config.vocabulary import ANCHOR_INITS, FDA_INITS, METHODS
+    from fda.bench.config.vocabulary import ANCHOR_INITS, ANCHOR_SOURCES, FDA_INITS, METHODS
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["$defs"]
     assert schema["fda_init"]["enum"] == list(FDA_INITS)
     assert schema["anchor_init"]["enum"] == list(ANCHOR_INITS)
+    assert schema["anchor_source"]["enum"] == list(ANCHOR_SOURCES)
     assert list(schema["methods"]["properties"]) == list(METHODS)  # the reference rows and every baseline
 
 

@@ -27,8 +27,10 @@ import yaml
 from fda.bench.config.suite_views import (
     STREAMING_FAMILIES,
     _suite_setting_keys,
+    anchor_source,
     deep_update,
     effective_suite,
+    official_anchor_options,
     suite_settings_for,
     suite_takes_sources,
     suite_task_names,
@@ -302,6 +304,8 @@ def _suite_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
     out += _settings_problems(name, s, build=not tasks)
     if not out:
         out += _source_problems(name, s)
+    if not out:
+        out += _anchor_problems(name, s)
     return out
 
 
@@ -497,3 +501,50 @@ def _source_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
     except ValueError as err:  # the suite's own checks (SettingsError, unknown task, missing taskvectors_dir)
         return [Problem((), str(err))]
     return []
+
+
+# ---------------------------------------------------------------- anchor source
+
+
+def _anchor_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
+    """``fda.anchors``: with ``source: official``, the anchor inits are ones the releases have,
+    the release resolves (a local folder, or a hub dataset in the cache when offline) and holds a
+    file for every anchor init, block and task; without it, no release keys."""
+    fda = s.get("fda")
+    if not fda or "anchors" not in fda:
+        return []
+    entry = fda["anchors"]
+    if anchor_source(s) != "official":
+        extra = sorted(set(entry) - {"source"})
+        return [Problem(("fda", "anchors"), f"{', '.join(extra)} only apply to source: official "
+                                            f"(source is {anchor_source(s)!r})")] if extra else []
+    # only when a suite imports official anchors (they bring torch: config checks stay light otherwise)
+    from fda.bench.official_anchors import (
+        OFFICIAL_KINDS,
+        RUN_PREFIXES,
+        configured_release,
+    )
+    from fda.io.checkpoints import CheckpointError  # OfficialAnchorsError, SourceError
+
+    out: list[Problem] = []
+    bad = [a for a in fda["anchor_inits"] if a not in RUN_PREFIXES]
+    if bad:
+        out.append(Problem(("fda", "anchor_inits"), f"{', '.join(bad)}: no official anchors exist for this anchor init; "
+                                                    f"with fda.anchors.source official use {' and/or '.join(RUN_PREFIXES)} "
+                                                    "(the released runs)"))
+    if s["family"] not in OFFICIAL_KINDS:
+        out.append(Problem(("family",), f"{s['family']!r} has no official anchors (families: {', '.join(OFFICIAL_KINDS)})"))
+    out += [Problem(("fda", "anchors", "tasks", t), f"task {t!r} is not in tasks; configured tasks: {', '.join(s['tasks'])}")
+            for t in entry.get("tasks", {}) if t not in s["tasks"]]
+    if out:
+        return out
+    try:
+        options = official_anchor_options({"smoke": False, "suites": {name: s}}, name)
+    except ConfigError as err:
+        return [Problem(None, str(err))]
+    for anchor_init in fda["anchor_inits"]:
+        try:
+            configured_release(options, anchor_init)
+        except CheckpointError as err:  # the release is not cached / not found, or lacks a file
+            out.append(Problem(("fda", "anchors"), f"{anchor_init} anchors: {err}"))
+    return out

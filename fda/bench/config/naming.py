@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from fda.bench.config.suite_views import effective_suite
+from fda.bench.config.suite_views import anchor_source, effective_suite
 from fda.bench.config.vocabulary import (
     ANCHOR_INITS,
     BASELINE_METHODS,
@@ -130,6 +130,8 @@ def adapt_slice(config: Mapping[str, Any], suite: str, init: str, anchor_init: s
     out["init"] = init
     out["fda"] = fda_hparams(s, init)
     out["init_hparams"] = s["methods"].get(init, {}) if init != "pretrained" else {}
+    if anchor_source(s) != "constructed":  # imported anchors: their release (the default adds nothing)
+        out["anchors"] = s["fda"]["anchors"]
     return out
 
 

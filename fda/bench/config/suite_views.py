@@ -236,3 +236,33 @@ def merge_layout(config: Mapping[str, Any], suite: str) -> str:
     from fda.bench.suites import get_suite
 
     return get_suite(suite, suite_settings_for(config, suite)).qkv_layout
+
+
+# -------------------------------------------------------------------------------- anchor source
+#
+# `fda.anchors` says where a suite's anchors come from: constructed here (the default) or the FDA
+# authors' released files, imported by `fda-bench import-anchors` (fda.bench.official_anchors).
+
+#: the keys of an `fda.anchors` entry that say where the release is
+RELEASE_KEYS = ("hub", "subfolder", "revision", "path")
+
+
+def anchor_source(section: Mapping[str, Any]) -> str:
+    """``constructed`` (default) or ``official``: where a suite section's FDA anchors come from."""
+    return str(((section.get("fda") or {}).get("anchors") or {}).get("source", "constructed"))
+
+
+def official_anchor_options(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
+    """What importing a suite's official anchors needs: ``spec`` (the release folder as a source
+    spec, ``hf:id[/subfolder][@revision]`` or ``file:path``), ``family``, ``tasks`` (workflow
+    names), ``n_blocks``, ``runs`` (anchor init -> run folder) and ``task_dirs`` (task -> folder)."""
+    s = effective_suite(config, suite)
+    entry = s["fda"]["anchors"]
+    where = f"suites.{suite}.fda.anchors"
+    given = [k for k in ("hub", "path") if k in entry]
+    if len(given) != 1:
+        raise ConfigError(f"{where}: official anchors need exactly one of path (a local folder) or hub (a hub dataset "
+                          f"such as SphereLab/FDA_for_Vision, with subfolder ViT-B-32); given: {', '.join(given) or 'neither'}")
+    spec = checkpoint_spec({k: entry[k] for k in RELEASE_KEYS if k in entry}, where)
+    return {"spec": spec, "family": s["family"], "tasks": list(s["tasks"]), "n_blocks": s["fda"]["n_blocks"],
+            "runs": dict(entry.get("runs", {})), "task_dirs": dict(entry.get("tasks", {}))}

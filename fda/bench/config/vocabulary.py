@@ -10,6 +10,9 @@ BASELINE_METHODS = ("ta", "tsvm", "wudi", "average", "ties", "isoc", "isocts")
 METHODS = REFERENCE_METHODS + BASELINE_METHODS
 FDA_INITS = ("pretrained", "ta", "tsvm", "wudi", "isoc", "isocts")  # isoc, isocts: BEYOND the paper
 ANCHOR_INITS = ("gauss", "weight", "taskspan")  # taskspan: BEYOND the paper
+#: where a suite's FDA anchors come from (``fda.anchors.source``; the cells' ``anchor_source``):
+#: built here, or the FDA authors' released files (fda.bench.official_anchors; only gauss and weight)
+ANCHOR_SOURCES = ("constructed", "official")
 SUITES = ("minitext", "minivision", "vitb32", "vitb16", "vitl14", "robertab", "robertal", "llama13b")
 
 

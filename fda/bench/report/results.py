@@ -1,8 +1,10 @@
 """Result cells: tidy CSV rows, one per (suite, method, init, anchor_init, seed, task, metric).
 
 A cell is written from raw evaluation rows plus the individual experts' rows (for ``normalized``)
-and provenance. Rows are sorted and floats formatted with a fixed rule, without timestamps, so the
-same inputs always give byte-identical files.
+and provenance: the experts' source, where FDA rows' anchors come from (``anchor_source``:
+``constructed`` here or the authors' ``official`` release; empty for other rows), the q/k/v layout,
+the config hash and the package version. Rows are sorted and floats formatted with a fixed rule,
+without timestamps, so the same inputs always give byte-identical files.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ RAW_COLUMNS = ["method", "init", "anchor_init", "seed", "task", "metric", "headl
 #: columns of a result cell, in order
 CELL_COLUMNS = [
     "suite", "method", "init", "anchor_init", "seed", "task", "metric", "headline",
-    "value", "normalized", "expert_source", "qkv_layout", "config_hash", "fda_bench_version",
+    "value", "normalized", "expert_source", "anchor_source", "qkv_layout", "config_hash", "fda_bench_version",
 ]
 SORT_KEYS = ["suite", "method", "init", "anchor_init", "seed", "task", "metric"]
 FLOAT_FORMAT = "%.10g"
@@ -83,9 +85,11 @@ def normalize(df: pd.DataFrame, individual: pd.DataFrame) -> pd.Series:
 
 
 def build_cell(raw: Iterable[pd.DataFrame], individual: pd.DataFrame, *, suite: str, expert_source: str,
-               config_hash: str, version: str | None = None, qkv_layout: str = "split") -> pd.DataFrame:
+               config_hash: str, version: str | None = None, qkv_layout: str = "split",
+               anchor_source: str = "constructed") -> pd.DataFrame:
     """Concatenate raw frames, add ``normalized`` and provenance (``qkv_layout``: the q/k/v layout
-    the merges ran in), sort. Duplicated keys are an error."""
+    the merges ran in; ``anchor_source``: where the FDA rows' anchors come from, recorded on FDA
+    rows only), sort. Duplicated keys are an error."""
     if version is None:
         from fda import __version__ as version
     frames = [f for f in raw if len(f)]
@@ -101,6 +105,7 @@ def build_cell(raw: Iterable[pd.DataFrame], individual: pd.DataFrame, *, suite: 
         raise CellError(f"duplicate rows for {df.loc[dup, SORT_KEYS].head(3).to_dict('records')}")
     df["normalized"] = normalize(df, individual)
     df["expert_source"] = expert_source
+    df["anchor_source"] = df["method"].map(lambda m: anchor_source if m == "fda" else "")
     df["qkv_layout"] = qkv_layout
     df["config_hash"] = config_hash
     df["fda_bench_version"] = version
@@ -121,7 +126,9 @@ def read_cells(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     for p in paths:
         df = pd.read_csv(p, keep_default_na=False, na_values={"value": [""], "normalized": ["", "nan", "NaN"]},
                          dtype={"init": str, "anchor_init": str, "qkv_layout": str, "config_hash": str,
-                                "fda_bench_version": str})
+                                "fda_bench_version": str, "anchor_source": str})
+        if "anchor_source" not in df.columns:  # a cell from before the column: its anchors were built here
+            df["anchor_source"] = df["method"].map(lambda m: "constructed" if m == "fda" else "")
         missing = set(CELL_COLUMNS) - set(df.columns)
         if missing:
             raise CellError(f"{p}: not a result cell (missing columns {sorted(missing)})")

@@ -28,16 +28,20 @@ METHOD_LABELS = {"pretrained": "Pretrained", "individual": "Individual", "ta": "
                  "wudi": "WUDI", "average": "Average", "ties": "TIES", "isoc": "Iso-C", "isocts": "Iso-CTS"}
 INIT_LABELS = {k: METHOD_LABELS[k] for k in FDA_INITS}
 ANCHOR_LABELS = {"gauss": "Gauss", "weight": "Weight", "taskspan": "Task span"}
+#: where an FDA row's anchors come from (the cells' anchor_source): built here is the unmarked default
+ANCHOR_SOURCE_LABELS = {"constructed": "", "official": "official anchors"}
 #: suites whose tables (and the paper's) are in percent; the others keep the metric's 0-1 scale
 PERCENT_SUITES = {"minitext", "minivision", "vitb32", "vitb16", "vitl14", "llama13b"}
 KEY = ["method", "init", "anchor_init"]
 AVG, DELTA = "Avg", "Δ"
 
 
-def row_label(method: str, init: str = "", anchor_init: str = "") -> str:
-    """Display name of a table row: 'TA', 'FDA (WUDI, Gauss)', ..."""
+def row_label(method: str, init: str = "", anchor_init: str = "", anchor_source: str = "") -> str:
+    """Display name of a table row: 'TA', 'FDA (WUDI, Gauss)', 'FDA (TA, Weight, official anchors)', ..."""
     if method == "fda":
-        return f"FDA ({INIT_LABELS.get(init, init)}, {ANCHOR_LABELS.get(anchor_init, anchor_init)})"
+        parts = [INIT_LABELS.get(init, init), ANCHOR_LABELS.get(anchor_init, anchor_init),
+                 ANCHOR_SOURCE_LABELS.get(anchor_source, anchor_source)]
+        return f"FDA ({', '.join(p for p in parts if p)})"
     return METHOD_LABELS.get(method, method)
 
 
@@ -74,6 +78,15 @@ def headline(cells: pd.DataFrame, suite: str, column: str = "value") -> pd.DataF
     return df.groupby(KEY + ["task"], sort=False, dropna=False)[column].mean().reset_index()
 
 
+def anchor_sources(cells: pd.DataFrame, suite: str) -> dict[tuple[str, str, str], str]:
+    """Per FDA row (method, init, anchor_init): where its anchors come from, from the cells'
+    ``anchor_source`` (several sources of one row are joined with '+')."""
+    if "anchor_source" not in cells.columns:
+        return {}
+    df = cells[(cells["suite"] == suite) & (cells["method"] == "fda")]
+    return {tuple(k): "+".join(sorted(set(g["anchor_source"].astype(str)) - {""})) for k, g in df.groupby(KEY)}
+
+
 def build_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str] | None = None,
                 column: str = "value") -> pd.DataFrame:
     """The paper-shaped table (unscaled values): index columns method/init/anchor_init/row, then
@@ -91,7 +104,8 @@ def build_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str] | None = N
         v - avg_of.get((i, "", ""), math.nan) if m == "fda" else math.nan
         for m, i, v in wide[["method", "init", AVG]].itertuples(index=False)
     ]
-    wide.insert(3, "row", [row_label(*k) for k in wide[KEY].itertuples(index=False)])
+    sources = anchor_sources(cells, suite)
+    wide.insert(3, "row", [row_label(*k, sources.get(tuple(k), "")) for k in wide[KEY].itertuples(index=False)])
     order = sorted(range(len(wide)), key=lambda j: _row_order(tuple(wide.loc[j, KEY])))
     out = wide.iloc[order].reset_index(drop=True)
     out.columns.name = None
@@ -141,7 +155,8 @@ def compare_with_paper(ours: pd.DataFrame, paper: pd.DataFrame, tasks: Sequence[
     keys = list(dict.fromkeys(list(left.index) + list(right.index)))
     keys.sort(key=_row_order)
     paper_labels = {tuple(k): r for *k, r in paper[KEY + ["row"]].itertuples(index=False)}
-    labels = [row_label(*k) if _has_label(k) or k not in paper_labels else paper_labels[k] for k in keys]
+    ours_labels = {tuple(k): r for *k, r in ours[KEY + ["row"]].itertuples(index=False)} if "row" in ours else {}
+    labels = [ours_labels.get(k) or (row_label(*k) if _has_label(k) or k not in paper_labels else paper_labels[k]) for k in keys]
     out = pd.DataFrame({"method": [k[0] for k in keys], "init": [k[1] for k in keys],
                         "anchor_init": [k[2] for k in keys], "row": labels})
     for c in cols:
