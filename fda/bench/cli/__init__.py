@@ -23,6 +23,8 @@ Subcommands (``fda-bench <cmd> -h`` for arguments), by the module of fda/bench/c
     aggregate        result cells -> paper-shaped tables (CSV, Markdown, LaTeX)
     figures          result cells -> method comparison and heatmap (PNG, PDF)
     construction-figures  construction logs -> curves and singular value spectra
+  costs.py
+    costs            benchmark files and job logs -> cost per method row (table, accuracy-vs-cost figure)
     paper-tables     the paper's own tables (default: its ablations) as printed, in Markdown
   llm.py (LLM suites: llama13b)
     stream-merge, convert-bin, llm-construct, llm-adapt, llm-assemble, llm-eval
@@ -45,15 +47,29 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from fda.bench.cli import aggregation, configs, data, evaluation, fda_jobs, llm, merges
+from fda.bench.cli import (
+    aggregation,
+    configs,
+    costs,
+    data,
+    evaluation,
+    fda_jobs,
+    llm,
+    merges,
+)
 from fda.bench.cli.common import log
 
 #: commands that may put tensors on a GPU (they lease a GPU slot, see fda.bench.gpu)
 GPU_COMMANDS = {"prepare-base", "prepare-expert", "merge", "fda-construct", "fda-adapt", "fda-assemble", "evaluate",
                 "stream-merge", "llm-construct", "llm-adapt", "llm-eval"}
 
+#: commands whose resources (CPU time, peak RSS, peak GPU memory) the cost table counts: they print
+#: one resources line when they finish (fda.bench.usage); evaluation is reported apart
+MEASURED_COMMANDS = {"merge", "fda-construct", "fda-adapt", "fda-assemble", "evaluate",
+                     "stream-merge", "llm-construct", "llm-adapt", "llm-assemble", "llm-eval"}
+
 #: the family modules, in the order ``fda-bench --help`` lists their commands
-FAMILIES = (configs, data, merges, fda_jobs, evaluation, aggregation, llm)
+FAMILIES = (configs, data, merges, fda_jobs, evaluation, aggregation, costs, llm)
 
 #: exit status of a command stopped by one of the project's errors (argparse's usage errors: 2 too)
 EXIT_ERROR = 2
@@ -132,15 +148,22 @@ def report_error(command: str, err: BaseException) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the parsed command (on a leased GPU slot for ``GPU_COMMANDS``); its exit status."""
+    """Run the parsed command (on a leased GPU slot for ``GPU_COMMANDS``); its exit status. A
+    ``MEASURED_COMMANDS`` command that succeeds ends with its resources line."""
     if args.command in GPU_COMMANDS:
         from fda.bench.gpu import gpu_slot
 
         with gpu_slot() as slot:
             if slot is not None:
                 log(f"pinned to GPU {slot}")
-            return int(args.func(args) or 0)
-    return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+    else:
+        status = int(args.func(args) or 0)
+    if status == 0 and args.command in MEASURED_COMMANDS:
+        from fda.bench.usage import usage_line
+
+        print(usage_line(), file=sys.stderr, flush=True)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -195,6 +195,20 @@ def construct_log_record(result: Any, **meta: Any) -> dict[str, Any]:
             "singular_values": [to_list(v) for v in clog.sv]}
 
 
+def block_shape_record(model: Any, block: int, part: str | None, anchors: Any) -> dict[str, Any]:
+    """What the FLOPs estimate of the cost table needs about one constructed block (the
+    construction log's ``shape``): anchor count, tokens and width from ``anchors`` (canonical
+    ``[n, T, d]`` or ``[n, d]``), the elements of the block's 2-D weights, and whether it has
+    self-attention (:class:`fda.bench.report.flops.BlockShape`). ``model`` may be a meta-device
+    skeleton."""
+    from fda.bench.report.flops import BlockShape
+    from fda.blocks import adapter_for
+
+    adapter = adapter_for(model, part)
+    shapes = [tuple(p.shape) for _, p in adapter.block_module(block).named_parameters()]
+    return BlockShape.from_parameters(tuple(anchors.shape), shapes, bool(adapter.qkv_groups(block))).to_record()
+
+
 def inputs_key(paths: Sequence[Path], extra: Any) -> str:
     """Cache key of a job's finished piece (anchors, an adapted block, a resumable merge): the
     settings, (path, size, mtime) of every input file, and the code that computes it (package

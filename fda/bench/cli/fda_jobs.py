@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
-from fda.bench.cli.common import (INITS, AddCommand, check_blocks, construct_log_record, fda_args, fda_config,
-                                  inputs_key, link_or_copy, load_experts, log, suite_of, to_list, UsageError)
+from fda.bench.cli.common import (INITS, AddCommand, block_shape_record, check_blocks, construct_log_record, fda_args,
+                                  fda_config, inputs_key, link_or_copy, load_experts, log, suite_of, to_list, UsageError)
 from fda.bench.progress import JobProgress
 
 PROGRESS_HELP = "also write progress lines (per block and step, with the time left) to this open file descriptor, e.g. 3 with `3>&2`"
@@ -71,7 +71,8 @@ def cmd_fda_construct(args: argparse.Namespace) -> int:
                 meta = {"suite": args.suite, "task": task, "anchor_init": args.anchor_init, "seed": args.seed,
                         "fda": args.fda, "cache_key": key}
                 record = construct_log_record(res, suite=args.suite, block=block, task=task,
-                                              anchor_init=args.anchor_init, seed=args.seed, cache_key=key)
+                                              anchor_init=args.anchor_init, seed=args.seed, cache_key=key,
+                                              shape=block_shape_record(model, block, cfg.part, res.anchors))
                 # Old anchors go first, the new ones last: whenever anchors exist, the log beside
                 # them was written by the same run (a kill in between leaves no anchors: redone).
                 files[task].unlink(missing_ok=True)

@@ -22,8 +22,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from fda.bench.cli.common import (ANCHOR_INITS, INITS, AddCommand, construct_log_record, fda_config, inputs_key, json_arg, log,
-                                  replace_dir, suite_of, suite_task, task_dir, UsageError)
+from fda.bench.cli.common import (ANCHOR_INITS, INITS, AddCommand, block_shape_record, construct_log_record, fda_config,
+                                  inputs_key, json_arg, log, replace_dir, suite_of, suite_task, task_dir, UsageError)
 
 #: the staging directory's record of what it is building (the resume key)
 STAGING_KEY = ".fda-bench-staging.json"
@@ -127,7 +127,7 @@ def cmd_convert_bin(args: argparse.Namespace) -> int:
 def cmd_llm_construct(args: argparse.Namespace) -> int:
     import fda as F
     from fda.io.checkpoints import write_json_atomic
-    from fda.streamed import construct_layer
+    from fda.streamed import construct_layer, decoder_skeleton
 
     tasks, dirs = _expert_dirs(args.expert)
     if args.task not in tasks:
@@ -139,7 +139,8 @@ def cmd_llm_construct(args: argparse.Namespace) -> int:
     (result,) = construct_layer(args.base, dirs, args.layer, args.anchor_init, config=cfg,
                                 experts_subset=[tasks.index(args.task)])
     record = construct_log_record(result, suite=args.suite, block=args.layer, task=args.task,
-                                  anchor_init=args.anchor_init, seed=args.seed)
+                                  anchor_init=args.anchor_init, seed=args.seed,
+                                  shape=block_shape_record(decoder_skeleton(args.base), args.layer, cfg.part, result.anchors))
     write_json_atomic(record, args.log)
     meta = {"suite": args.suite, "task": args.task, "anchor_init": args.anchor_init, "seed": args.seed, "fda": args.fda}
     F.save_anchors(result, args.out, meta)

@@ -1,0 +1,67 @@
+"""``fda-bench costs``: benchmark files, job logs and construction logs -> what each method row cost
+(per-job CSV, cost table, accuracy-versus-cost figure). No model is loaded (WUDI's FLOPs read the
+merged file's header only). docs/cost.md."""
+
+from __future__ import annotations
+
+import argparse
+
+from fda.bench.cli.common import AddCommand, UsageError, json_arg, log
+
+
+def epochs_arg(text: str) -> tuple[str, int]:
+    """``INIT=EPOCHS``: an FDA init's adaptation epochs (for the FLOPs estimate)."""
+    init, sep, value = text.partition("=")
+    if not sep or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected INIT=EPOCHS (e.g. ta=100), got {text!r}")
+    return init, int(value)
+
+
+def cmd_costs(args: argparse.Namespace) -> int:
+    from fda.bench.report.cost import (
+        cost_table,
+        job_costs,
+        row_costs,
+        write_cost_table,
+        write_frame,
+        wudi_merge_flops,
+    )
+    from fda.bench.report.cost_figure import write_cost_figure
+    from fda.bench.report.results import read_cells
+    from fda.bench.report.tables import AVG, build_table, scale_for
+
+    merge_flops = {}
+    if args.wudi_model:
+        if args.experts is None:
+            raise UsageError("--wudi-model needs --experts (the number of task matrices WUDI merged)")
+        merge_flops["wudi"] = wudi_merge_flops(args.wudi_model, args.wudi_hparams, args.experts)
+    jobs = job_costs(args.benchmarks, args.anchor_logs or [], adapt_epochs=dict(args.adapt_epochs or []),
+                     merge_flops=merge_flops)
+    write_frame(jobs, args.jobs_out)
+    cells = read_cells(args.cells)
+    table = cost_table(row_costs(jobs), cells, args.suite, args.tasks)
+    values = cells.loc[cells["suite"] == args.suite, "value"]
+    paths = list(write_cost_table(table, args.suite, args.tables_dir, values).values())
+    accuracy = build_table(cells, args.suite, args.tasks, "value")
+    refs = {r: float(v) for m, r, v in accuracy[["method", "row", AVG]].itertuples(index=False) if m in ("pretrained", "individual")}
+    paths += write_cost_figure(table, args.suite, scale_for(args.suite, values), args.figures_dir, refs)
+    log(f"{len(jobs)} jobs, {len(table)} method rows; wrote {args.jobs_out} and {len(paths)} table and figure files")
+    return 0
+
+
+def register(add: AddCommand) -> None:
+    """Register costs (see :func:`fda.bench.cli.build_parser`)."""
+    sp = add("costs", cmd_costs, "benchmark files and logs -> cost per method row (table, accuracy-vs-cost figure)")
+    sp.add_argument("--suite", required=True)
+    sp.add_argument("--tasks", nargs="+", required=True, help="the accuracy table's columns (Avg over these)")
+    sp.add_argument("--cells", nargs="+", required=True, help="the suite's result cells (accuracy)")
+    sp.add_argument("--benchmarks", nargs="+", required=True, help="Snakemake benchmark files of the counted jobs")
+    sp.add_argument("--anchor-logs", nargs="*", help="FDA construction logs (evaluations and block shapes: FLOPs)")
+    sp.add_argument("--adapt-epochs", type=epochs_arg, action="append", metavar="INIT=EPOCHS",
+                    help="adaptation epochs per FDA init (FLOPs)")
+    sp.add_argument("--wudi-model", help="WUDI's merged model (its header: the merged shapes, for FLOPs)")
+    sp.add_argument("--wudi-hparams", type=json_arg, default={}, help="WUDI's hyperparameters (JSON)")
+    sp.add_argument("--experts", type=int, help="number of experts merged")
+    sp.add_argument("--jobs-out", required=True, help="per-job CSV")
+    sp.add_argument("--tables-dir", required=True, help="writes {suite}-cost.{csv,md,tex}")
+    sp.add_argument("--figures-dir", required=True, help="writes {suite}-cost.{png,pdf}")
