@@ -37,11 +37,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from fda.io.checkpoints import CheckpointError
+if TYPE_CHECKING:  # torch is imported where files are read: the CLI's help and config checks stay light
+    import torch
 
 #: config family -> the official script family whose files it reads
 OFFICIAL_KINDS: dict[str, str] = {"clip-vision": "vision", "openclip": "vision", "bert": "nlu", "roberta": "nlu",
@@ -58,8 +57,9 @@ _RUN_VISION_NLU = re.compile(rf"^(?P<name>init_by_\w+?)-anchor-(?P<n>\d+)-scale-
 _RUN_NLG = re.compile(rf"^(?P<name>init_by_\w+?)-scale-(?P<scale>{_NUM})-(?:gen|opt)-(?P<steps>\d+)-lr-(?P<lr>{_NUM})-anchor-(?P<n>\d+)$")
 
 
-class OfficialAnchorsError(CheckpointError):
-    """Official anchor files that cannot be found or read as the official scripts write them."""
+class OfficialAnchorsError(ValueError):
+    """Official anchor files that cannot be found or read as the official scripts write them (one of
+    the CLI's project errors: printed as one line)."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,7 @@ def read_official(path: str | os.PathLike, kind: str) -> torch.Tensor:
     dict ``input`` ``[n, T, d]`` as is; NLG ``[n, d]`` as is. Wrong shapes and non-finite values
     are an :class:`OfficialAnchorsError` naming the file."""
     import numpy as np
+    import torch
 
     from fda.anchors import official_to_canonical
     from fda.io.safe_npy import load_npy, load_npy_object
@@ -251,15 +252,18 @@ def anchor_path(out_dir: str | os.PathLike, block: int, task: str) -> Path:
 
 
 def import_release(release: OfficialRelease, out_dir: str | os.PathLike, *, origin: str,
-                   extra: Mapping[str, Any] | None = None, skip_if: Mapping[tuple[int, str], bool] | None = None,
+                   extra: Mapping[str, Any] | None = None,
+                   per_file: Mapping[tuple[int, str], Mapping[str, Any]] | None = None,
+                   skip_if: Mapping[tuple[int, str], bool] | None = None,
                    log: Any = None) -> dict[tuple[int, str], Path]:
     """Convert every file of ``release`` into ``out_dir/block{b}/{task}.safetensors``.
 
-    Metadata (JSON-encoded values, as :func:`fda.save_anchors` writes them): ``extra``, then
-    ``anchor_source: official``, ``origin`` (where the release came from, e.g. a hub id), the run
-    folder, the official file (relative to the release folder), task folder, layout and the
-    settings the run's name states. All files of a run must have one shape (else an error naming
-    the odd one). ``skip_if[(block, task)]`` true: that file is already imported."""
+    Metadata (JSON-encoded values, as :func:`fda.save_anchors` writes them): ``extra`` and
+    ``per_file[(block, task)]``, then ``anchor_source: official``, ``origin`` (where the release
+    came from, e.g. a hub id), the run folder, the official file (relative to the release folder),
+    task folder, layout and the settings the run's name states. All files imported together must
+    have one shape (else an error naming the odd one). ``skip_if[(block, task)]`` true: that file
+    is already imported."""
     from fda.io.checkpoints import save_state_dict
 
     out: dict[tuple[int, str], Path] = {}
@@ -279,7 +283,7 @@ def import_release(release: OfficialRelease, out_dir: str | os.PathLike, *, orig
         n_stated = release.settings.get("n_anchors")
         if n_stated is not None and x.shape[0] != n_stated:
             raise OfficialAnchorsError(f"{src}: {x.shape[0]} anchors, but the run folder {release.run!r} states {n_stated}")
-        meta: dict[str, Any] = {**(extra or {}), **release.settings,
+        meta: dict[str, Any] = {**(extra or {}), **(per_file or {}).get((block, task), {}), **release.settings,
                                 "anchor_source": "official", "origin": origin, "anchor_init": release.anchor_init,
                                 "task": task, "block": block, "official_run": release.run,
                                 "official_file": os.path.relpath(src, release.root), "official_task": release.task_dirs[task],

@@ -96,6 +96,8 @@ EXPERT = "work/{suite}/experts/{task}"
 MERGED = "work/{suite}/merged/{baseline}.safetensors"
 ANCHORS = "work/{suite}/fda/seed{seed}/anchors/{anchorinit}/block{block}/{task}.safetensors"
 ANCHOR_LOG = "work/{suite}/fda/seed{seed}/anchors/{anchorinit}/block{block}/{task}.json"
+# fda.anchors.source official: the released anchors, imported once and shared by every seed and init
+OFFICIAL_ANCHORS = "work/{suite}/fda/official/anchors/{anchorinit}/block{block}/{task}.safetensors"
 ADAPTED = "work/{suite}/fda/seed{seed}/{init}-{anchorinit}/blocks/block{block}.safetensors"
 FDA_MERGED = "work/{suite}/fda/seed{seed}/{init}-{anchorinit}/merged.safetensors"
 EVAL_REF = "work/{suite}/eval/{reference}.csv"
@@ -305,22 +307,43 @@ def llm_init_model(wildcards):
     return LLM_MERGED.format(suite=wildcards.suite, baseline=wildcards.init)
 
 
+def official_anchors(suite):
+    """Whether the suite adapts from the FDA authors' released anchors (fda.anchors.source: official)."""
+    return cfg_views.anchor_source(S(suite)) == "official"
+
+
+def anchors_dir(suite, seed, anchorinit):
+    """The folder adaptation reads a (suite, seed, anchor init)'s anchors from: the constructed
+    ones of that seed, or the imported official ones (the same for every seed)."""
+    pattern = OFFICIAL_ANCHORS if official_anchors(suite) else ANCHORS
+    return str(Path(pattern.format(suite=suite, seed=seed, anchorinit=anchorinit, block=0, task="t")).parent.parent)
+
+
+def anchor_file(suite, seed, anchorinit, block, task):
+    pattern = OFFICIAL_ANCHORS if official_anchors(suite) else ANCHORS
+    return pattern.format(suite=suite, seed=seed, anchorinit=anchorinit, block=block, task=task)
+
+
+def p_anchors_dir(wildcards):
+    return anchors_dir(wildcards.suite, wildcards.seed, wildcards.anchorinit)
+
+
+def p_anchor_source(wildcards):
+    """`constructed` or `official`, recorded on the FDA rows of a cell."""
+    return cfg_views.anchor_source(S(wildcards.suite))
+
+
 def block_anchors(wildcards):
     """Anchors of every expert for one block (fine-grained adaptation)."""
-    return [
-        ANCHORS.format(suite=wildcards.suite, seed=wildcards.seed, anchorinit=wildcards.anchorinit,
-                       block=wildcards.block, task=t)
-        for t in tasks_of(wildcards.suite)
-    ]
+    return [anchor_file(wildcards.suite, wildcards.seed, wildcards.anchorinit, wildcards.block, t)
+            for t in tasks_of(wildcards.suite)]
 
 
 def all_anchors(wildcards):
     """Anchors of every expert and block (coarse adaptation)."""
-    return [
-        ANCHORS.format(suite=wildcards.suite, seed=wildcards.seed, anchorinit=wildcards.anchorinit, block=b, task=t)
-        for b in blocks_of(wildcards.suite)
-        for t in tasks_of(wildcards.suite)
-    ]
+    return [anchor_file(wildcards.suite, wildcards.seed, wildcards.anchorinit, b, t)
+            for b in blocks_of(wildcards.suite)
+            for t in tasks_of(wildcards.suite)]
 
 
 def adapted_blocks(wildcards):
@@ -365,7 +388,7 @@ def table_files(suite):
 def figure_files(suite):
     s = S(suite)
     out = [f"results/figures/{suite}-{k}.{e}" for k in ("methods", "heatmap") for e in ("png", "pdf")]
-    if s.get("fda"):
+    if s.get("fda") and not official_anchors(suite):  # imported anchors have no construction logs
         out += [
             f"results/figures/{suite}-{k}-{ai}.{e}"
             for ai in s["fda"]["anchor_inits"]
@@ -406,6 +429,9 @@ _RES = {
     # streaming: the 13B model loaded for generation (26 GB in bf16) before it moves to the GPU
     "evaluate": ((3000, 20, 0), (48000, 240, 1), (40000, 720, 1)),
     "aggregate": ((1000, 5, 0), (4000, 10, 0), (4000, 10, 0)),
+    # official anchors: one .npy file in memory at a time (ViT-L/14: 67 MB); reading a release
+    # (26 GB for ViT-L/14, both inits) is the time
+    "import": ((1000, 10, 0), (4000, 60, 0), (4000, 60, 0)),
 }
 
 

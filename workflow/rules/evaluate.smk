@@ -155,6 +155,7 @@ rule cell_fda:
         CELL_FDA,
     params:
         raw=p_raw_args,
+        anchor_source=p_anchor_source,  # constructed or official, recorded on the FDA rows
         source=p_expert_source_name,
         qkv_layout=p_qkv_layout,
         config_hash=p_cell_fda_hash,
@@ -170,5 +171,5 @@ rule cell_fda:
     conda:
         ENV
     shell:
-        "fda-bench cell --suite {wildcards.suite} {params.raw} --individual {input.individual}"
+        "fda-bench cell --suite {wildcards.suite} {params.raw} --individual {input.individual} --anchor-source {params.anchor_source}"
         " --expert-source {params.source} --qkv-layout {params.qkv_layout} --config-hash {params.config_hash} --out {output} > {log} 2>&1"

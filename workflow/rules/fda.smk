@@ -1,6 +1,7 @@
 # FDA on the in-memory suites (streaming LLM suites: llm.smk, always per layer): anchors are
-# constructed per (suite, seed, anchor init, block, expert) and shared by every init; adaptation
-# is per (suite, seed, init, anchor init, block). `fda_jobs` chooses the job granularity of each
+# constructed per (suite, seed, anchor init, block, expert) and shared by every init (or, with
+# fda.anchors.source official, imported once: official_anchors.smk); adaptation is per (suite,
+# seed, init, anchor init, block). `fda_jobs` chooses the job granularity of each
 # stage (see workflow/schemas/config.schema.yaml):
 #   construct fine:   one job per (block, expert)         construct coarse: one job per anchor
 #                                                          init, caching each finished block
@@ -125,6 +126,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             experts=expert_args,
             init_model=p_init_model,
             key=p_adapt_key,
+            anchors_dir=p_anchors_dir,  # constructed per seed, or the imported official ones
         log:
             "logs/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
         benchmark:
@@ -142,7 +144,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             " --family {params.family} --size {params.size} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --init {wildcards.init} {params.init_model} --block {wildcards.block}"
-            " --anchors-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
+            " --anchors-dir {params.anchors_dir}"
             " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
             " --progress-fd 3 3>&2 > {log} 2>&1"
 
@@ -214,6 +216,7 @@ else:
             experts=expert_args,
             init_model=p_init_model,
             key=p_adapt_key,
+            anchors_dir=p_anchors_dir,  # constructed per seed, or the imported official ones
         log:
             "logs/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}.log",
         benchmark:
@@ -231,6 +234,6 @@ else:
             " --family {params.family} --size {params.size} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --init {wildcards.init} {params.init_model} {params.blocks}"
-            " --anchors-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
+            " --anchors-dir {params.anchors_dir}"
             " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
             " --assemble {output} --progress-fd 3 3>&2 > {log} 2>&1"

@@ -16,6 +16,8 @@ Subcommands (``fda-bench <cmd> -h`` for arguments), by the module of fda/bench/c
     fda-construct    construct FDA anchors for some blocks (and experts)
     fda-adapt        adapt some blocks on the anchors (per-block cache), optionally assemble
     fda-assemble     assemble adapted blocks into the merged encoder
+  anchors.py
+    import-anchors   the FDA authors' released anchors (.npy) -> anchor files (adapt without constructing)
   evaluation.py
     evaluate         evaluate an encoder (or each expert on its own task) -> raw rows
   aggregation.py
@@ -49,6 +51,7 @@ from collections.abc import Callable, Sequence
 
 from fda.bench.cli import (
     aggregation,
+    anchors,
     configs,
     costs,
     data,
@@ -69,7 +72,7 @@ MEASURED_COMMANDS = {"merge", "fda-construct", "fda-adapt", "fda-assemble", "eva
                      "stream-merge", "llm-construct", "llm-adapt", "llm-assemble", "llm-eval"}
 
 #: the family modules, in the order ``fda-bench --help`` lists their commands
-FAMILIES = (configs, data, merges, fda_jobs, evaluation, aggregation, costs, llm)
+FAMILIES = (configs, data, merges, fda_jobs, anchors, evaluation, aggregation, costs, llm)
 
 #: exit status of a command stopped by one of the project's errors (argparse's usage errors: 2 too)
 EXIT_ERROR = 2
@@ -89,6 +92,7 @@ PROJECT_ERRORS: tuple[tuple[str, str], ...] = (
     ("fda.bench.suites.assets", "MissingAssetError"),
     ("fda.bench.report.results", "CellError"),
     ("fda.bench.gpu", "GPUSlotError"),
+    ("fda.bench.official_anchors", "OfficialAnchorsError"),
     ("fda.bench.eval.llm.data", "LLMEvalDataError"),
     ("fda.bench.eval.llm.sandbox", "SandboxUnavailableError"),
     ("fda.io.checkpoints", "CheckpointError"),

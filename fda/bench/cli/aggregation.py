@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from fda.bench.cli.common import AddCommand, log
+from fda.bench.config.vocabulary import ANCHOR_SOURCES
 
 
 def cmd_cell(args: argparse.Namespace) -> int:
@@ -14,7 +15,7 @@ def cmd_cell(args: argparse.Namespace) -> int:
 
     raw = [read_raw(p) for p in args.raw]
     cell = build_cell(raw, read_raw(args.individual), suite=args.suite, expert_source=args.expert_source,
-                      config_hash=args.config_hash, qkv_layout=args.qkv_layout)
+                      config_hash=args.config_hash, qkv_layout=args.qkv_layout, anchor_source=args.anchor_source)
     write_cell(cell, args.out)
     return 0
 
@@ -75,6 +76,8 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--individual", required=True, help="raw rows of the individual experts (for `normalized`)")
     sp.add_argument("--expert-source", required=True)
     sp.add_argument("--qkv-layout", default="split", choices=["split", "fused"], help="q/k/v layout the merges ran in")
+    sp.add_argument("--anchor-source", default="constructed", choices=ANCHOR_SOURCES,
+                    help="where the FDA rows' anchors come from (recorded on FDA rows)")
     sp.add_argument("--config-hash", required=True)
     sp.add_argument("--out", required=True)
 

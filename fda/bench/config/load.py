@@ -518,13 +518,16 @@ def _anchor_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
         extra = sorted(set(entry) - {"source"})
         return [Problem(("fda", "anchors"), f"{', '.join(extra)} only apply to source: official "
                                             f"(source is {anchor_source(s)!r})")] if extra else []
-    # only when a suite imports official anchors (they bring torch: config checks stay light otherwise)
+    # imported only when a suite imports official anchors (resolving a release brings torch and the hub
+    # client); CheckpointError covers SourceError: a release that is not cached or not found
     from fda.bench.official_anchors import (
         OFFICIAL_KINDS,
         RUN_PREFIXES,
+        OfficialAnchorsError,
         configured_release,
+        resolve_release,
     )
-    from fda.io.checkpoints import CheckpointError  # OfficialAnchorsError, SourceError
+    from fda.io.checkpoints import CheckpointError
 
     out: list[Problem] = []
     bad = [a for a in fda["anchor_inits"] if a not in RUN_PREFIXES]
@@ -542,9 +545,13 @@ def _anchor_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
         options = official_anchor_options({"smoke": False, "suites": {name: s}}, name)
     except ConfigError as err:
         return [Problem(None, str(err))]
+    try:
+        resolve_release(options["spec"])
+    except CheckpointError as err:  # not found, or a hub dataset that is not cached (offline)
+        return [Problem(("fda", "anchors"), str(err))]
     for anchor_init in fda["anchor_inits"]:
         try:
             configured_release(options, anchor_init)
-        except CheckpointError as err:  # the release is not cached / not found, or lacks a file
+        except (OfficialAnchorsError, CheckpointError) as err:
             out.append(Problem(("fda", "anchors"), f"{anchor_init} anchors: {err}"))
     return out
