@@ -133,7 +133,7 @@ def test_single_cell_resolves_to_exactly_its_jobs(scratch):
     assert {j["wildcards"]["baseline"] for j in jobs if j["rule"] == "merge_baseline"} == {"wudi"}
     assert {j["wildcards"]["reference"] for j in jobs if j["rule"] == "evaluate_reference"} == {"individual"}
     assert {j["wildcards"]["init"] for j in jobs if "init" in j["wildcards"]} == {"wudi"}
-    assert [j["output"] for j in jobs if j["rule"] == "cell_fda"] == [["results/vitb16_wudi_fda.csv"]]
+    assert [j["output"] for j in jobs if j["rule"] == "cell_fda"] == [["results/vitb16_wudi_fda.csv", "results/vitb16_wudi_fda.npz"]]
 
 
 def test_baseline_cell_needs_no_fda(scratch):

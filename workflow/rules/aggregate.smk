@@ -5,6 +5,7 @@
 rule tables:
     input:
         cells=suite_cells,
+        outcomes=lambda w: [npz(c) for c in suite_cells(w)],
     output:
         csv=report("results/tables/{suite}.csv", caption="../report/table.rst", category="Tables", subcategory="{suite}", labels={"suite": "{suite}", "table": "absolute"}),
         md="results/tables/{suite}.md",
@@ -30,12 +31,13 @@ rule tables:
         ENV
     shell:
         "fda-bench aggregate --suite {wildcards.suite} --tasks {params.tasks} --cells {input.cells}"
-        " --out-dir results/tables > {log} 2>&1"
+        " --outcomes {input.outcomes} --out-dir results/tables > {log} 2>&1"
 
 
 rule figures:
     input:
         cells=suite_cells,
+        outcomes=lambda w: [npz(c) for c in suite_cells(w)],
     output:
         methods=report("results/figures/{suite}-methods.png", caption="../report/fig-methods.rst", category="Figures", subcategory="{suite}", labels={"suite": "{suite}", "figure": "methods"}),
         methods_pdf="results/figures/{suite}-methods.pdf",
@@ -56,7 +58,7 @@ rule figures:
         ENV
     shell:
         "fda-bench figures --suite {wildcards.suite} --tasks {params.tasks} --cells {input.cells}"
-        " --out-dir results/figures > {log} 2>&1"
+        " --outcomes {input.outcomes} --out-dir results/figures > {log} 2>&1"
 
 
 rule construction_figures:

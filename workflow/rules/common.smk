@@ -105,6 +105,13 @@ EVAL_BASELINE = "work/{suite}/eval/{baseline}.csv"
 EVAL_FDA = "work/{suite}/eval/fda/seed{seed}/{init}-{anchorinit}.csv"
 CELL = "results/{suite}_{method}.csv"
 CELL_FDA = "results/{suite}_{init}_fda.csv"
+
+
+def npz(csv_pattern):
+    """The per-example outcomes beside an evaluation or cell CSV (fda.bench.eval.outcomes)."""
+    return csv_pattern[: -len(".csv")] + ".npz"
+
+
 # streaming LLM suites (llm.smk): models are sharded HF directories
 LLM_MERGED = "work/{suite}/merged/{baseline}"
 LLM_FDA_MERGED = "work/{suite}/fda/seed{seed}/{init}-{anchorinit}/merged"

@@ -12,7 +12,8 @@ rule evaluate_reference:
         base=BASE,
         experts=expert_dirs,
     output:
-        EVAL_REF,
+        csv=EVAL_REF,
+        outcomes=npz(EVAL_REF),
     params:
         settings=p_settings,
         tasks=p_tasks,
@@ -36,7 +37,7 @@ rule evaluate_reference:
     shell:
         "fda-bench evaluate --suite {wildcards.suite} --settings {params.settings:q} {params.model}"
         " --tasks {params.tasks} --base {input.base} --data {input.data} {params.experts} {params.limit}"
-        " --method {wildcards.reference} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --method {wildcards.reference} --seed {params.seed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule evaluate_baseline:
@@ -49,7 +50,8 @@ rule evaluate_baseline:
         experts=expert_dirs,
         model=MERGED,
     output:
-        EVAL_BASELINE,
+        csv=EVAL_BASELINE,
+        outcomes=npz(EVAL_BASELINE),
     params:
         settings=p_settings,
         tasks=p_tasks,
@@ -72,7 +74,7 @@ rule evaluate_baseline:
     shell:
         "fda-bench evaluate --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
         " --tasks {params.tasks} --base {input.base} --data {input.data} {params.experts} {params.limit}"
-        " --method {wildcards.baseline} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --method {wildcards.baseline} --seed {params.seed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule evaluate_fda:
@@ -85,7 +87,8 @@ rule evaluate_fda:
         experts=expert_dirs,
         model=FDA_MERGED,
     output:
-        EVAL_FDA,
+        csv=EVAL_FDA,
+        outcomes=npz(EVAL_FDA),
     params:
         settings=p_settings,
         tasks=p_tasks,
@@ -108,7 +111,7 @@ rule evaluate_fda:
         "fda-bench evaluate --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
         " --tasks {params.tasks} --base {input.base} --data {input.data} {params.experts} {params.limit}"
         " --method fda --init {wildcards.init} --anchor-init {wildcards.anchorinit} --seed {wildcards.seed}"
-        " --out {output} > {log} 2>&1"
+        " --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule cell:
@@ -119,9 +122,11 @@ rule cell:
     input:
         configured=configured_cell(CELL),
         raw="work/{suite}/eval/{method}.csv",
+        raw_outcomes="work/{suite}/eval/{method}.npz",
         individual="work/{suite}/eval/individual.csv",
     output:
-        CELL,
+        csv=CELL,
+        outcomes=npz(CELL),
     params:
         source=p_expert_source_name,
         qkv_layout=p_qkv_layout,
@@ -139,7 +144,7 @@ rule cell:
         ENV
     shell:
         "fda-bench cell --suite {wildcards.suite} --raw {input.raw} --individual {input.individual}"
-        " --expert-source {params.source} --qkv-layout {params.qkv_layout} --config-hash {params.config_hash} --out {output} > {log} 2>&1"
+        " --expert-source {params.source} --qkv-layout {params.qkv_layout} --config-hash {params.config_hash} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule cell_fda:
@@ -150,9 +155,11 @@ rule cell_fda:
     input:
         configured=configured_cell(CELL_FDA),
         raw=fda_evals,
+        raw_outcomes=lambda w: [npz(p) for p in fda_evals(w)],
         individual="work/{suite}/eval/individual.csv",
     output:
-        CELL_FDA,
+        csv=CELL_FDA,
+        outcomes=npz(CELL_FDA),
     params:
         raw=p_raw_args,
         anchor_source=p_anchor_source,  # constructed or official, recorded on the FDA rows
@@ -172,4 +179,4 @@ rule cell_fda:
         ENV
     shell:
         "fda-bench cell --suite {wildcards.suite} {params.raw} --individual {input.individual} --anchor-source {params.anchor_source}"
-        " --expert-source {params.source} --qkv-layout {params.qkv_layout} --config-hash {params.config_hash} --out {output} > {log} 2>&1"
+        " --expert-source {params.source} --qkv-layout {params.qkv_layout} --config-hash {params.config_hash} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"

@@ -255,7 +255,8 @@ rule llm_evaluate_reference:
         base=BASE,
         experts=expert_dirs,
     output:
-        EVAL_REF,
+        csv=EVAL_REF,
+        outcomes=npz(EVAL_REF),
     params:
         settings=p_job_settings("eval"),
         tasks=p_tasks,
@@ -279,7 +280,7 @@ rule llm_evaluate_reference:
         "fda-bench llm-eval --suite {wildcards.suite} --settings {params.settings:q} {params.model}"
         " --tasks {params.tasks} {params.experts} --data {input.data} {params.limit}"
         " --generations-dir work/{wildcards.suite}/eval/generations/{wildcards.reference}"
-        " --method {wildcards.reference} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --method {wildcards.reference} --seed {params.seed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule llm_evaluate_baseline:
@@ -290,7 +291,8 @@ rule llm_evaluate_baseline:
         data=DATA,
         model=LLM_MERGED,
     output:
-        EVAL_BASELINE,
+        csv=EVAL_BASELINE,
+        outcomes=npz(EVAL_BASELINE),
     params:
         settings=p_job_settings("eval"),
         tasks=p_tasks,
@@ -312,7 +314,7 @@ rule llm_evaluate_baseline:
         "fda-bench llm-eval --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
         " --tasks {params.tasks} --data {input.data} {params.limit}"
         " --generations-dir work/{wildcards.suite}/eval/generations/{wildcards.baseline}"
-        " --method {wildcards.baseline} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --method {wildcards.baseline} --seed {params.seed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule llm_evaluate_fda:
@@ -323,7 +325,8 @@ rule llm_evaluate_fda:
         data=DATA,
         model=LLM_FDA_MERGED,
     output:
-        EVAL_FDA,
+        csv=EVAL_FDA,
+        outcomes=npz(EVAL_FDA),
     params:
         settings=p_job_settings("eval"),
         tasks=p_tasks,
@@ -346,4 +349,4 @@ rule llm_evaluate_fda:
         " --generations-dir work/{wildcards.suite}/eval/generations/fda/seed"
         "{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}"
         " --method fda --init {wildcards.init} --anchor-init {wildcards.anchorinit} --seed {wildcards.seed}"
-        " --out {output} > {log} 2>&1"
+        " --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"

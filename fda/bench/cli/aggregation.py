@@ -17,23 +17,46 @@ def cmd_cell(args: argparse.Namespace) -> int:
     cell = build_cell(raw, read_raw(args.individual), suite=args.suite, expert_source=args.expert_source,
                       config_hash=args.config_hash, qkv_layout=args.qkv_layout, anchor_source=args.anchor_source)
     write_cell(cell, args.out)
+    if args.outcomes:
+        write_cell_outcomes(cell, args.raw, args.outcomes)
     return 0
+
+
+def write_cell_outcomes(cell, raw_paths: list[str], out: str) -> None:
+    """The per-example outcomes of a cell's evaluations (each beside its raw CSV) in one file;
+    every (method, init, anchor init, seed, task) of the cell must have them."""
+    from fda.bench.eval.outcomes import OutcomeError, merge_outcomes, outcomes_path, write_outcomes
+
+    merged = merge_outcomes(outcomes_path(p) for p in raw_paths)
+    keys = {(m, i, a, int(s), t) for m, i, a, s, t in cell[["method", "init", "anchor_init", "seed", "task"]].itertuples(index=False)}
+    missing = sorted(keys - set(merged))
+    if missing:
+        raise OutcomeError(f"no per-example outcomes for {missing[:3]} (expected beside the raw files "
+                           f"{[str(outcomes_path(p)) for p in raw_paths[:2]]}); re-run their evaluation")
+    write_outcomes({k: merged[k] for k in sorted(keys)}, out)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from fda.bench.report.results import read_cells
     from fda.bench.report.tables import write_tables
 
-    paths = write_tables(read_cells(args.cells), args.suite, args.tasks, args.out_dir, args.paper)
+    paths = write_tables(read_cells(args.cells), args.suite, args.tasks, args.out_dir, args.paper,
+                         outcomes=_outcomes(args.outcomes))
     log(f"wrote {len(paths)} table files to {args.out_dir}")
     return 0
+
+
+def _outcomes(paths: list[str] | None):
+    from fda.bench.eval.outcomes import merge_outcomes
+
+    return merge_outcomes(paths) if paths else None
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from fda.bench.report.figures import write_cell_figures
     from fda.bench.report.results import read_cells
 
-    paths = write_cell_figures(read_cells(args.cells), args.suite, args.tasks, args.out_dir)
+    paths = write_cell_figures(read_cells(args.cells), args.suite, args.tasks, args.out_dir, _outcomes(args.outcomes))
     log(f"wrote {len(paths)} figure files to {args.out_dir}")
     return 0
 
@@ -80,18 +103,21 @@ def register(add: AddCommand) -> None:
                     help="where the FDA rows' anchors come from (recorded on FDA rows)")
     sp.add_argument("--config-hash", required=True)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--outcomes", help="also gather the per-example outcomes beside each --raw file into this .npz")
 
     sp = add("aggregate", cmd_aggregate, "result cells -> paper-shaped tables")
     sp.add_argument("--suite", required=True)
     sp.add_argument("--tasks", nargs="+", required=True, help="column order")
     sp.add_argument("--cells", nargs="+", required=True)
     sp.add_argument("--paper", help="paper numbers CSV (default: the packaged paper_tables.csv)")
+    sp.add_argument("--outcomes", nargs="+", help="the cells' per-example outcomes (.npz): adds 95%% intervals")
     sp.add_argument("--out-dir", required=True)
 
     sp = add("figures", cmd_figures, "result cells -> method comparison and per-task heatmap")
     sp.add_argument("--suite", required=True)
     sp.add_argument("--tasks", nargs="+", required=True)
     sp.add_argument("--cells", nargs="+", required=True)
+    sp.add_argument("--outcomes", nargs="+", help="the cells' per-example outcomes (.npz): adds error bars")
     sp.add_argument("--out-dir", required=True)
 
     sp = add("construction-figures", cmd_construction_figures,

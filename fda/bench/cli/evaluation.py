@@ -26,6 +26,7 @@ def refuse_non_finite(state: Mapping[str, Any], path: str | Path) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fda.io.checkpoints import load_state_dict
+    from fda.bench.eval.outcomes import pop_outcomes, write_evaluation_outcomes
     from fda.bench.report.results import raw_frame, write_csv
 
     suite = suite_of(args)
@@ -43,7 +44,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         log(f"evaluate {args.method} {args.init} {args.anchor_init} on {task}")
         got = suite.evaluate(state, suite_task(suite, task), Path(args.base), Path(args.data), experts[task], limit=args.limit)
         rows += [{**r, "task": task} for r in got]  # rows carry the workflow's task name
+    outcomes = pop_outcomes(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed)
     df = raw_frame(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed)
+    if args.outcomes:
+        write_evaluation_outcomes(outcomes, args.tasks, args.outcomes, args.suite)
     write_csv(df, args.out)
     return 0
 
@@ -63,3 +67,4 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--anchor-init", default="")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--outcomes", help="also write per-example outcomes here (.npz; see fda.bench.eval.outcomes)")

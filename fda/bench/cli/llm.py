@@ -186,6 +186,7 @@ def cmd_llm_assemble(args: argparse.Namespace) -> int:
 
 
 def cmd_llm_eval(args: argparse.Namespace) -> int:
+    from fda.bench.eval.outcomes import pop_outcomes, write_evaluation_outcomes
     from fda.bench.report.results import raw_frame, write_csv
 
     suite = suite_of(args)
@@ -205,6 +206,9 @@ def cmd_llm_eval(args: argparse.Namespace) -> int:
         for t in tasks:
             log(f"evaluate the {t} expert ({experts[t]}) on its own task")
             rows += suite.evaluate_dir(experts[t], [t], args.data, limit=args.limit, generations_dir=gen / t if gen else None)
+    outcomes = pop_outcomes(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed)
+    if args.outcomes:
+        write_evaluation_outcomes(outcomes, [r["task"] for r in rows], args.outcomes, args.suite)
     write_csv(raw_frame(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed), args.out)
     return 0
 
@@ -285,6 +289,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--data", required=True, help="the suite's prepared data ({benchmark}.jsonl)")
     sp.add_argument("--limit", type=int)
     sp.add_argument("--generations-dir", help="write each benchmark's prompts, completions and scores here")
+    sp.add_argument("--outcomes", help="also write per-example pass/fail here (.npz; see fda.bench.eval.outcomes)")
     sp.add_argument("--method", required=True)
     sp.add_argument("--init", default="")
     sp.add_argument("--anchor-init", default="")

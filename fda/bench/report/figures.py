@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fda.io.atomic import atomic_path  # noqa: E402
+from fda.bench.eval.outcomes import Outcome, OutcomeKey  # noqa: E402
+from fda.bench.report.intervals import RowIntervals, row_intervals  # noqa: E402
 from fda.bench.report.tables import AVG, KEY, build_table, scale_for  # noqa: E402
 
 FORMATS = ("png", "pdf")
@@ -58,8 +60,23 @@ def _normalized_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str], abs
     return table.assign(row=absolute["row"].to_numpy())
 
 
-def method_comparison(cells: pd.DataFrame, suite: str, tasks: Sequence[str]) -> plt.Figure:
-    """Bar chart: Avg (absolute) and Avg (normalised) per row of the suite's table."""
+def _bar_errors(table: pd.DataFrame, ints: RowIntervals | None, normalized: bool) -> np.ndarray | None:
+    """[2, rows] distances from each row's Avg to its 95% interval ends (0 where it has none)."""
+    if ints is None:
+        return None
+    err = np.zeros((2, len(table)))
+    for j, key in enumerate(table[KEY].itertuples(index=False)):
+        iv = ints.normalized(tuple(key), AVG) if normalized else ints.of(tuple(key), AVG)
+        v = float(table[AVG].iloc[j])
+        if iv is not None and np.isfinite(v):
+            err[:, j] = [max(v - iv.lo, 0.0), max(iv.hi - v, 0.0)]
+    return err
+
+
+def method_comparison(cells: pd.DataFrame, suite: str, tasks: Sequence[str],
+                      ints: RowIntervals | None = None) -> plt.Figure:
+    """Bar chart: Avg (absolute) and Avg (normalised) per row of the suite's table; with ``ints``
+    (:func:`fda.bench.report.intervals.row_intervals`) each bar has its 95% interval."""
     absolute = build_table(cells, suite, tasks, "value")
     normalized = _normalized_table(cells, suite, tasks, absolute)
     scale = scale_for(suite, cells.loc[cells["suite"] == suite, "value"])
@@ -70,7 +87,9 @@ def method_comparison(cells: pd.DataFrame, suite: str, tasks: Sequence[str]) -> 
     for ax, table, factor, title in ((axes[0], absolute, scale, "Avg (absolute)"),
                                      (axes[1], normalized, 100.0, "Avg (normalised, % of individual)")):
         vals = table[AVG].to_numpy(dtype=float) * factor
-        ax.barh(y, np.nan_to_num(vals), color=colors)
+        err = _bar_errors(table, ints, normalized=table is normalized)
+        ax.barh(y, np.nan_to_num(vals), color=colors, xerr=None if err is None else err * factor,
+                error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "k"})
         for yi, v in zip(y, vals):
             if np.isfinite(v):
                 ax.text(v, yi, f" {v:.2f}", va="center", fontsize=8)
@@ -82,20 +101,30 @@ def method_comparison(cells: pd.DataFrame, suite: str, tasks: Sequence[str]) -> 
     return fig
 
 
-def task_heatmap(cells: pd.DataFrame, suite: str, tasks: Sequence[str]) -> plt.Figure:
-    """Normalised score (% of the individual expert) per table row and task."""
+def task_heatmap(cells: pd.DataFrame, suite: str, tasks: Sequence[str],
+                 ints: RowIntervals | None = None) -> plt.Figure:
+    """Normalised score (% of the individual expert) per table row and task; with ``ints``, an
+    FDA cell is marked + or − where its paired 95% interval against its init excludes 0."""
     table = _normalized_table(cells, suite, tasks, build_table(cells, suite, tasks, "value"))
     cols = list(tasks) + [AVG]
     data = table[cols].to_numpy(dtype=float) * 100.0
+    marks = np.full(data.shape, "", dtype=object)
+    if ints is not None:
+        for i, (m, init, a) in enumerate(table[KEY].itertuples(index=False)):
+            for j, c in enumerate(cols):
+                d = ints.paired_difference((m, init, a), (init, "", ""), c) if m == "fda" else None
+                if d is not None and d.excludes_zero():
+                    marks[i, j] = "+" if d.lo > 0 else "−"
     fig, ax = plt.subplots(figsize=(0.9 * len(cols) + 3, 0.4 * len(table) + 1.5))
     im = ax.imshow(data, cmap="viridis", aspect="auto", vmin=np.nanmin(data) if np.isfinite(data).any() else 0, vmax=max(100.0, np.nanmax(data) if np.isfinite(data).any() else 100))
     for (i, j), v in np.ndenumerate(data):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < 70 else "k")
+            ax.text(j, i, f"{v:.0f}{marks[i, j]}", ha="center", va="center", fontsize=7, color="w" if v < 70 else "k")
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(table)), table["row"])
     fig.colorbar(im, ax=ax, label="% of individual expert")
-    ax.set_title(f"{suite}: normalised score per task", fontsize=11)
+    note = "; FDA +/−: paired 95% interval vs its init excludes 0" if ints is not None else ""
+    ax.set_title(f"{suite}: normalised score per task{note}", fontsize=11 if not note else 9)
     return fig
 
 
@@ -189,11 +218,13 @@ def construction_figure_paths(out_dir: str | os.PathLike, suite: str, anchor_ini
     return [d / f"{suite}-{kind}-{anchor_init}.{ext}" for kind in ("construction", "spectra") for ext in FORMATS]
 
 
-def write_cell_figures(cells: pd.DataFrame, suite: str, tasks: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
-    """Method comparison and per-task heatmap of one suite."""
+def write_cell_figures(cells: pd.DataFrame, suite: str, tasks: Sequence[str], out_dir: str | os.PathLike,
+                       outcomes: Mapping[OutcomeKey, Outcome] | None = None) -> list[Path]:
+    """Method comparison and per-task heatmap of one suite (with intervals when ``outcomes`` are given)."""
     d = Path(out_dir)
-    return save(method_comparison(cells, suite, tasks), d / f"{suite}-methods") + \
-        save(task_heatmap(cells, suite, tasks), d / f"{suite}-heatmap")
+    ints = row_intervals(outcomes, tasks) if outcomes else None
+    return save(method_comparison(cells, suite, tasks, ints), d / f"{suite}-methods") + \
+        save(task_heatmap(cells, suite, tasks, ints), d / f"{suite}-heatmap")
 
 
 def write_construction_figures(suite: str, anchor_init: str, logs: Sequence[str | os.PathLike],

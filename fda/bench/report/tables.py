@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from fda.bench.config.vocabulary import ANCHOR_INITS, FDA_INITS, METHODS
+from fda.bench.eval.outcomes import Outcome, OutcomeKey
 from fda.bench.report import published
+from fda.bench.report.intervals import RowIntervals, row_intervals
 from fda.io.atomic import atomic_path
 
 # row order: the vocabulary's (a method added there is placed and labelled here, or the table test fails)
@@ -109,6 +111,31 @@ def build_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str] | None = N
     order = sorted(range(len(wide)), key=lambda j: _row_order(tuple(wide.loc[j, KEY])))
     out = wide.iloc[order].reset_index(drop=True)
     out.columns.name = None
+    return out
+
+
+def add_intervals(table: pd.DataFrame, ints: RowIntervals, *, normalized: bool = False) -> pd.DataFrame:
+    """``table`` (from :func:`build_table`) with, per task and Avg, ``{col} lo`` / ``{col} hi``
+    (95% interval, metric scale), ``Δ lo`` / ``Δ hi`` / ``Δ sig`` (paired interval of FDA minus
+    its init; sig: it excludes 0) and ``seeds`` (seeds behind the row); NaN where a row has no
+    per-example outcomes. See :mod:`fda.bench.report.intervals`."""
+    out = table.copy()
+    cols = [c for c in table.columns if c not in KEY + ["row", DELTA]]
+    keys = [tuple(k) for k in table[KEY].itertuples(index=False)]
+    for c in cols:
+        got = [(ints.normalized(k, c) if normalized else ints.of(k, c)) for k in keys]
+        out[f"{c} lo"] = [g.lo if g else math.nan for g in got]
+        out[f"{c} hi"] = [g.hi if g else math.nan for g in got]
+    deltas = []
+    for m, i, a in keys:
+        d = None
+        if m == "fda" and not normalized:
+            d = ints.paired_difference((m, i, a), (i, "", ""), AVG)
+        deltas.append(d)
+    out[f"{DELTA} lo"] = [d.lo if d else math.nan for d in deltas]
+    out[f"{DELTA} hi"] = [d.hi if d else math.nan for d in deltas]
+    out[f"{DELTA} sig"] = [d.excludes_zero() if d else False for d in deltas]
+    out["seeds"] = [ints.n_seeds.get(k, 0) for k in keys]
     return out
 
 
@@ -218,8 +245,21 @@ def _fmt(v: float, decimals: int, signed: bool = False) -> str:
     return f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
 
 
+def _with_interval(r: pd.Series, c: str, scale: float, decimals: int) -> str:
+    """'v ±h' (h: half the 95% interval's width) when the row has an interval for ``c``; Δ gets a
+    '*' when its paired interval excludes 0."""
+    text = _fmt(r[c] * scale, decimals, signed=c == DELTA)
+    lo, hi = r.get(f"{c} lo", math.nan), r.get(f"{c} hi", math.nan)
+    if isinstance(lo, float) and not math.isnan(lo) and not math.isnan(r[c]):
+        text += f" ±{(hi - lo) * scale / 2:.{decimals}f}"
+        if c == DELTA and bool(r.get(f"{DELTA} sig", False)):
+            text += "*"
+    return text
+
+
 def render_rows(table: pd.DataFrame, scale: float, decimals: int, *, pair_with_paper: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Header and string rows for Markdown/LaTeX. With ``pair_with_paper`` cells read 'ours / paper'."""
+    """Header and string rows for Markdown/LaTeX. With ``pair_with_paper`` cells read 'ours / paper'.
+    Interval columns (:func:`add_intervals`) are shown as '±' beside their value."""
     if pair_with_paper:
         cols = [c[: -len(" ours")] for c in table.columns if c.endswith(" ours")]
         body = []
@@ -230,8 +270,8 @@ def render_rows(table: pd.DataFrame, scale: float, decimals: int, *, pair_with_p
                 cells.append(f"{_fmt(r[f'{c} ours'], decimals, signed)} / {_fmt(r[f'{c} paper'], decimals, signed)}")
             body.append(cells)
         return ["Method"] + cols, body
-    cols = [c for c in table.columns if c not in KEY + ["row"]]
-    body = [[r["row"]] + [_fmt(r[c] * scale, decimals, signed=c == DELTA) for c in cols] for _, r in table.iterrows()]
+    cols = [c for c in table.columns if c not in KEY + ["row", "seeds"] and not c.endswith((" lo", " hi", " sig"))]
+    body = [[r["row"]] + [_with_interval(r, c, scale, decimals) for c in cols] for _, r in table.iterrows()]
     return ["Method"] + cols, body
 
 
@@ -282,23 +322,44 @@ def table_paths(out_dir: str | os.PathLike, suite: str) -> dict[str, Path]:
     return out
 
 
+def interval_note(ints: RowIntervals | None) -> str:
+    """The Markdown line that says what '±' and '*' mean in a table (empty without intervals)."""
+    if ints is None:
+        return "No per-example outcomes: values are means over seeds, without intervals.\n\n"
+    seeds = sorted(set(ints.n_seeds.values()))
+    one = " (one seed: test examples only)" if seeds == [1] else ""
+    return (f"± = half the width of the 95% bootstrap interval over test examples and seeds{one}; "
+            f"Δ* = the paired interval of FDA minus its init excludes 0 (docs/statistics.md). "
+            f"Seeds per row: {', '.join(map(str, seeds))}.\n\n")
+
+
 def write_tables(cells: pd.DataFrame, suite: str, tasks: Sequence[str], out_dir: str | os.PathLike,
-                 paper_csv: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Write the absolute, normalised and ours-vs-paper tables of ``suite`` (CSV, Markdown, LaTeX)."""
+                 paper_csv: str | os.PathLike | None = None,
+                 outcomes: Mapping[OutcomeKey, Outcome] | None = None) -> dict[str, Path]:
+    """Write the absolute, normalised and ours-vs-paper tables of ``suite`` (CSV, Markdown, LaTeX).
+    With ``outcomes`` (per-example results of the cells' evaluations) the absolute and normalised
+    tables carry 95% intervals and Δ its paired interval."""
     paths = table_paths(out_dir, suite)
+    ints = row_intervals(outcomes, tasks) if outcomes else None
     absolute = build_table(cells, suite, tasks, "value")
+    if ints is not None:
+        absolute = add_intervals(absolute, ints)
     scale = scale_for(suite, cells.loc[cells["suite"] == suite, "value"])
     decimals = 2 if scale == 100.0 or suite in PERCENT_SUITES else 4
     unit = "percent" if suite in PERCENT_SUITES else "metric scale 0-1"
     _write_frame(absolute, paths["absolute.csv"])
     h, b = render_rows(absolute, scale, decimals)
-    _write_text(f"### {suite}: absolute ({unit}; Δ = Avg minus the init's Avg)\n\n" + to_markdown(h, b), paths["absolute.md"])
+    _write_text(f"### {suite}: absolute ({unit}; Δ = Avg minus the init's Avg)\n\n" + interval_note(ints) + to_markdown(h, b),
+                paths["absolute.md"])
     _write_text(to_latex(h, b, f"{suite}: absolute ({unit})"), paths["absolute.tex"])
 
     normalized = build_table(cells, suite, tasks, "normalized")
+    if ints is not None:
+        normalized = add_intervals(normalized, ints, normalized=True)
     _write_frame(normalized, paths["normalized.csv"])
     h, b = render_rows(normalized, 100.0, 2)
-    _write_text(f"### {suite}: normalised (merged / individual expert, percent)\n\n" + to_markdown(h, b), paths["normalized.md"])
+    _write_text(f"### {suite}: normalised (merged / individual expert, percent)\n\n" + interval_note(ints) + to_markdown(h, b),
+                paths["normalized.md"])
     _write_text(to_latex(h, b, f"{suite}: normalised (percent of the individual expert)"), paths["normalized.tex"])
 
     paper = paper_table(suite, tasks, paper_csv)

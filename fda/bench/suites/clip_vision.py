@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from fda.bench.eval.outcomes import Outcome
 from fda.io.checkpoints import load_state_dict, save_state_dict, write_json_atomic
 from fda.bench.openclip_convert import (
     QkvLayout,
@@ -358,7 +359,8 @@ class ClipVisionSuite(Suite):
         layout) with ``expert_dir/head.safetensors`` on the task's test split."""
         preds, labels, loss = self._run(encoder_state, task, base_dir, data_dir, expert_dir, limit=limit)
         acc = float((preds == labels).float().mean())
-        return [{"task": task, "metric": "accuracy", "value": acc},
+        outcome = Outcome(preds.numpy(), labels.numpy(), "accuracy")
+        return [{"task": task, "metric": "accuracy", "value": acc, "outcome": outcome},
                 {"task": task, "metric": "loss", "value": loss / len(labels)}]
 
     def predict(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, head_dir: Path,

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from fda.io.checkpoints import load_state_dict, save_state_dict, write_json_atomic
 from fda.bench.eval.glue_metrics import GLUE_TASKS, HEADLINE, NUM_LABELS, glue_metrics, metric_rows
+from fda.bench.eval.outcomes import Outcome
 from fda.bench.sources import (
     DatasetSpec,
     SourceError,
@@ -291,9 +292,12 @@ class GlueSuite(Suite):
 
     def evaluate(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, expert_dir: Path,
                  *, limit: int | None = None) -> list[Row]:
-        """GLUE metrics of ``encoder_state`` with ``expert_dir/head.safetensors`` on the validation split."""
+        """GLUE metrics of ``encoder_state`` with ``expert_dir/head.safetensors`` on the validation split;
+        the headline row carries the per-example ``outcome``."""
         preds, labels = self.predict(encoder_state, task, base_dir, data_dir, expert_dir, limit=limit)
-        return metric_rows(task, preds, labels)
+        rows = metric_rows(task, preds, labels)
+        rows[0]["outcome"] = Outcome(np.asarray(preds), np.asarray(labels), rows[0]["metric"])  # headline: recomputable
+        return rows
 
     def predict(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, head_dir: Path,
                 *, limit: int | None = None) -> tuple[list, list]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fda.io.checkpoints import write_json_atomic
+from fda.bench.eval.outcomes import Outcome
 from fda.bench.suites import assets
 from fda.bench.suites.base import Row, StateDict, Suite
 from fda.bench.suites.common import load_encoder_state, load_split, task_seed
@@ -355,4 +356,6 @@ class MinivisionSuite(Suite):
         from sklearn.metrics import f1_score  # lazy: only evaluation jobs pay for sklearn's import
 
         f1 = float(f1_score(y.numpy(), preds.numpy(), average="macro", labels=np.arange(len(weight)), zero_division=0))
-        return [{"task": task, "metric": "accuracy", "value": acc}, {"task": task, "metric": "f1macro", "value": f1}]
+        outcome = Outcome(preds.numpy(), y.numpy(), "accuracy")
+        return [{"task": task, "metric": "accuracy", "value": acc, "outcome": outcome},
+                {"task": task, "metric": "f1macro", "value": f1}]

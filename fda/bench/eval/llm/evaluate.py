@@ -7,6 +7,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from fda.bench.eval.outcomes import Outcome
 from fda.io.checkpoints import write_json_atomic
 from fda.bench.eval.llm import code_tasks, gsm8k, math_eval, sandbox as code_sandbox
 from fda.bench.eval.llm.data import load_benchmark
@@ -66,7 +69,8 @@ def evaluate_llm(
 ) -> list[dict]:
     """Evaluate a causal LM directory on ``benchmarks``; returns tidy rows.
 
-    Rows: ``{"task": "gsm8k", "metric": "accuracy", "value": 0.41, "n": 1319}`` (one per benchmark).
+    Rows: ``{"task": "gsm8k", "metric": "accuracy", "value": 0.41, "n": 1319, "outcome": Outcome}``
+    (one per benchmark; ``outcome``: per-example pass 1/0, see :mod:`fda.bench.eval.outcomes`).
     ``limit``: first N examples; ``data_path``: ``{benchmark: local .jsonl/.json/.parquet}``;
     ``max_new_tokens``: per-benchmark override of :data:`MAX_NEW_TOKENS`; ``generations_dir``: write
     ``{benchmark}.jsonl`` with prompt, completion, correctness (atomic); ``sandbox``: keyword
@@ -98,10 +102,14 @@ def evaluate_llm(
 
             with atomic_path(path) as tmp:
                 tmp.write_text("".join(json.dumps({"prompt": p, "completion": c, "correct": k}) + "\n" for p, c, k in zip(prompts, completions, ok)))
-        rows.append({"task": b, "metric": METRIC[b], "value": value, "n": len(examples)})
+        passed = np.asarray(ok, dtype=np.int8)
+        row = {"task": b, "metric": METRIC[b], "value": value, "n": len(examples)}
+        if len(passed):
+            row["outcome"] = Outcome(passed, np.ones_like(passed), METRIC[b])
+        rows.append(row)
     return rows
 
 
 def write_rows(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
-    """Save rows as JSON (atomic)."""
-    return write_json_atomic(list(rows), path)
+    """Save rows as JSON (atomic), without their per-example ``outcome`` (see :mod:`fda.bench.eval.outcomes`)."""
+    return write_json_atomic([{k: v for k, v in r.items() if k != "outcome"} for r in rows], path)

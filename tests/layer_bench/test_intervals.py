@@ -1,0 +1,221 @@
+"""Per-example outcomes and the intervals computed from them: files, resampling, pairing, tables."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fda.bench.eval import glue_metrics
+from fda.bench.eval.outcomes import (Outcome, OutcomeError, merge_outcomes, outcomes_path, pop_outcomes,
+                                     read_outcomes, write_evaluation_outcomes, write_outcomes)
+from fda.bench.report import intervals, results, tables
+
+N = 400  # test examples per task
+
+
+def _outcome(correct: np.ndarray) -> Outcome:
+    """Binary labels with the given per-example correctness [n]."""
+    refs = np.arange(len(correct)) % 2
+    return Outcome(np.where(correct, refs, 1 - refs), refs, "accuracy")
+
+
+def _h(name: str) -> int:
+    """A stable seed from a name (``hash`` of a str changes between processes)."""
+    return zlib.crc32(name.encode())
+
+
+def _correct(p: float, seed: int, n: int = N) -> np.ndarray:
+    return np.random.default_rng(seed).random(n) < p
+
+
+# ------------------------------------------------------------------------------------ files
+
+
+def test_outcomes_round_trip_and_refuse_bad_files(tmp_path):
+    o = {("ta", "", "", 0, "tech"): _outcome(_correct(0.7, 1)),
+         ("fda", "ta", "gauss", 2, "arts"): Outcome(np.array([0.5, 1.5, 2.0]), np.array([0.4, 1.0, 2.2]), "corr")}
+    path = write_outcomes(o, tmp_path / "x.npz")
+    back = read_outcomes(path)
+    assert set(back) == set(o)
+    for k in o:
+        np.testing.assert_array_equal(back[k].predictions, o[k].predictions)
+        assert back[k].metric == o[k].metric
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(OutcomeError, match="bad.npz"):
+        read_outcomes(tmp_path / "bad.npz")
+    np.savez(tmp_path / "pickled.npz", **{"ta|||0|t|predictions": np.array([object()], dtype=object)})
+    with pytest.raises(OutcomeError, match="pickled.npz"):
+        read_outcomes(tmp_path / "pickled.npz")
+    with pytest.raises(OutcomeError, match="already"):
+        merge_outcomes([path, path])
+    assert outcomes_path("work/s/eval/ta.csv").name == "ta.npz"
+
+
+def test_outcome_rejects_malformed_input():
+    with pytest.raises(OutcomeError, match="equal-length"):
+        Outcome(np.zeros(3), np.zeros(4), "accuracy")
+    with pytest.raises(OutcomeError, match="non-finite"):
+        Outcome(np.array([np.nan, 1.0]), np.zeros(2), "corr")
+    with pytest.raises(OutcomeError, match="resampling rule"):
+        Outcome(np.zeros(3), np.zeros(3), "bleu")
+
+
+def test_evaluation_outcomes_are_popped_from_rows_and_required_per_task(tmp_path):
+    rows = [{"task": "a", "metric": "accuracy", "value": 0.5, "outcome": _outcome(_correct(0.5, 0, 10))},
+            {"task": "a", "metric": "f1macro", "value": 0.4}, {"task": "b", "metric": "accuracy", "value": 0.1}]
+    got = pop_outcomes(rows, method="ta", seed=3)
+    assert list(got) == [("ta", "", "", 3, "a")] and all("outcome" not in r for r in rows)
+    with pytest.raises(OutcomeError, match=r"\['b'\]"):
+        write_evaluation_outcomes(got, ["a", "b"], tmp_path / "o.npz", "minitext")
+    assert not (tmp_path / "o.npz").exists()
+
+
+@pytest.mark.parametrize("metric", ["matthews", "accf1", "corr", "f1macro"])
+def test_recomputed_metrics_equal_the_reported_ones(metric):
+    rng = np.random.default_rng(0)
+    refs = rng.integers(0, 2, 200)
+    preds = np.where(rng.random(200) < 0.8, refs, 1 - refs)
+    if metric == "corr":
+        refs = rng.random(200) * 5
+        preds = refs + rng.normal(0, 1, 200)
+        expected = glue_metrics.glue_metrics("stsb", preds, refs)["corr"]
+    elif metric == "f1macro":
+        from sklearn.metrics import f1_score
+
+        expected = f1_score(refs, preds, average="macro")
+    else:
+        expected = glue_metrics.glue_metrics("cola" if metric == "matthews" else "mrpc", preds, refs)[metric]
+    o = Outcome(preds, refs, metric)
+    assert o.score() == pytest.approx(expected)
+    idx = rng.integers(0, 200, (5, 200))
+    assert o.resampled(idx) == pytest.approx([o.score(i) for i in idx])
+
+
+def test_vectorised_accuracy_resampling_equals_the_loop():
+    o = _outcome(_correct(0.6, 3))
+    idx = np.random.default_rng(1).integers(0, N, (50, N))
+    np.testing.assert_allclose(o.resampled(idx), [o.score(i) for i in idx])
+
+
+# ------------------------------------------------------------------------------------ intervals
+
+
+def test_one_seed_interval_is_the_binomial_test_set_interval():
+    correct = _correct(0.7, 5)
+    ints = intervals.row_intervals({("ta", "", "", 0, "t"): _outcome(correct)}, ["t"], n_boot=2000)
+    iv = ints.of(("ta", "", ""), "t")
+    p = correct.mean()
+    half = 1.96 * np.sqrt(p * (1 - p) / N)
+    assert iv.lo < p < iv.hi
+    assert (iv.hi - iv.lo) / 2 == pytest.approx(half, rel=0.15)
+    assert ints.n_seeds[("ta", "", "")] == 1
+
+
+def test_seed_spread_widens_the_interval():
+    """Three seeds scoring 0.55 / 0.70 / 0.85: the interval covers seed variation, not only the
+    test set's (which alone is about ±0.045 at n = 400)."""
+    outs = {("fda", "ta", "gauss", s, "t"): _outcome(_correct(p, 10 + s)) for s, p in enumerate([0.55, 0.70, 0.85])}
+    outs[("ta", "", "", 0, "t")] = _outcome(_correct(0.7, 20))
+    ints = intervals.row_intervals(outs, ["t"], n_boot=2000)
+    fda, ta = ints.of(("fda", "ta", "gauss"), "t"), ints.of(("ta", "", ""), "t")
+    assert (fda.hi - fda.lo) > 2 * (ta.hi - ta.lo)
+    assert ints.n_seeds[("fda", "ta", "gauss")] == 3
+
+
+def test_paired_difference_detects_a_small_consistent_gain_that_unpaired_intervals_overlap():
+    base = _correct(0.7, 7)
+    better = base.copy()
+    better[np.flatnonzero(~base)[:12]] = True  # 12 of 400 examples fixed, none broken: +3 points
+    outs = {("ta", "", "", 0, "t"): _outcome(base), ("fda", "ta", "gauss", 0, "t"): _outcome(better)}
+    ints = intervals.row_intervals(outs, ["t"], n_boot=2000)
+    a, b = ints.of(("fda", "ta", "gauss"), "t"), ints.of(("ta", "", ""), "t")
+    assert a.lo < b.hi  # the two unpaired intervals overlap
+    d = ints.paired_difference(("fda", "ta", "gauss"), ("ta", "", ""), "t")
+    assert d.excludes_zero() and d.lo > 0
+    same = intervals.row_intervals({("ta", "", "", 0, "t"): _outcome(base), ("fda", "ta", "gauss", 0, "t"): _outcome(base)}, ["t"])
+    assert not same.paired_difference(("fda", "ta", "gauss"), ("ta", "", ""), "t").excludes_zero()
+
+
+def test_avg_and_normalized_use_every_task_and_the_same_draws():
+    outs = {}
+    for t, p in (("a", 0.6), ("b", 0.8)):
+        outs[("ta", "", "", 0, t)] = _outcome(_correct(p, _h(t)))
+        outs[("individual", "", "", 0, t)] = _outcome(_correct(0.9, 1 + _h(t)))
+    ints = intervals.row_intervals(outs, ["a", "b"], n_boot=500)
+    reps = ints.reps[("ta", "", "")]
+    np.testing.assert_allclose(reps["Avg"], (reps["a"] + reps["b"]) / 2)
+    nv = ints.normalized(("ta", "", ""), "Avg")
+    point = np.mean([outs[("ta", "", "", 0, t)].score() / outs[("individual", "", "", 0, t)].score() for t in "ab"])
+    assert nv.lo < point < nv.hi
+    missing = intervals.row_intervals({("ta", "", "", 0, "a"): outs[("ta", "", "", 0, "a")]}, ["a", "b"])
+    assert missing.of(("ta", "", ""), "Avg") is None
+
+
+def test_different_test_sets_cannot_be_paired():
+    outs = {("ta", "", "", 0, "t"): _outcome(_correct(0.7, 1)), ("fda", "ta", "gauss", 0, "t"): _outcome(_correct(0.7, 1, 300))}
+    with pytest.raises(OutcomeError, match="same test set"):
+        intervals.row_intervals(outs, ["t"])
+
+
+def test_draws_are_deterministic():
+    outs = {("ta", "", "", 0, "t"): _outcome(_correct(0.7, 1))}
+    a = intervals.row_intervals(outs, ["t"], seed=0).of(("ta", "", ""), "t")
+    b = intervals.row_intervals(outs, ["t"], seed=0).of(("ta", "", ""), "t")
+    assert a == b
+
+
+# ------------------------------------------------------------------------------------ tables
+
+
+def _cells_and_outcomes():
+    rows, outs = [], {}
+    specs = {("pretrained", "", ""): 0.3, ("individual", "", ""): 0.9, ("ta", "", ""): 0.6}
+    raw = []
+    for (m, i, a), p in specs.items():
+        for t in ("x", "y"):
+            c = _correct(p, _h(m + t))
+            outs[(m, i, a, 0, t)] = _outcome(c)
+            rows.append({"task": t, "metric": "accuracy", "value": float(c.mean())})
+        raw.append(results.raw_frame(rows[-2:], method=m, init=i, anchor_init=a, seed=0))
+    base = outs[("ta", "", "", 0, "x")]
+    fda_rows = []
+    for s in range(2):
+        for t in ("x", "y"):
+            c = (outs[("ta", "", "", 0, t)].predictions == outs[("ta", "", "", 0, t)].references).copy()
+            c[np.flatnonzero(~c)[: 40 + 5 * s]] = True  # +10 points or more on every task and seed
+            outs[("fda", "ta", "gauss", s, t)] = _outcome(c)
+            fda_rows.append({"task": t, "metric": "accuracy", "value": float(c.mean())})
+        raw.append(results.raw_frame(fda_rows[-2:], method="fda", init="ta", anchor_init="gauss", seed=s))
+    assert base is outs[("ta", "", "", 0, "x")]
+    individual = raw[1]
+    cells = pd.concat([results.build_cell([r], individual, suite="minitext", expert_source="finetuned-here",
+                                          config_hash="h", version="0") for r in raw], ignore_index=True)
+    return cells, outs
+
+
+def test_tables_show_intervals_and_mark_a_significant_delta(tmp_path):
+    cells, outs = _cells_and_outcomes()
+    paths = tables.write_tables(cells, "minitext", ["x", "y"], tmp_path, outcomes=outs)
+    csv = pd.read_csv(paths["absolute.csv"], keep_default_na=False, na_values=[""])
+    fda = csv[csv["method"] == "fda"].iloc[0]
+    assert fda["Avg lo"] < fda["Avg"] < fda["Avg hi"]
+    assert fda["Δ lo"] > 0 and bool(fda["Δ sig"]) and fda["seeds"] == 2
+    ta = csv[csv["method"] == "ta"].iloc[0]
+    assert pd.isna(ta["Δ lo"]) and ta["seeds"] == 1
+    md = paths["absolute.md"].read_text()
+    assert "95% bootstrap interval" in md and "*" in md.split("FDA (TA, Gauss)")[1].splitlines()[0]
+    assert "±" in md.split("| TA |")[1].splitlines()[0]
+    ncsv = pd.read_csv(paths["normalized.csv"])
+    assert (ncsv["Avg lo"] <= ncsv["Avg"]).all() and (ncsv["Avg"] <= ncsv["Avg hi"]).all()
+    tex = paths["absolute.tex"].read_text()
+    assert "±" in tex
+
+
+def test_tables_without_outcomes_say_so(tmp_path):
+    cells, _ = _cells_and_outcomes()
+    paths = tables.write_tables(cells, "minitext", ["x", "y"], tmp_path)
+    assert "without intervals" in paths["absolute.md"].read_text()
+    assert "Avg lo" not in pd.read_csv(paths["absolute.csv"]).columns
