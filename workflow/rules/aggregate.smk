@@ -84,3 +84,42 @@ rule construction_figures:
     shell:
         "fda-bench construction-figures --suite {wildcards.suite} --anchor-init {wildcards.anchorinit}"
         " --logs {input.logs} --out-dir results/figures > {log} 2>&1"
+
+
+rule costs:
+    # What each method row cost (docs/cost.md): the jobs' benchmark files (products of their jobs,
+    # so taking them as inputs orders this rule after them) and the resources line in their logs,
+    # the construction logs and WUDI's merged header for the FLOPs, the cells for the accuracy. The
+    # command finds the files from the plan (params.plan): hundreds of paths would overflow the
+    # shell's 128 KiB command line.
+    input:
+        cells=suite_cells,
+        benchmarks=cost_benchmarks,
+        anchor_logs=cost_anchor_logs,
+        wudi=cost_wudi_model,
+    output:
+        jobs="results/costs/{suite}.csv",
+        csv=report("results/tables/{suite}-cost.csv", caption="../report/table-cost.rst", category="Tables", subcategory="{suite}", labels={"suite": "{suite}", "table": "cost"}),
+        md="results/tables/{suite}-cost.md",
+        tex="results/tables/{suite}-cost.tex",
+        fig=report("results/figures/{suite}-cost.png", caption="../report/fig-cost.rst", category="Figures", subcategory="{suite}", labels={"suite": "{suite}", "figure": "accuracy vs cost"}),
+        fig_pdf="results/figures/{suite}-cost.pdf",
+    params:
+        tasks=p_result_tasks,
+        plan=p_cost_plan,
+        args=p_cost_args,
+    log:
+        "logs/{suite}/costs.log",
+    benchmark:
+        "logs/benchmarks/{suite}/costs.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem("aggregate"),
+        runtime=runtime("aggregate"),
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "fda-bench costs --suite {wildcards.suite} --tasks {params.tasks} --cells {input.cells} --plan {params.plan:q}"
+        " --benchmarks-dir logs/benchmarks/{wildcards.suite} --anchors-dir work/{wildcards.suite}/fda {params.args}"
+        " --jobs-out {output.jobs} --tables-dir results/tables --figures-dir results/figures > {log} 2>&1"

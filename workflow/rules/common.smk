@@ -16,6 +16,7 @@ from snakemake.utils import min_version, validate
 import fda.bench.config.load as cfg_load
 import fda.bench.config.naming as cfg_names
 import fda.bench.config.suite_views as cfg_views
+import fda.bench.report.cost_jobs as cost_jobs
 from fda.bench.provenance import method_code_version
 
 min_version("9.0")
@@ -384,6 +385,72 @@ def suite_cells(wildcards):
     return [c for c in cfg_names.cells(config) if Path(c).name.startswith(f"{wildcards.suite}_")]
 
 
+# ---------------------------------------------------------------- costs (rule costs, docs/cost.md)
+
+
+def cost_plan(suite):
+    """What the suite's cost table counts (fda.bench.report.cost_jobs.CostPlan)."""
+    s = S(suite)
+    fda = s.get("fda") or {}
+    streaming = suite in STREAMING_SUITES  # llm.smk: always per layer
+
+    def cut(stage):
+        return "fine" if streaming else cfg_names.fda_granularity(config, stage)
+
+    imported = (fda.get("anchors") or {}).get("source", "constructed") != "constructed"
+    return cost_jobs.CostPlan(
+        baselines=tuple(m for m in s["methods"] if m in cfg_names.BASELINE_METHODS),
+        methods=tuple(s["methods"]),
+        seeds=tuple(s["seeds"]) if fda else (),
+        inits=tuple(fda.get("inits", ())),
+        anchor_inits=tuple(fda.get("anchor_inits", ())),
+        blocks=fda.get("n_blocks", 0),
+        tasks=tuple(tasks_of(suite)),
+        construct="none" if imported else cut("construct"),
+        adapt=cut("adapt"),
+    )
+
+
+def cost_benchmarks(wildcards):
+    """Benchmark files of the jobs the cost table reads (merges, construction, adaptation,
+    evaluation). They are products of their jobs: a missing one reruns its job."""
+    return [f"{BENCH.format(suite=wildcards.suite)}/{p}" for p in cost_jobs.benchmark_files(cost_plan(wildcards.suite))]
+
+
+def cost_anchor_logs(wildcards):
+    """Construction logs of every seed, anchor init, block and expert (FLOPs); none for imported anchors."""
+    return [f"work/{wildcards.suite}/fda/{p}" for p in cost_jobs.anchor_log_files(cost_plan(wildcards.suite))]
+
+
+def p_cost_plan(wildcards):
+    return cost_plan(wildcards.suite).to_json()
+
+
+def cost_wudi_model(wildcards):
+    """WUDI's merged model (its header gives the merged shapes, for WUDI's FLOPs); none without WUDI."""
+    if "wudi" not in S(wildcards.suite)["methods"]:
+        return []
+    pattern = LLM_MERGED if wildcards.suite in STREAMING_SUITES else MERGED
+    return pattern.format(suite=wildcards.suite, baseline="wudi")
+
+
+def p_cost_args(wildcards, input):
+    """The cost command's FLOPs inputs: experts, adaptation epochs per FDA init (the resolved
+    FDAConfig), WUDI's merged model and hyperparameters."""
+    s = S(wildcards.suite)
+    args = [f"--experts {len(tasks_of(wildcards.suite))}"]
+    if s.get("fda"):
+        from fda.config import FDAConfig
+
+        for init in s["fda"]["inits"]:
+            cfg = FDAConfig.for_family(s["family"], init=init, size=s["fda"]["size"], **cfg_names.fda_hparams(s, init))
+            args.append(f"--adapt-epochs {init}={cfg.adapt_epochs}")
+    if input.wudi:
+        hparams = cfg_names.canonical_json(s["methods"]["wudi"] or {})
+        args.append(f"--wudi-model {shlex.quote(str(input.wudi))} --wudi-hparams {shlex.quote(hparams)}")
+    return " ".join(args)
+
+
 # ---------------------------------------------------------------- targets
 
 
@@ -405,10 +472,16 @@ def figure_files(suite):
     return out
 
 
+def cost_files(suite):
+    """What rule costs writes for ``suite``: per-job costs, the cost table, the accuracy-vs-cost figure."""
+    return ([f"results/costs/{suite}.csv"] + [f"results/tables/{suite}-cost.{e}" for e in ("csv", "md", "tex")]
+            + [f"results/figures/{suite}-cost.{e}" for e in ("png", "pdf")])
+
+
 def all_targets():
     out = list(cfg_names.cells(config))
     for suite in SUITES:
-        out += table_files(suite) + figure_files(suite)
+        out += table_files(suite) + figure_files(suite) + cost_files(suite)
     return out
 
 

@@ -21,12 +21,14 @@ def cmd_costs(args: argparse.Namespace) -> int:
     from fda.bench.report.cost import (
         cost_table,
         job_costs,
+        planned_files,
         row_costs,
         write_cost_table,
         write_frame,
         wudi_merge_flops,
     )
     from fda.bench.report.cost_figure import write_cost_figure
+    from fda.bench.report.cost_jobs import CostPlan
     from fda.bench.report.results import read_cells
     from fda.bench.report.tables import AVG, build_table, scale_for
 
@@ -35,8 +37,8 @@ def cmd_costs(args: argparse.Namespace) -> int:
         if args.experts is None:
             raise UsageError("--wudi-model needs --experts (the number of task matrices WUDI merged)")
         merge_flops["wudi"] = wudi_merge_flops(args.wudi_model, args.wudi_hparams, args.experts)
-    jobs = job_costs(args.benchmarks, args.anchor_logs or [], adapt_epochs=dict(args.adapt_epochs or []),
-                     merge_flops=merge_flops)
+    benchmarks, anchor_logs = planned_files(CostPlan.from_json(args.plan), args.benchmarks_dir, args.anchors_dir)
+    jobs = job_costs(benchmarks, anchor_logs, adapt_epochs=dict(args.adapt_epochs or []), merge_flops=merge_flops)
     write_frame(jobs, args.jobs_out)
     cells = read_cells(args.cells)
     table = cost_table(row_costs(jobs), cells, args.suite, args.tasks)
@@ -55,8 +57,9 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--suite", required=True)
     sp.add_argument("--tasks", nargs="+", required=True, help="the accuracy table's columns (Avg over these)")
     sp.add_argument("--cells", nargs="+", required=True, help="the suite's result cells (accuracy)")
-    sp.add_argument("--benchmarks", nargs="+", required=True, help="Snakemake benchmark files of the counted jobs")
-    sp.add_argument("--anchor-logs", nargs="*", help="FDA construction logs (evaluations and block shapes: FLOPs)")
+    sp.add_argument("--plan", required=True, help="what to count (JSON of fda.bench.report.cost_jobs.CostPlan)")
+    sp.add_argument("--benchmarks-dir", required=True, help="the suite's benchmark files: logs/benchmarks/SUITE")
+    sp.add_argument("--anchors-dir", help="the suite's FDA directory with the construction logs (FLOPs): work/SUITE/fda")
     sp.add_argument("--adapt-epochs", type=epochs_arg, action="append", metavar="INIT=EPOCHS",
                     help="adaptation epochs per FDA init (FLOPs)")
     sp.add_argument("--wudi-model", help="WUDI's merged model (its header: the merged shapes, for FLOPs)")

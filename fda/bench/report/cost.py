@@ -25,21 +25,28 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from fda.bench.report.cost_jobs import (
+    CostPlan,
+    JobRef,
+    anchor_log_files,
+    benchmark_files,
+    log_of,
+    parse_benchmark_path,
+)
 from fda.bench.report.flops import (
     BlockShape,
     adaptation_flops,
     construction_flops,
     wudi_flops,
 )
+from fda.bench.report.results import CellError
 from fda.bench.report.tables import (
     AVG,
     KEY,
@@ -60,69 +67,10 @@ ROW_COLUMNS = ["method", "init", "anchor_init", "seed", "row", "merge_s", "const
                "max_rss_mb", "gpu_peak_mb", "flops", "eval_s", "jobs"]
 STAGES = ("merge", "construct", "adapt", "evaluate")
 
-_NAME = r"[A-Za-z0-9][A-Za-z0-9.+]*"  # an init or anchor init: no '-' or '_'
-#: the benchmark paths of the rules that count (workflow/rules/*.smk), below logs/benchmarks/{suite}/
-_PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("merge", re.compile(rf"merge/(?P<method>{_NAME})\.tsv")),
-    ("construct", re.compile(rf"fda/seed(?P<seed>\d+)/construct-(?P<anchor_init>{_NAME})(?:-block(?P<block>\d+)-(?P<task>.+))?\.tsv")),
-    ("adapt", re.compile(rf"fda/seed(?P<seed>\d+)/adapt-(?P<init>{_NAME})-(?P<anchor_init>{_NAME})(?:-block(?P<block>\d+))?\.tsv")),
-    ("adapt", re.compile(rf"fda/seed(?P<seed>\d+)/assemble-(?P<init>{_NAME})-(?P<anchor_init>{_NAME})\.tsv")),
-    ("evaluate", re.compile(rf"evaluate/fda-seed(?P<seed>\d+)-(?P<init>{_NAME})-(?P<anchor_init>{_NAME})\.tsv")),
-    ("evaluate", re.compile(rf"evaluate/(?P<method>{_NAME})\.tsv")),
-]
-_BENCH_ROOT = re.compile(r"(?:^|/)benchmarks/(?P<suite>[^/]+)/(?P<rest>.+)$")
 
-
-class CostError(ValueError):
-    """A benchmark file or construction log the cost table cannot read."""
-
-
-@dataclass(frozen=True)
-class JobRef:
-    """Which job a benchmark file belongs to. ``stage``: merge, construct, adapt (assembly
-    included) or evaluate; ``method``: the baseline, or ``fda``; FDA jobs also name their
-    ``init`` (adaptation, evaluation), ``anchor_init``, ``seed`` and, per block or expert, ``block``
-    and ``task``."""
-
-    suite: str
-    stage: str
-    method: str
-    init: str = ""
-    anchor_init: str = ""
-    seed: int | None = None
-    block: int | None = None
-    task: str = ""
-
-
-def parse_benchmark_path(path: str | os.PathLike) -> JobRef | None:
-    """The job of a benchmark file ``.../benchmarks/{suite}/...tsv``; None for jobs that no method
-    row counts (data, experts, cells, tables, figures)."""
-    m = _BENCH_ROOT.search(Path(path).as_posix())
-    if not m:
-        return None
-    for stage, pattern in _PATTERNS:
-        g = pattern.fullmatch(m["rest"])
-        if g:
-            d = g.groupdict()
-            return JobRef(suite=m["suite"], stage=stage, method=d.get("method") or "fda", init=d.get("init") or "",
-                          anchor_init=d.get("anchor_init") or "", seed=_int(d.get("seed")), block=_int(d.get("block")),
-                          task=d.get("task") or "")
-    return None
-
-
-def _int(v: str | None) -> int | None:
-    return None if v is None else int(v)
-
-
-def log_of(benchmark: str | os.PathLike) -> Path:
-    """The job's log beside its benchmark file: ``logs/benchmarks/{suite}/X.tsv`` -> ``logs/{suite}/X.log``
-    (the workflow's rules name both so)."""
-    p = Path(benchmark)
-    parts = list(p.parts)
-    if "benchmarks" not in parts:
-        raise CostError(f"{p}: not under a benchmarks/ directory")
-    i = len(parts) - 1 - parts[::-1].index("benchmarks")
-    return Path(*parts[:i], *parts[i + 1 :]).with_suffix(".log")
+class CostError(CellError):
+    """A benchmark file or construction log the cost table cannot read, or one it misses (a
+    project error: ``fda-bench`` prints it as one line)."""
 
 
 def read_benchmark(path: str | os.PathLike) -> dict[str, float]:
@@ -215,6 +163,20 @@ def _job_flops(ref: JobRef, logs: Mapping[tuple[int, str, int, str], Mapping[str
 
 
 # -------------------------------------------------------------------------------- jobs and rows
+
+
+def planned_files(plan: CostPlan, benchmarks_dir: str | os.PathLike,
+                  anchors_dir: str | os.PathLike | None) -> tuple[list[Path], list[Path]]:
+    """The benchmark files and construction logs ``plan`` counts, under ``benchmarks_dir``
+    (``logs/benchmarks/{suite}``) and ``anchors_dir`` (``work/{suite}/fda``); a
+    :class:`CostError` names the missing ones."""
+    bench = [Path(benchmarks_dir) / p for p in benchmark_files(plan)]
+    logs = [Path(anchors_dir) / p for p in anchor_log_files(plan)] if anchors_dir is not None else []
+    missing = [str(p) for p in bench + logs if not p.is_file()]
+    if missing:
+        raise CostError(f"{len(missing)} file(s) the cost table needs are missing, e.g. {missing[:3]}: run their jobs "
+                        f"first (snakemake builds them before the costs rule)")
+    return bench, logs
 
 
 def job_costs(benchmarks: Iterable[str | os.PathLike], anchor_logs: Iterable[str | os.PathLike] = (), *,
