@@ -88,8 +88,13 @@ def test_dry_run_resolves_every_cell(scratch, args, configfile, fda_jobs):
     for suite in config["suites"]:
         assert f"results/tables/{suite}-paper.md" in outputs
         assert f"results/figures/{suite}-spectra-weight.pdf" in outputs
+        # the cost table and the accuracy-vs-cost figure (rule costs; its inputs, the jobs' benchmark
+        # files, resolve to the jobs that write them or the dry run would fail)
+        for out in (f"results/costs/{suite}.csv", f"results/tables/{suite}-cost.md", f"results/figures/{suite}-cost.pdf"):
+            assert out in outputs, out
     rules = Counter(j["rule"] for j in jobs)
     assert rules["all"] == 1
+    assert rules["costs"] == len(config["suites"])
     suites = config["suites"]
     assert rules["cell"] == sum(len(s["methods"]) for s in suites.values())
     assert rules["cell_fda"] == sum(len(s["fda"]["inits"]) for s in suites.values())

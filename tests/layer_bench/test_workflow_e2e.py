@@ -18,9 +18,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
+from fda.bench.eval.outcomes import read_outcomes
 from fda.bench.report.tables import row_label
 from test_workflow import ROOT, parse_jobs, snakemake  # tests/ is on sys.path (pytest prepend mode)
 
@@ -42,6 +44,26 @@ def test_smoke_run_writes_every_cell_table_and_figure(smoke_run):
             assert (work / f"results/{suite}_{init}_fda.csv").is_file()
             assert row_label("fda", init, anchor_init) in (work / f"results/tables/{suite}.md").read_text()
         assert (work / f"results/figures/{suite}-spectra-{anchor_init}.png").stat().st_size > 1000
+        # per-example outcomes beside every cell, and intervals in the tables built from them
+        for init in inits:
+            outcomes = read_outcomes(work / f"results/{suite}_{init}_fda.npz")
+            assert {k[4] for k in outcomes} == set(_smoke_tasks(suite))
+        absolute = pd.read_csv(work / f"results/tables/{suite}.csv")
+        assert (absolute["Avg lo"] <= absolute["Avg"] + 1e-12).all() and (absolute["Avg"] <= absolute["Avg hi"] + 1e-12).all()
+        assert absolute.loc[absolute["method"] == "fda", "Δ lo"].notna().all()
+        assert "95% bootstrap interval" in (work / f"results/tables/{suite}.md").read_text()
+        # cost: every counted job reported its own resources; FDA rows have FLOPs and count construction
+        jobs = pd.read_csv(work / f"results/costs/{suite}.csv")
+        assert set(jobs["measured_by"]) == {"job"}, jobs[jobs["measured_by"] != "job"]["benchmark"].tolist()
+        table = pd.read_csv(work / f"results/tables/{suite}-cost.csv")
+        fda_rows = table[table["method"] == "fda"]
+        assert len(fda_rows) == len(inits) and (fda_rows["flops"] > 0).all()
+        assert (fda_rows["wall_s"] > fda_rows["construct_s"]).all() and (fda_rows["construct_s"] > 0).all()
+        assert (work / f"results/figures/{suite}-cost.png").stat().st_size > 1000
+
+
+def _smoke_tasks(suite: str) -> list[str]:
+    return yaml.safe_load((ROOT / "config/config.yaml").read_text())["suites"][suite]["smoke_overrides"]["tasks"]
 
 
 def _dry(work: Path, *args: str) -> list[dict]:
@@ -67,8 +89,8 @@ def test_delete_one_cell_rebuilds_only_that_cell(smoke_run):
     before = cell.read_bytes()
     cell.unlink()
     jobs = _dry(work)
-    assert Counter(j["rule"] for j in jobs) == Counter({"cell": 1, "tables": 1, "figures": 1, "all": 1})
-    assert [j["output"] for j in jobs if j["rule"] == "cell"] == [["results/minitext_ta.csv"]]
+    assert Counter(j["rule"] for j in jobs) == Counter({"cell": 1, "tables": 1, "figures": 1, "costs": 1, "all": 1})
+    assert [j["output"] for j in jobs if j["rule"] == "cell"] == [["results/minitext_ta.csv", "results/minitext_ta.npz"]]
     snakemake("--cores", "2", "--config", "smoke=true", cwd=work)
     assert cell.read_bytes() == before  # same inputs, same bytes
 
@@ -114,7 +136,8 @@ def test_report_has_tables_and_figures(smoke_run):
     work, _, _ = smoke_run
     snakemake("--config", "smoke=true", "--report", "report.html", cwd=work)
     html = (work / "report.html").read_text(errors="replace")
-    for name in ("minitext-paper.csv", "minivision-methods.png", "minivision-spectra-weight.png"):
+    for name in ("minitext-paper.csv", "minivision-methods.png", "minivision-spectra-weight.png", "minitext-cost.csv",
+                 "minivision-cost.png"):
         assert name in html, name
 
 
