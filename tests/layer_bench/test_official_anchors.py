@@ -271,3 +271,45 @@ def test_the_workflow_imports_instead_of_constructing(tmp_path):
     imports = [j for j in jobs if j["rule"] == "fda_import_anchors_minitext"]
     assert [j["wildcards"] for j in imports] == [{"suite": "minitext", "anchorinit": "gauss"}]
     assert all(o.startswith("work/minitext/fda/official/anchors/gauss/block") for o in imports[0]["output"])
+
+
+@pytest.mark.slow
+def test_a_glue_suite_adapts_from_official_anchors_end_to_end(tmp_path):
+    """The real workflow on a tiny RoBERTa GLUE suite whose anchors are an NLU release: import,
+    adapt, evaluate, and a cell and table row that say where the anchors came from."""
+    from fda.bench.report.results import read_cells
+    from fda.bench.report.tables import build_table
+    from test_paper_suites import build_glue, build_glue_expert, build_roberta
+    from test_workflow import snakemake
+
+    assets = tmp_path / "assets"
+    roberta = build_roberta(assets)  # width 32, 2 layers: the release's shapes
+    data = {"rte": build_glue(assets / "rte", seed=1), "mrpc": build_glue(assets / "mrpc", seed=2)}
+    experts = {"RTE": build_glue_expert(roberta, assets / "e_rte", 1), "MRPC": build_glue_expert(roberta, assets / "e_mrpc", 2)}
+    model_dir, want = _nlu_release(assets / "FDA_for_NLU", tasks=("rte", "mrpc"))
+    config = {"suites": {"robertab": {
+        "family": "roberta", "expert_source": "local", "tasks": ["RTE", "MRPC"],
+        "base": {"path": str(roberta)}, "experts": {t: {"path": str(p)} for t, p in experts.items()},
+        "settings": {"datasets": {t: str(p) for t, p in data.items()}, "device": "cpu", "max_length": 32,
+                     "batch_size": 8, "progress": False},
+        "eval_limit": 8,
+        "methods": {"pretrained": {}, "individual": {}},
+        "fda": {"inits": ["pretrained"], "anchor_inits": ["gauss"], "n_blocks": 2,
+                "hparams": {"n_anchors": N, "tokens": T, "adapt_epochs": 1, "adapt_batch": 4, "device": "cpu",
+                            "progress": False},
+                "anchors": {"source": "official", "path": str(model_dir)}},
+    }}}
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "official.yaml").write_text(yaml.safe_dump(config))
+    snakemake("results/robertab_pretrained_fda.csv", "--cores", "1", "--configfile", str(work / "official.yaml"), cwd=work)
+
+    assert not (work / "work/robertab/fda/seed0/anchors").exists()  # nothing was constructed
+    for (b, t), x in want.items():
+        task = {"rte": "RTE", "mrpc": "MRPC"}[t]
+        got, meta = fda.load_anchors(work / f"work/robertab/fda/official/anchors/gauss/block{b}/{task}.safetensors")
+        assert torch.equal(got, x) and meta["official_task"] == t and meta["suite"] == "robertab"
+    cell = read_cells([work / "results/robertab_pretrained_fda.csv"])
+    assert set(cell["anchor_source"]) == {"official"} and set(cell["anchor_init"]) == {"gauss"}
+    assert cell["value"].notna().all()
+    assert build_table(cell, "robertab")["row"].tolist() == ["FDA (Pretrained, Gauss, official anchors)"]
