@@ -313,3 +313,25 @@ def test_a_glue_suite_adapts_from_official_anchors_end_to_end(tmp_path):
     assert set(cell["anchor_source"]) == {"official"} and set(cell["anchor_init"]) == {"gauss"}
     assert cell["value"].notna().all()
     assert build_table(cell, "robertab")["row"].tolist() == ["FDA (Pretrained, Gauss, official anchors)"]
+
+
+def test_adaptation_refuses_anchors_of_another_model(tiny_clip, capsys):
+    """Imported anchors whose tokens or width do not fit the model's blocks (ViT-B/32's 50 tokens
+    on a ViT-B/16, say) stop fda-adapt with a message naming the file; fitting ones adapt."""
+    tmp = tiny_clip  # HF CLIP vision base: width 16, 16 px images in 8 px patches -> 5 tokens
+    fit, misfit = tmp / "fit", tmp / "misfit"
+    for root, tokens in ((fit, 5), (misfit, 50)):
+        run = vision_nlu_run_dir(root, "ViT-T", "init_by_gauss_random", 2, 0.01, 1200, 1e-2)
+        save_vision(run, "MNIST", 0, _anchors(tokens, (tokens, 2, 16)))
+        assert cli.main(["import-anchors", "--src", str(root / "ViT-T"), "--family", "openclip", "--anchor-init", "gauss",
+                         "--task", "MNIST", "--n-blocks", "1", "--out-dir", str(root / "anchors")]) == 0
+    common = ["fda-adapt", "--suite", "vitb32", "--settings", json.dumps({"qkv_layout": "fused"}), "--family", "openclip",
+              "--fda", json.dumps({"n_anchors": 2, "adapt_epochs": 1, "adapt_batch": 2, "progress": False}),
+              "--anchor-init", "gauss", "--n-blocks", "2", "--base", str(tmp / "base"),
+              "--expert", f"MNIST={tmp / 'mnist.safetensors'}", "--init", "pretrained", "--block", "0"]
+    assert cli.main([*common, "--anchors-dir", str(fit / "anchors"), "--blocks-dir", str(fit / "blocks")]) == 0
+    assert (fit / "blocks/block0.safetensors").is_file()
+    code = cli.main([*common, "--anchors-dir", str(misfit / "anchors"), "--blocks-dir", str(misfit / "blocks")])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and "MNIST.safetensors: anchors of shape (2, 50, 16) do not fit" in err
+    assert "T = 5 tokens" in err

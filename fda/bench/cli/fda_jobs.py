@@ -108,6 +108,7 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
             log(f"block {block}: cached ({path})")  # a killed coarse job resumes here
             continue
         anchors = [F.load_anchors(f)[0] for f in anchor_files[block]]
+        check_anchor_shapes(model, cfg, anchor_files[block], anchors)
         log(f"adapt block {block} from {args.init} on {args.anchor_init} anchors")
         result = F.adapt_block(model, pre, experts, block, anchors, args.init, init_state, cfg, on_step=progress.step(block))
         # The old block goes first and the new one last, after its log: a block on disk always has
@@ -121,6 +122,22 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
     if args.assemble:
         _assemble(args, model, pre, init_state, cfg)
     return 0
+
+
+def check_anchor_shapes(model, cfg, files: list[Path], anchors: list) -> None:
+    """Each anchors file fits the model's blocks: width d and, for token anchors, T tokens per
+    anchor (imported anchors of another model, e.g. ViT-B/32's 50 tokens on a ViT-B/16, are
+    refused by name instead of adapting on the wrong inputs)."""
+    from fda.blocks import adapter_for
+
+    adapter = adapter_for(model, cfg.part)
+    tokens = cfg.resolved(adapter).tokens
+    for f, x in zip(files, anchors, strict=True):
+        want = adapter.anchor_shape(int(x.shape[0]), tokens)
+        if tuple(x.shape) != want:
+            raise UsageError(f"{f}: anchors of shape {tuple(x.shape)} do not fit this model's blocks, which take "
+                             f"{want} ([n, T, d] with T = {tokens} tokens, d = {adapter.width}); construct or import the "
+                             "anchors of this model")
 
 
 def _assemble(args: argparse.Namespace, model, pre, init_state, cfg) -> None:

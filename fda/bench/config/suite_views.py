@@ -75,8 +75,10 @@ def _suite_setting_keys(suite: str) -> frozenset[str]:
 # their own terms (source-spec strings of fda/bench/sources.py, lower-case task ids, a CLIP checkpoint
 # family). `suite_settings_for` is the one place that translates; every job gets its result.
 
-#: config `expert_source` -> the CLIP suites' checkpoint family (their `settings.expert_source`)
-CLIP_FAMILIES = {"task-vectors": "taskvectors", "fusionbench-hf": "fusionbench"}
+#: config `expert_source` -> the CLIP suites' checkpoint family (their `settings.expert_source`).
+#: `fda-hf` (SphereLab/vision_models_in_FDA, the FDA authors' copy of the task_vectors checkpoints)
+#: is read like `task-vectors` from a local download (`taskvectors_dir`); docs/paper-suites.md
+CLIP_FAMILIES = {"task-vectors": "taskvectors", "fusionbench-hf": "fusionbench", "fda-hf": "taskvectors"}
 
 
 def suite_takes_sources(suite: str) -> bool:
@@ -142,8 +144,8 @@ def suite_settings_for(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
     - ``base`` -> ``settings.base`` (``{hub: id}`` -> ``hf:id``, ``{path: p}`` -> ``file:p``);
     - ``experts.{task}`` -> ``settings.experts.{id}``; ``{recipe: suite-default}`` is left to the
       suite (GLUE: ``expert_pattern``, default ``recipe:finetune``; CLIP: its checkpoint family);
-    - CLIP ``expert_source``: ``task-vectors`` -> ``taskvectors``, ``fusionbench-hf`` ->
-      ``fusionbench`` (others need ``settings.expert_source``).
+    - CLIP ``expert_source``: ``task-vectors`` and ``fda-hf`` -> ``taskvectors``, ``fusionbench-hf``
+      -> ``fusionbench`` (others need ``settings.expert_source``).
 
     A key given both ways is an error (one source of truth). Embedded suites get ``settings`` as is.
     """
