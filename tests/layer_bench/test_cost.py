@@ -213,6 +213,23 @@ def test_usage_line_round_trips_and_the_last_line_wins():
     assert now["cpu_s"] > 0 and now["max_rss_mb"] > 10 and set(now) == {"cpu_s", "max_rss_mb", "gpu_peak_mb"}
 
 
+def test_gpu_peak_is_torch_allocation_summed_over_devices(monkeypatch):
+    """Without a GPU here: a stand-in ``torch`` module (the function never imports torch itself)."""
+    import sys
+    import types
+
+    from fda.bench import usage
+
+    cuda = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True, device_count=lambda: 2,
+                                 max_memory_allocated=lambda d: (d + 1) * 2**20)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    assert usage.gpu_peak_mb() == 3.0 and usage.process_usage()["gpu_peak_mb"] == 3.0
+    cuda.is_initialized = lambda: False  # CUDA never used by this process
+    assert usage.gpu_peak_mb() is None
+    monkeypatch.delitem(sys.modules, "torch")
+    assert usage.gpu_peak_mb() is None
+
+
 def test_measured_commands_end_with_the_resources_line(capsys):
     from fda.bench.cli import MEASURED_COMMANDS, run
 
