@@ -398,7 +398,23 @@ def test_written_table_and_figure(run_dir, tmp_path):
     import numpy as np
 
     fig = accuracy_vs_cost(table, SUITE, 100.0, yerr=np.full((2, len(table)), 0.01))  # the hook for other intervals
-    assert "given intervals" in fig._suptitle.get_text()
+    assert "95% intervals" in fig._suptitle.get_text()
+
+
+def test_intervals_become_the_error_bars_and_the_table_s_plus_minus(run_dir, tmp_path):
+    import types
+
+    from fda.bench.report.cost_figure import interval_errors, with_intervals
+
+    table = cost.cost_table(cost.row_costs(_jobs(run_dir)), _cells(), SUITE, TASKS)
+    known = {("fda", "ta", "gauss"): types.SimpleNamespace(lo=0.69, hi=0.75)}
+    ints = types.SimpleNamespace(of=lambda key, column: known.get(key) if column == "Avg" else None)
+    table = with_intervals(table, ints)
+    err = interval_errors(table)
+    j = list(table["row"]).index("FDA (TA, Gauss)")
+    assert err[:, j] == pytest.approx([0.71 - 0.69, 0.75 - 0.71]) and not err[:, :j].any()
+    md = cost.write_cost_table(table, SUITE, tmp_path, _cells()["value"])["md"].read_text()
+    assert "| FDA (TA, Gauss) | 71.00 ±3.00 |" in md and "| TA | 50.00 |" in md
 
 
 def test_costs_command_end_to_end_loads_no_model_stack(run_dir):
@@ -408,13 +424,24 @@ def test_costs_command_end_to_end_loads_no_model_stack(run_dir):
     import sys
 
     root, plan = run_dir
+    import numpy as np
+
+    from fda.bench.eval.outcomes import Outcome, write_outcomes
+
     cells = _cells()
     for (m, i), group in cells.groupby(["method", "init"]):
-        results.write_cell(group.reset_index(drop=True), root / f"results/{SUITE}_{i + '_fda' if m == 'fda' else m}.csv")
+        stem = root / f"results/{SUITE}_{i + '_fda' if m == 'fda' else m}"
+        results.write_cell(group.reset_index(drop=True), f"{stem}.csv")
+        outcomes = {}
+        for (a, s, t), v in group[group["headline"]].groupby(["anchor_init", "seed", "task"])["value"].first().items():
+            right = round(v * 20)  # 20 test examples, v of them right
+            outcomes[(m, i, a, int(s), t)] = Outcome(np.arange(20) * (np.arange(20) < right), np.arange(20), "accuracy")
+        write_outcomes(outcomes, f"{stem}.npz")
     argv = ["costs", "--suite", SUITE, "--tasks", *TASKS, "--cells", *sorted(str(p) for p in (root / "results").glob("*.csv")),
             "--plan", plan.to_json(), "--benchmarks-dir", f"logs/benchmarks/{SUITE}", "--anchors-dir", f"work/{SUITE}/fda",
             "--adapt-epochs", "pretrained=2", "--adapt-epochs", "ta=1", "--jobs-out", f"results/costs/{SUITE}.csv",
-            "--tables-dir", "results/tables", "--figures-dir", "results/figures"]
+            "--tables-dir", "results/tables", "--figures-dir", "results/figures",
+            "--outcomes", *sorted(str(p) for p in (root / "results").glob("*.npz"))]
     code = ("import sys\nfrom fda.bench.cli import main\nstatus = main(sys.argv[1:])\n"
             "print('HEAVY=' + ','.join(sorted({'torch', 'transformers', 'safetensors'} & set(sys.modules))))\n"
             "raise SystemExit(status)\n")
@@ -423,4 +450,7 @@ def test_costs_command_end_to_end_loads_no_model_stack(run_dir):
     assert "HEAVY=\n" in proc.stdout
     jobs = pd.read_csv(root / f"results/costs/{SUITE}.csv")
     assert len(jobs) == len(cost_jobs.benchmark_files(plan))
-    assert (root / f"results/tables/{SUITE}-cost.md").is_file() and (root / f"results/figures/{SUITE}-cost.pdf").is_file()
+    assert (root / f"results/figures/{SUITE}-cost.pdf").is_file()
+    table = pd.read_csv(root / f"results/tables/{SUITE}-cost.csv")
+    assert (table["Avg lo"] <= table["Avg"] + 1e-9).all() and (table["Avg"] <= table["Avg hi"] + 1e-9).all()
+    assert " ±" in (root / f"results/tables/{SUITE}-cost.md").read_text()

@@ -89,7 +89,8 @@ rule construction_figures:
 rule costs:
     # What each method row cost (docs/cost.md): the jobs' benchmark files (products of their jobs,
     # so taking them as inputs orders this rule after them) and the resources line in their logs,
-    # the construction logs and WUDI's merged header for the FLOPs, the cells for the accuracy. The
+    # the construction logs and WUDI's merged header for the FLOPs, the cells and their per-example
+    # outcomes for the accuracy and its intervals. The
     # command finds the files from the plan (params.plan): hundreds of paths would overflow the
     # shell's 128 KiB command line.
     input:
@@ -97,6 +98,7 @@ rule costs:
         benchmarks=cost_benchmarks,
         anchor_logs=cost_anchor_logs,
         wudi=cost_wudi_model,
+        outcomes=lambda w: [npz(c) for c in suite_cells(w)],
     output:
         jobs="results/costs/{suite}.csv",
         csv=report("results/tables/{suite}-cost.csv", caption="../report/table-cost.rst", category="Tables", subcategory="{suite}", labels={"suite": "{suite}", "table": "cost"}),
@@ -122,4 +124,5 @@ rule costs:
     shell:
         "fda-bench costs --suite {wildcards.suite} --tasks {params.tasks} --cells {input.cells} --plan {params.plan:q}"
         " --benchmarks-dir logs/benchmarks/{wildcards.suite} --anchors-dir work/{wildcards.suite}/fda {params.args}"
+        " --outcomes {input.outcomes}"
         " --jobs-out {output.jobs} --tables-dir results/tables --figures-dir results/figures > {log} 2>&1"

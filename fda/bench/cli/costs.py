@@ -27,7 +27,11 @@ def cmd_costs(args: argparse.Namespace) -> int:
         write_frame,
         wudi_merge_flops,
     )
-    from fda.bench.report.cost_figure import write_cost_figure
+    from fda.bench.report.cost_figure import (
+        interval_errors,
+        with_intervals,
+        write_cost_figure,
+    )
     from fda.bench.report.cost_jobs import CostPlan
     from fda.bench.report.results import read_cells
     from fda.bench.report.tables import AVG, build_table, scale_for
@@ -42,11 +46,18 @@ def cmd_costs(args: argparse.Namespace) -> int:
     write_frame(jobs, args.jobs_out)
     cells = read_cells(args.cells)
     table = cost_table(row_costs(jobs), cells, args.suite, args.tasks)
+    yerr = None
+    if args.outcomes:  # the accuracy's 95% intervals (docs/statistics.md), as in the suite's tables
+        from fda.bench.eval.outcomes import merge_outcomes
+        from fda.bench.report.intervals import row_intervals
+
+        table = with_intervals(table, row_intervals(merge_outcomes(args.outcomes), args.tasks))
+        yerr = interval_errors(table)
     values = cells.loc[cells["suite"] == args.suite, "value"]
     paths = list(write_cost_table(table, args.suite, args.tables_dir, values).values())
     accuracy = build_table(cells, args.suite, args.tasks, "value")
     refs = {r: float(v) for m, r, v in accuracy[["method", "row", AVG]].itertuples(index=False) if m in ("pretrained", "individual")}
-    paths += write_cost_figure(table, args.suite, scale_for(args.suite, values), args.figures_dir, refs)
+    paths += write_cost_figure(table, args.suite, scale_for(args.suite, values), args.figures_dir, refs, yerr)
     log(f"{len(jobs)} jobs, {len(table)} method rows; wrote {args.jobs_out} and {len(paths)} table and figure files")
     return 0
 
@@ -65,6 +76,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--wudi-model", help="WUDI's merged model (its header: the merged shapes, for FLOPs)")
     sp.add_argument("--wudi-hparams", type=json_arg, default={}, help="WUDI's hyperparameters (JSON)")
     sp.add_argument("--experts", type=int, help="number of experts merged")
+    sp.add_argument("--outcomes", nargs="+", help="the cells' per-example outcomes (.npz): Avg's 95%% intervals as error bars")
     sp.add_argument("--jobs-out", required=True, help="per-job CSV")
     sp.add_argument("--tables-dir", required=True, help="writes {suite}-cost.{csv,md,tex}")
     sp.add_argument("--figures-dir", required=True, help="writes {suite}-cost.{png,pdf}")

@@ -317,11 +317,15 @@ def _fmt_num(v: float, kind: str) -> str:
 
 
 def render_cost(table: pd.DataFrame, scale: float, decimals: int) -> tuple[list[str], list[list[str]]]:
-    """Header and string rows (Markdown/LaTeX) of :func:`cost_table`: Avg (× ``scale``), then the costs."""
+    """Header and string rows (Markdown/LaTeX) of :func:`cost_table`: Avg (× ``scale``; ± half its 95%
+    interval where the table has ``Avg lo``/``Avg hi``), then the costs."""
     header = ["Method", AVG, *TABLE_COLUMNS.values()]
     body = []
     for _, r in table.iterrows():
         avg = "–" if math.isnan(r[AVG]) else f"{r[AVG] * scale:.{decimals}f}"
+        lo, hi = float(r.get(f"{AVG} lo", math.nan)), float(r.get(f"{AVG} hi", math.nan))
+        if avg != "–" and not (math.isnan(lo) or math.isnan(hi)):
+            avg += f" ±{(hi - lo) * scale / 2:.{decimals}f}"  # half the 95% interval, as the suite's tables
         body.append([str(r["row"]), avg, *(_fmt_num(float(r[c]), c) for c in TABLE_COLUMNS)])
     return header, body
 
@@ -347,6 +351,7 @@ COST_NOTE = ("Cost of one run of the row's method, mean over seeds: wall and CPU
              "construction of their anchors and their init's merge in full, although every init shares the anchors "
              "and the baseline row shares the merge. Not counted: data, experts, evaluation (Eval: its wall time, "
              "apart). docs/cost.md.")
+INTERVAL_NOTE = " Avg ± = half the width of its 95% interval (bootstrap over test examples and seeds; docs/statistics.md)."
 
 
 def write_cost_table(table: pd.DataFrame, suite: str, tables_dir: str | os.PathLike, values: pd.Series | None = None) -> dict[str, Path]:
@@ -359,7 +364,8 @@ def write_cost_table(table: pd.DataFrame, suite: str, tables_dir: str | os.PathL
     write_frame(table, paths["csv"])
     h, b = render_cost(table, scale, decimals)
     seeds = sorted({int(s) for s in table["seeds"].dropna()})
-    note = COST_NOTE + (f" Seeds per row: {', '.join(map(str, seeds))}." if seeds else "")
+    note = COST_NOTE + (INTERVAL_NOTE if f"{AVG} lo" in table.columns else "")
+    note += f" Seeds per row: {', '.join(map(str, seeds))}." if seeds else ""
     _write_text(f"### {suite}: accuracy and cost\n\n{note}\n\n" + to_markdown(h, b), paths["md"])
     _write_text(to_latex(h, b, f"{suite}: accuracy (Avg) and cost per method row"), paths["tex"])
     return paths

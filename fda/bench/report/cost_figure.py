@@ -4,7 +4,8 @@ and against estimated FLOPs, both on log axes; Pretrained and Individual as hori
 
 Error bars: by default the spread over seeds (min to max; none with one seed). Pass ``yerr``
 ([2, rows] distances below/above each Avg, the rows of the cost table, unscaled) to draw other
-intervals, e.g. the 95% bootstrap intervals of :mod:`fda.bench.report.intervals`.
+intervals: :func:`interval_errors` gives the 95% bootstrap intervals of
+:mod:`fda.bench.report.intervals` (``fda-bench costs --outcomes``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,19 @@ def _spread(table: pd.DataFrame, low: str, high: str, centre: str) -> np.ndarray
     lo = np.nan_to_num(c - table[low].to_numpy(float), nan=0.0).clip(min=0)
     hi = np.nan_to_num(table[high].to_numpy(float) - c, nan=0.0).clip(min=0)
     return np.vstack([lo, hi])
+
+
+def with_intervals(table: pd.DataFrame, ints: Any) -> pd.DataFrame:
+    """``table`` with ``Avg lo`` / ``Avg hi``: each row's 95% interval of Avg from ``ints``
+    (a :class:`fda.bench.report.intervals.RowIntervals`; NaN where a row has none)."""
+    got = [ints.of(tuple(k), AVG) for k in table[["method", "init", "anchor_init"]].itertuples(index=False)]
+    return table.assign(**{f"{AVG} lo": [g.lo if g else math.nan for g in got],
+                           f"{AVG} hi": [g.hi if g else math.nan for g in got]})
+
+
+def interval_errors(table: pd.DataFrame) -> np.ndarray:
+    """``yerr`` from the ``Avg lo`` / ``Avg hi`` columns of :func:`with_intervals` (0 where missing)."""
+    return _spread(table, f"{AVG} lo", f"{AVG} hi", AVG)
 
 
 #: marker per anchor init (FDA rows); baselines are squares
@@ -80,7 +95,7 @@ def accuracy_vs_cost(table: pd.DataFrame, suite: str, scale: float, references: 
     axes[0].set_ylabel(f"Avg ({'%' if scale == 100.0 else 'score'})")
     order = [str(r) for r in table["row"] if str(r) in handles]
     fig.legend([handles[r] for r in order], order, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
-    bars = "given intervals" if yerr is not None else "min-max over seeds"
+    bars = "95% intervals" if yerr is not None else "min-max over seeds"
     fig.suptitle(f"{suite}: accuracy vs cost of one run (bars: {bars}; FLOPs: optimising methods only)", fontsize=10)
     fig.tight_layout()
     return fig
