@@ -397,7 +397,6 @@ def cost_plan(suite):
     def cut(stage):
         return "fine" if streaming else cfg_names.fda_granularity(config, stage)
 
-    imported = (fda.get("anchors") or {}).get("source", "constructed") != "constructed"
     return cost_jobs.CostPlan(
         baselines=tuple(m for m in s["methods"] if m in cfg_names.BASELINE_METHODS),
         methods=tuple(s["methods"]),
@@ -406,7 +405,7 @@ def cost_plan(suite):
         anchor_inits=tuple(fda.get("anchor_inits", ())),
         blocks=fda.get("n_blocks", 0),
         tasks=tuple(tasks_of(suite)),
-        construct="none" if imported else cut("construct"),
+        construct="none" if fda and official_anchors(suite) else cut("construct"),  # imported: no construction job
         adapt=cut("adapt"),
     )
 
