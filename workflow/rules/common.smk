@@ -472,7 +472,7 @@ def figure_files(suite):
 
 
 def cost_files(suite):
-    """What rule costs writes for ``suite``: per-job costs, the cost table, the accuracy-vs-cost figure."""
+    """The files the costs rule writes for ``suite`` (per-job costs, the cost table, the accuracy-vs-cost figure)."""
     return ([f"results/costs/{suite}.csv"] + [f"results/tables/{suite}-cost.{e}" for e in ("csv", "md", "tex")]
             + [f"results/figures/{suite}-cost.{e}" for e in ("png", "pdf")])
 
