@@ -14,14 +14,24 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from official_saving import (  # tests/layer_bench on sys.path
+    save_nlg,
+    save_nlu,
+    save_vision,
+    vision_nlu_run_dir,
+)
 
 import fda
 from fda.anchors import canonical_to_official
 from fda.bench import cli
 from fda.bench.config import load as cfg_load
 from fda.bench.config.vocabulary import ConfigError
-from fda.bench.official_anchors import OfficialAnchorsError, import_release, locate, parse_run_name
-from official_saving import save_nlg, save_nlu, save_vision, vision_nlu_run_dir  # tests/layer_bench on sys.path
+from fda.bench.official_anchors import (
+    OfficialAnchorsError,
+    import_release,
+    locate,
+    parse_run_name,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 N, T, D = 4, 3, 32  # anchors, tokens, width of the tiny blocks
@@ -277,10 +287,11 @@ def test_the_workflow_imports_instead_of_constructing(tmp_path):
 def test_a_glue_suite_adapts_from_official_anchors_end_to_end(tmp_path):
     """The real workflow on a tiny RoBERTa GLUE suite whose anchors are an NLU release: import,
     adapt, evaluate, and a cell and table row that say where the anchors came from."""
-    from fda.bench.report.results import read_cells
-    from fda.bench.report.tables import build_table
     from test_paper_suites import build_glue, build_glue_expert, build_roberta
     from test_workflow import snakemake
+
+    from fda.bench.report.results import read_cells
+    from fda.bench.report.tables import build_table
 
     assets = tmp_path / "assets"
     roberta = build_roberta(assets)  # width 32, 2 layers: the release's shapes
