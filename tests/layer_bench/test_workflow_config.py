@@ -239,6 +239,20 @@ def test_smoke_overrides_apply_only_with_smoke():
     assert "smoke_overrides" not in smoke
 
 
+def test_fda_seeds_replace_every_suites_seeds_like_snakemake_passes_them():
+    # snakemake's --config parses [0,1,2] into a list of strings
+    config = cfg_load.validate_config({**_raw(), "fda_seeds": ["0", "1", "2"]})
+    assert config["fda_seeds"] == [0, 1, 2]
+    for suite in ("minitext", "minivision"):
+        assert cfg_views.effective_suite(config, suite)["seeds"] == [0, 1, 2]
+        assert cfg_views.effective_suite({**config, "smoke": True}, suite)["seeds"] == [0, 1, 2]
+    assert "seed" in cfg_names.suite_wildcard_values(config, "minitext") and \
+        cfg_names.suite_wildcard_values(config, "minitext")["seed"] == ["0", "1", "2"]
+    assert cfg_views.effective_suite(cfg_load.validate_config(_raw()), "minitext")["seeds"] == [0]
+    assert "fda_seeds.1: expected integer" in _error({**_raw(), "fda_seeds": ["0", "-1"]})
+    assert "fda_seeds" in _error({**_raw(), "fda_seeds": [1, 1]})
+
+
 def test_tasks_are_injected_into_suite_settings():
     pytest.importorskip("fda.bench.suites")
     config = cfg_load.load_config([DEFAULT])

@@ -220,6 +220,10 @@ def validate_config(config: Mapping[str, Any], *, semantic: bool = True, source:
     # `--config smoke=true` arrives as a bool from YAML; accept the strings snakemake may pass.
     if isinstance(data.get("smoke"), str) and data["smoke"].lower() in ("true", "false"):
         data["smoke"] = data["smoke"].lower() == "true"
+    # `--config fda_seeds=[0,1,2]` arrives as a list of strings (snakemake parses lists as YAML
+    # strings): numbers are numbers, anything else is left for the schema to name.
+    if isinstance(data.get("fda_seeds"), list):
+        data["fda_seeds"] = [int(v) if isinstance(v, str) and v.isdigit() else v for v in data["fda_seeds"]]
     validator = _validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     problems = [line for e in errors for line in _messages(e, schema)]

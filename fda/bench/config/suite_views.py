@@ -38,7 +38,8 @@ def deep_update(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str,
 
 
 def effective_suite(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
-    """The suite's section as jobs see it: with ``smoke`` on, ``smoke_overrides`` merged in."""
+    """The suite's section as jobs see it: with ``smoke`` on, ``smoke_overrides`` merged in; with
+    a top-level ``fda_seeds``, those seeds instead of the suite's."""
     try:
         raw = config["suites"][suite]
     except KeyError:
@@ -46,6 +47,8 @@ def effective_suite(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
     section = {k: copy.deepcopy(v) for k, v in raw.items() if k != "smoke_overrides"}
     if config.get("smoke") and raw.get("smoke_overrides"):
         section = deep_update(section, raw["smoke_overrides"])
+    if config.get("fda_seeds") is not None:
+        section["seeds"] = list(config["fda_seeds"])
     # One source of truth for the task list: a suite whose settings take `tasks` gets the
     # section's tasks (so the suite and the DAG cannot disagree).
     settings = section.setdefault("settings", {})
