@@ -17,7 +17,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 RUN_PACKAGES  := dataset-fashion-mnist fortunes fortunes-min
 TEST_PACKAGES := $(RUN_PACKAGES) bubblewrap
 
-.PHONY: run test smoke reference venv clean-venv packages-run packages-test
+.PHONY: run run-seeds test smoke reference venv clean-venv packages-run packages-test
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -45,14 +45,20 @@ run: packages-run $(STAMP)
 smoke: packages-run $(STAMP)
 	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) all --config smoke=true
 
+# The evidence run (README, "Results"): the default run with every FDA row on three FDA seeds.
+run-seeds: packages-run $(STAMP)
+	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) all --config 'fda_seeds=[0,1,2]'
+
 # Freeze the outputs of a finished `make run` as the committed reference (README results section):
-# result cells, tables, figures, and where the run spent its time.
+# result cells with their per-example outcomes, tables, figures, costs, and where the run spent
+# its time. After `make run-seeds`: `make reference REF=results/reference-seeds`.
+REF ?= results/reference
 reference: $(STAMP)
 	test -d results/tables -a -d results/figures || { echo "no results: run 'make run' first"; exit 1; }
-	rm -rf results/reference && mkdir -p results/reference
-	cp results/*.csv results/reference/
-	cp -r results/tables results/figures results/reference/
-	$(PY) benchmarks/job_times.py logs/benchmarks > results/reference/job_times.md
+	rm -rf $(REF) && mkdir -p $(REF)
+	cp results/*.csv results/*.npz $(REF)/
+	cp -r results/tables results/figures results/costs $(REF)/
+	$(PY) benchmarks/job_times.py logs/benchmarks > $(REF)/job_times.md
 
 test: packages-test $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q
