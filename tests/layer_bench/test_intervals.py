@@ -219,3 +219,21 @@ def test_tables_without_outcomes_say_so(tmp_path):
     paths = tables.write_tables(cells, "minitext", ["x", "y"], tmp_path)
     assert "without intervals" in paths["absolute.md"].read_text()
     assert "Avg lo" not in pd.read_csv(paths["absolute.csv"]).columns
+
+
+def test_readme_summary_reads_the_tables_intervals(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import results_summary
+
+    cells, outs = _cells_and_outcomes()
+    tables.write_tables(cells, "minitext", ["x", "y"], tmp_path, outcomes=outs)
+    text = results_summary.summary(tmp_path, ["minitext"])
+    fda_line = next(line for line in text.splitlines() if line.startswith("| FDA (TA, Gauss)"))
+    table = pd.read_csv(tmp_path / "minitext.csv")
+    fda = table[table["method"] == "fda"].iloc[0]
+    assert f"{100 * fda['Avg']:.1f} ±{100 * (fda['Avg hi'] - fda['Avg lo']) / 2:.1f}" in fda_line
+    assert fda_line.rstrip(" |").endswith("*")  # the significant paired Δ
+    assert "Seeds per row: minitext: 1, 2" in text
