@@ -19,9 +19,9 @@ rule merge_baseline:
         experts=expert_args,
         key=p_expert_key_all,
     log:
-        ELOGS + "/merge/{baseline}.log",
+        "logs/{suite}/eseed{eseed}/merge/{baseline}.log",
     benchmark:
-        EBENCH + "/merge/{baseline}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/merge/{baseline}.tsv"
     threads: 1
     resources:
         mem_mb=mem("merge"),

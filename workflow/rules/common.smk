@@ -96,20 +96,18 @@ wildcard_constraints:
 # the expert seed's folder, eseed{eseed} (its logs and benchmarks too: logs/{suite}/eseed{eseed}/).
 DATA = "work/{suite}/data"
 BASE = "work/{suite}/base"
-ESEED = "work/{suite}/eseed{eseed}"
-EXPERT = ESEED + "/experts/{task}"
-MERGED = ESEED + "/merged/{baseline}.safetensors"
-FDA_RUN = ESEED + "/fda/seed{seed}"  # one (expert seed, FDA seed) run of FDA
-ANCHORS = FDA_RUN + "/anchors/{anchorinit}/block{block}/{task}.safetensors"
-ANCHOR_LOG = FDA_RUN + "/anchors/{anchorinit}/block{block}/{task}.json"
+EXPERT = "work/{suite}/eseed{eseed}/experts/{task}"
+MERGED = "work/{suite}/eseed{eseed}/merged/{baseline}.safetensors"
+ANCHORS = "work/{suite}/eseed{eseed}/fda/seed{seed}/anchors/{anchorinit}/block{block}/{task}.safetensors"
+ANCHOR_LOG = "work/{suite}/eseed{eseed}/fda/seed{seed}/anchors/{anchorinit}/block{block}/{task}.json"
 # fda.anchors.source official: the released anchors, imported once and shared by every seed and init
 OFFICIAL_ANCHORS = "work/{suite}/fda/official/anchors/{anchorinit}/block{block}/{task}.safetensors"
-ADAPTED = FDA_RUN + "/{init}-{anchorinit}/blocks/block{block}.safetensors"
-FDA_MERGED = FDA_RUN + "/{init}-{anchorinit}/merged.safetensors"
-EVAL = ESEED + "/eval/{method}.csv"  # a reference row's or a baseline's evaluation (EVAL_REF, EVAL_BASELINE)
-EVAL_REF = ESEED + "/eval/{reference}.csv"
-EVAL_BASELINE = ESEED + "/eval/{baseline}.csv"
-EVAL_FDA = ESEED + "/eval/fda/seed{seed}/{init}-{anchorinit}.csv"
+ADAPTED = "work/{suite}/eseed{eseed}/fda/seed{seed}/{init}-{anchorinit}/blocks/block{block}.safetensors"
+FDA_MERGED = "work/{suite}/eseed{eseed}/fda/seed{seed}/{init}-{anchorinit}/merged.safetensors"
+EVAL = "work/{suite}/eseed{eseed}/eval/{method}.csv"  # a reference row's or a baseline's (EVAL_REF, EVAL_BASELINE)
+EVAL_REF = "work/{suite}/eseed{eseed}/eval/{reference}.csv"
+EVAL_BASELINE = "work/{suite}/eseed{eseed}/eval/{baseline}.csv"
+EVAL_FDA = "work/{suite}/eseed{eseed}/eval/fda/seed{seed}/{init}-{anchorinit}.csv"
 CELL = "results/{suite}_{method}.csv"
 CELL_FDA = "results/{suite}_{init}_fda.csv"
 
@@ -120,13 +118,10 @@ def npz(csv_pattern):
 
 
 # streaming LLM suites (llm.smk): models are sharded HF directories
-LLM_MERGED = ESEED + "/merged/{baseline}"
-LLM_FDA_MERGED = FDA_RUN + "/{init}-{anchorinit}/merged"
+LLM_MERGED = "work/{suite}/eseed{eseed}/merged/{baseline}"
+LLM_FDA_MERGED = "work/{suite}/eseed{eseed}/fda/seed{seed}/{init}-{anchorinit}/merged"
 LOGS = "logs/{suite}"
 BENCH = "logs/benchmarks/{suite}"
-# logs and benchmarks of the jobs that depend on the experts: per expert seed
-ELOGS = "logs/{suite}/eseed{eseed}"
-EBENCH = "logs/benchmarks/{suite}/eseed{eseed}"
 ENV = "../envs/fda-bench.yaml"
 
 

@@ -23,9 +23,9 @@ rule evaluate_reference:
         seed=p_data_seed,
         key=p_eval_key,
     log:
-        ELOGS + "/evaluate/{reference}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/{reference}.log",
     benchmark:
-        EBENCH + "/evaluate/{reference}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/{reference}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
@@ -60,9 +60,9 @@ rule evaluate_baseline:
         seed=p_data_seed,
         key=p_eval_key,
     log:
-        ELOGS + "/evaluate/{baseline}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/{baseline}.log",
     benchmark:
-        EBENCH + "/evaluate/{baseline}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/{baseline}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
@@ -96,9 +96,9 @@ rule evaluate_fda:
         experts=expert_args,
         key=p_eval_key,
     log:
-        ELOGS + "/evaluate/fda-seed{seed}-{init}-{anchorinit}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/fda-seed{seed}-{init}-{anchorinit}.log",
     benchmark:
-        EBENCH + "/evaluate/fda-seed{seed}-{init}-{anchorinit}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/fda-seed{seed}-{init}-{anchorinit}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),

@@ -74,9 +74,9 @@ rule prepare_expert:
         source=p_expert_source,
         key=p_expert_key,
     log:
-        ELOGS + "/prepare_expert/{task}.log",
+        "logs/{suite}/eseed{eseed}/prepare_expert/{task}.log",
     benchmark:
-        EBENCH + "/prepare_expert/{task}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/prepare_expert/{task}.tsv"
     threads: 1
     retries: 1  # hub downloads are flaky; a fine-tune that fails twice is a real error
     resources:

@@ -31,9 +31,9 @@ if cfg_names.fda_granularity(config, "construct") == "fine":
             experts=expert_args,
             key=p_construct_key,
         log:
-            ELOGS + "/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.log",
+            "logs/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.log",
         benchmark:
-            EBENCH + "/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.tsv"
+            "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.tsv"
         threads: 1
         resources:
             mem_mb=mem("construct"),
@@ -83,9 +83,9 @@ else:
                 experts=expert_args,
                 key=p_construct_key,
             log:
-                ELOGS + "/fda/seed{seed}/construct-{anchorinit}.log",
+                "logs/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}.log",
             benchmark:
-                EBENCH + "/fda/seed{seed}/construct-{anchorinit}.tsv"
+                "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}.tsv"
             threads: 1
             resources:
                 mem_mb=mem("construct"),
@@ -129,9 +129,9 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             key=p_adapt_key,
             anchors_dir=p_anchors_dir,  # constructed per seed, or the imported official ones
         log:
-            ELOGS + "/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
+            "logs/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
         benchmark:
-            EBENCH + "/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.tsv"
+            "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.tsv"
         threads: 1
         resources:
             mem_mb=mem("adapt"),
@@ -171,9 +171,9 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             init_model=p_init_model,
             key=p_adapt_key,
         log:
-            ELOGS + "/fda/seed{seed}/assemble-{init}-{anchorinit}.log",
+            "logs/{suite}/eseed{eseed}/fda/seed{seed}/assemble-{init}-{anchorinit}.log",
         benchmark:
-            EBENCH + "/fda/seed{seed}/assemble-{init}-{anchorinit}.tsv"
+            "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/assemble-{init}-{anchorinit}.tsv"
         threads: 1
         resources:
             mem_mb=mem("assemble"),
@@ -219,9 +219,9 @@ else:
             key=p_adapt_key,
             anchors_dir=p_anchors_dir,  # constructed per seed, or the imported official ones
         log:
-            ELOGS + "/fda/seed{seed}/adapt-{init}-{anchorinit}.log",
+            "logs/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}.log",
         benchmark:
-            EBENCH + "/fda/seed{seed}/adapt-{init}-{anchorinit}.tsv"
+            "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}.tsv"
         threads: 1
         resources:
             mem_mb=mem("adapt"),

@@ -79,9 +79,9 @@ rule llm_prepare_expert:
         settings=p_job_settings("fetch"),
         seed=p_data_seed,
     log:
-        ELOGS + "/prepare_expert/{task}.log",
+        "logs/{suite}/eseed{eseed}/prepare_expert/{task}.log",
     benchmark:
-        EBENCH + "/prepare_expert/{task}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/prepare_expert/{task}.tsv"
     threads: 1
     retries: 1  # hub downloads are flaky
     resources:
@@ -114,9 +114,9 @@ rule llm_merge:
         shard_size=p_shard_size,
         vocab_mismatch=p_vocab_mismatch,
     log:
-        ELOGS + "/merge/{baseline}.log",
+        "logs/{suite}/eseed{eseed}/merge/{baseline}.log",
     benchmark:
-        EBENCH + "/merge/{baseline}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/merge/{baseline}.tsv"
     threads: 1
     resources:
         mem_mb=mem("merge"),
@@ -150,9 +150,9 @@ rule llm_construct:
         n_blocks=p_n_blocks,
         experts=expert_args,
     log:
-        ELOGS + "/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.log",
+        "logs/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.log",
     benchmark:
-        EBENCH + "/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.tsv"
     threads: 1
     resources:
         mem_mb=mem("construct"),
@@ -190,9 +190,9 @@ rule llm_adapt:
         anchors=p_anchor_args,
         init_model=p_init_model,
     log:
-        ELOGS + "/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
+        "logs/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
     benchmark:
-        EBENCH + "/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.tsv"
     threads: 1
     resources:
         mem_mb=mem("adapt"),
@@ -228,9 +228,9 @@ rule llm_assemble:
         init_model=p_init_model,
         shard_size=p_shard_size,
     log:
-        ELOGS + "/fda/seed{seed}/assemble-{init}-{anchorinit}.log",
+        "logs/{suite}/eseed{eseed}/fda/seed{seed}/assemble-{init}-{anchorinit}.log",
     benchmark:
-        EBENCH + "/fda/seed{seed}/assemble-{init}-{anchorinit}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/assemble-{init}-{anchorinit}.tsv"
     threads: 1
     resources:
         mem_mb=mem("assemble"),
@@ -266,9 +266,9 @@ rule llm_evaluate_reference:
         model=p_reference_model,
         seed=p_data_seed,
     log:
-        ELOGS + "/evaluate/{reference}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/{reference}.log",
     benchmark:
-        EBENCH + "/evaluate/{reference}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/{reference}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
@@ -300,9 +300,9 @@ rule llm_evaluate_baseline:
         limit=p_limit,
         seed=p_data_seed,
     log:
-        ELOGS + "/evaluate/{baseline}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/{baseline}.log",
     benchmark:
-        EBENCH + "/evaluate/{baseline}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/{baseline}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
@@ -333,9 +333,9 @@ rule llm_evaluate_fda:
         tasks=p_tasks,
         limit=p_limit,
     log:
-        ELOGS + "/evaluate/fda-seed{seed}-{init}-{anchorinit}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/fda-seed{seed}-{init}-{anchorinit}.log",
     benchmark:
-        EBENCH + "/evaluate/fda-seed{seed}-{init}-{anchorinit}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/fda-seed{seed}-{init}-{anchorinit}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
