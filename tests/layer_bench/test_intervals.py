@@ -51,7 +51,7 @@ def test_outcomes_round_trip_and_refuse_bad_files(tmp_path):
         read_outcomes(tmp_path / "pickled.npz")
     with pytest.raises(OutcomeError, match="already"):
         merge_outcomes([path, path])
-    assert outcomes_path("work/s/eval/ta.csv").name == "ta.npz"
+    assert outcomes_path("work/s/eseed0/eval/ta.csv").name == "ta.npz"
 
 
 def test_outcome_rejects_malformed_input():

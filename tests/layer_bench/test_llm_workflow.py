@@ -344,7 +344,7 @@ def test_paper_llama_cell_fans_out_per_layer(scratch):
         "llm_evaluate_reference": 1, "llm_evaluate_fda": anchor_inits, "cell_fda": 1,
     })
     assert {j["wildcards"]["suite"] for j in jobs if j["wildcards"]} == {"llama13b"}
-    assert [j["output"] for j in jobs if j["rule"] == "llm_merge"] == [["work/llama13b/merged/ta"]]
+    assert [j["output"] for j in jobs if j["rule"] == "llm_merge"] == [["work/llama13b/eseed0/merged/ta"]]
     assert {j["wildcards"]["reference"] for j in jobs if j["rule"] == "llm_evaluate_reference"} == {"individual"}
     construct = {(j["wildcards"]["anchorinit"], int(j["wildcards"]["block"]), j["wildcards"]["task"])
                  for j in jobs if j["rule"] == "llm_construct"}
@@ -391,7 +391,7 @@ def test_llama_suite_runs_through_the_workflow(tmp_path):
             anchors = w / f"fda/seed0/anchors/gauss/block{layer}/{task}.safetensors"
             assert load_state_dict(anchors)["anchors"].shape == (TINY_FDA["n_anchors"], 64)
             assert json.loads(anchors.with_suffix(".json").read_text())["task"] == task
-            assert (work / f"logs/llama13b/fda/seed0/construct-gauss-block{layer}-{task}.log").is_file()
+            assert (work / f"logs/llama13b/eseed0/fda/seed0/construct-gauss-block{layer}-{task}.log").is_file()
 
     # the FDA model: a sharded HF directory over the TA merge with adapted MLPs (non_block init, part mlp)
     fda_dir, ta_dir = w / "fda/seed0/ta-gauss/merged", w / "merged/ta"

@@ -127,8 +127,8 @@ def test_changing_one_hyperparameter_reruns_only_its_jobs(smoke_run):
 def test_coarse_adaptation_reuses_cached_blocks(smoke_run):
     work, _, _ = smoke_run
     snakemake("--cores", "2", "--config", "smoke=true", "--forcerun", "fda_adapt", "--until",
-              "work/minivision/fda/seed0/tsvm-weight/merged.safetensors", cwd=work)
-    log = (work / "logs/minivision/fda/seed0/adapt-tsvm-weight.log").read_text()
+              "work/minivision/eseed0/fda/seed0/tsvm-weight/merged.safetensors", cwd=work)
+    log = (work / "logs/minivision/eseed0/fda/seed0/adapt-tsvm-weight.log").read_text()
     assert log.count("cached") == 2  # both blocks of the smoke ViT came from the cache
 
 
@@ -155,11 +155,11 @@ def test_kill_9_mid_construction_resumes_without_redoing_finished_blocks(tmp_pat
     cfg["suites"]["minitext"]["smoke_overrides"]["fda"]["hparams"]["construct_steps"] = 40  # a few s per block
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    target = "work/minitext/fda/seed0/anchors/gauss/block5/society.safetensors"
+    target = "work/minitext/eseed0/fda/seed0/anchors/gauss/block5/society.safetensors"
     # the target comes first: everything after --config is read as KEY=VALUE
     cmd = [SNAKEMAKE, target, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1",
            "--configfile", str(config), "--config", "smoke=true"]
-    cache = tmp_path / "work/minitext/fda/seed0/anchors-cache/gauss"
+    cache = tmp_path / "work/minitext/eseed0/fda/seed0/anchors-cache/gauss"
 
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -182,7 +182,7 @@ def test_kill_9_mid_construction_resumes_without_redoing_finished_blocks(tmp_pat
     rerun = subprocess.run([*cmd[:2], "--rerun-incomplete", *cmd[2:]], cwd=tmp_path, env=ENV,
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    log = (tmp_path / "logs/minitext/fda/seed0/construct-gauss.log").read_text()
+    log = (tmp_path / "logs/minitext/eseed0/fda/seed0/construct-gauss.log").read_text()
     for block in finished:
         assert f"block {block}: cached anchors" in log
     assert f"construct block {finished[-1] + 1} " in log
