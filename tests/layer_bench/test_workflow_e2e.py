@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fda.bench.eval.outcomes import read_outcomes
+from fda.bench.eval.outcomes import TASK, read_outcomes
 from fda.bench.report.tables import row_label
 from test_workflow import ROOT, parse_jobs, snakemake  # tests/ is on sys.path (pytest prepend mode)
 
@@ -47,7 +47,10 @@ def test_smoke_run_writes_every_cell_table_and_figure(smoke_run):
         # per-example outcomes beside every cell, and intervals in the tables built from them
         for init in inits:
             outcomes = read_outcomes(work / f"results/{suite}_{init}_fda.npz")
-            assert {k[4] for k in outcomes} == set(_smoke_tasks(suite))
+            assert {k[TASK] for k in outcomes} == set(_smoke_tasks(suite))
+            assert {k[3] for k in outcomes} == {0}  # one expert seed
+        cell = pd.read_csv(work / f"results/{suite}_ta.csv")
+        assert set(cell["expert_seed"]) == {0}
         absolute = pd.read_csv(work / f"results/tables/{suite}.csv")
         assert (absolute["Avg lo"] <= absolute["Avg"] + 1e-12).all() and (absolute["Avg"] <= absolute["Avg hi"] + 1e-12).all()
         assert absolute.loc[absolute["method"] == "fda", "Δ lo"].notna().all()
