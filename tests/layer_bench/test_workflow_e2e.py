@@ -119,7 +119,7 @@ def test_changing_one_hyperparameter_reruns_only_its_jobs(smoke_run):
     for j in jobs:
         w = j["wildcards"]
         if j["rule"] in ("merge_baseline", "evaluate_baseline"):
-            assert w == {"suite": "minivision", "baseline": "wudi"}
+            assert w == {"suite": "minivision", "eseed": "0", "baseline": "wudi"}
         if j["rule"] in ("fda_adapt", "evaluate_fda", "cell_fda"):
             assert w["suite"] == "minivision" and w["init"] == "wudi"
         if j["rule"] == "cell":
