@@ -41,9 +41,11 @@ def test_cells_lists_the_cells(capsys):
     assert "results/vitb16_isocts_fda.csv" in out and len(out) == 78  # 3 vision suites x (9 + 6), 3 others x (7 + 4)
 
 
-def _raw(path: Path, method: str, values: dict[str, float], init: str = "", ai: str = "", seed: int = 0) -> Path:
+def _raw(path: Path, method: str, values: dict[str, float], init: str = "", ai: str = "", seed: int = 0,
+         expert_seed: int = 0) -> Path:
     rows = [{"task": t, "metric": "accuracy", "value": v} for t, v in values.items()]
-    results.write_csv(results.raw_frame(rows, method=method, init=init, anchor_init=ai, seed=seed), path)
+    results.write_csv(results.raw_frame(rows, method=method, init=init, anchor_init=ai, seed=seed,
+                                        expert_seed=expert_seed), path)
     return path
 
 
@@ -75,6 +77,39 @@ def test_cell_aggregate_and_figures_commands(tmp_path):
                      "--out-dir", str(tmp_path / "figs")]) == 0
     assert {p.name for p in (tmp_path / "figs").iterdir()} == {
         "minitext-methods.png", "minitext-methods.pdf", "minitext-heatmap.png", "minitext-heatmap.pdf"}
+
+
+def test_a_cell_of_two_expert_seeds_normalizes_by_each_seed_s_own_experts(tmp_path):
+    """`cell` with the raw files and individual experts of expert seeds 0 and 1: each row is divided
+    by the individual expert of its own expert seed; a raw file from before expert seeds (no
+    column) reads as expert seed 0."""
+    ind = [_raw(tmp_path / f"individual{e}.csv", "individual", {"x": v}, expert_seed=e) for e, v in ((0, 0.8), (1, 0.5))]
+    old = tmp_path / "ta0.csv"
+    _raw(old, "ta", {"x": 0.4})
+    pd.read_csv(old).drop(columns="expert_seed").to_csv(old, index=False)  # written before expert seeds
+    ta = [old, _raw(tmp_path / "ta1.csv", "ta", {"x": 0.4}, expert_seed=1)]
+    common = ["--individual", str(ind[0]), "--individual", str(ind[1]), "--expert-source", "finetuned-here",
+              "--config-hash", "0123456789ab"]
+    out = tmp_path / "results"
+    assert cli.main(["cell", "--suite", "minitext", "--raw", str(ta[0]), "--raw", str(ta[1]), *common,
+                     "--out", str(out / "minitext_ta.csv")]) == 0
+    cell = pd.read_csv(out / "minitext_ta.csv")
+    assert list(cell.columns) == results.CELL_COLUMNS
+    assert cell["expert_seed"].tolist() == [0, 1] and cell["normalized"].tolist() == pytest.approx([0.5, 0.8])
+    assert cli.main(["cell", "--suite", "minitext", "--raw", str(ta[0]), *common[2:], "--individual", str(ind[1]),
+                     "--out", str(out / "bad.csv")]) == 0  # no expert of seed 0: normalized is empty, not wrong
+    assert pd.isna(pd.read_csv(out / "bad.csv")["normalized"]).all()
+
+
+def test_prepare_expert_refuses_an_expert_seed_for_a_copied_expert(tmp_path, capsys):
+    src = tmp_path / "expert"
+    src.mkdir()
+    (src / "head.safetensors").write_bytes(b"")
+    argv = ["prepare-expert", "--suite", "minitext", "--task", "tech", "--source", json.dumps({"path": str(src)}),
+            "--base", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, "--expert-seed", "1"]) == 2
+    assert "one expert seed" in capsys.readouterr().err
+    assert cli.main(argv) == 0 and (tmp_path / "out" / "head.safetensors").is_file()
 
 
 def test_construct_log_record_from_a_construct_result():

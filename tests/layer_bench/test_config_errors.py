@@ -276,7 +276,7 @@ def test_snakemake_refuses_an_unconfigured_cell_listing_the_cells(tmp_path, targ
 
 
 def test_snakemake_refuses_a_task_of_another_suite(tmp_path):
-    proc = _snakemake("-n", "--workflow-profile", "none", "work/minitext/experts/fashionrot", cwd=tmp_path)
+    proc = _snakemake("-n", "--workflow-profile", "none", "work/minitext/eseed0/experts/fashionrot", cwd=tmp_path)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "task 'fashionrot' is not configured for suite 'minitext' (configured: tech, society, life" in text, text[-3000:]

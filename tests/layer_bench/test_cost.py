@@ -146,7 +146,7 @@ def _rule_files(kind: str) -> dict[str, str]:
     return out
 
 
-SAMPLE = {"suite": "vitb16", "baseline": "wudi", "reference": "individual", "method": "ta", "seed": "1",
+SAMPLE = {"suite": "vitb16", "baseline": "wudi", "reference": "individual", "method": "ta", "eseed": "2", "seed": "1",
           "anchorinit": "gauss", "init": "tsvm", "block": "3", "task": "STS-B"}
 
 
@@ -167,6 +167,7 @@ def test_benchmark_names_of_every_rule_parse_to_their_job():
             assert ref is None, (rule, path)
             continue
         assert ref is not None and ref.stage == stages[rule] and ref.suite == "vitb16", (rule, path, ref)
+        assert "{eseed}" in pattern and ref.expert_seed == 2, (rule, pattern)  # every counted job depends on the experts
         if "{seed}" in pattern:
             assert ref.seed == 1 and ref.anchor_init == "gauss"
         if "{block}" in pattern:
@@ -196,7 +197,7 @@ def test_planned_files_parse_back_to_the_plan(construct, adapt):
     # the same names as the workflow's ANCHOR_LOG pattern
     pattern = re.search(r'ANCHOR_LOG = "([^"]+)"', (ROOT / "workflow/rules/common.smk").read_text()).group(1)
     if logs:
-        assert f"work/s/fda/{logs[0]}" == pattern.format(suite="s", seed=0, anchorinit="gauss", block=0, task="a")
+        assert f"work/s/{logs[0]}" == pattern.format(suite="s", eseed=0, seed=0, anchorinit="gauss", block=0, task="a")
     with pytest.raises(ValueError, match="construct"):
         cost_jobs.CostPlan(construct="sometimes")
 
@@ -265,34 +266,40 @@ def _job_log(bench: Path, usage: dict | None) -> None:
 @pytest.fixture
 def run_dir(tmp_path) -> tuple[Path, cost_jobs.CostPlan]:
     """Benchmark files, job logs and construction logs of a coarse run: baselines ta, wudi; FDA from
-    pretrained and ta with gauss anchors, seeds 0 and 1, 2 blocks, experts a and b."""
+    pretrained and ta with gauss anchors, expert seed 0, seeds 0 and 1, 2 blocks, experts a and b."""
     plan = cost_jobs.CostPlan(baselines=("ta", "wudi"), methods=("pretrained", "individual", "ta", "wudi"), seeds=(0, 1),
                               inits=("pretrained", "ta"), anchor_inits=("gauss",), blocks=2, tasks=tuple(TASKS))
-    bench = tmp_path / "logs/benchmarks" / SUITE
-    _bench(bench / "merge/ta.tsv", 2.0, 1.5, 100.0)
+    _write_run(tmp_path, plan, 0)
+    return tmp_path, plan
+
+
+def _write_run(root: Path, plan: cost_jobs.CostPlan, eseed: int, extra: float = 0.0) -> None:
+    """One expert seed's files of ``plan`` under ``root``; ``extra`` seconds added to every wall time."""
+    tmp_path = root
+    bench = tmp_path / "logs/benchmarks" / SUITE / f"eseed{eseed}"
+    _bench(bench / "merge/ta.tsv", 2.0 + extra, 1.5, 100.0)
     _job_log(bench / "merge/ta.tsv", None)  # an old log: the benchmark's numbers count
     _bench(bench / "merge/wudi.tsv", 30.0, 20.0, 300.0)
     _job_log(bench / "merge/wudi.tsv", {"cpu_s": 29.0, "max_rss_mb": 350.0, "gpu_peak_mb": None})  # exact: wins
     for m in plan.methods:
         _bench(bench / f"evaluate/{m}.tsv", 5.0, 4.0, 50.0)
     for seed in plan.seeds:
-        _bench(bench / f"fda/seed{seed}/construct-gauss.tsv", 100.0 + seed, 90.0, 200.0)
+        _bench(bench / f"fda/seed{seed}/construct-gauss.tsv", 100.0 + seed + extra, 90.0, 200.0)
         _job_log(bench / f"fda/seed{seed}/construct-gauss.tsv", {"cpu_s": 95.0, "max_rss_mb": 210.0, "gpu_peak_mb": 64.0})
         for init in plan.inits:
             _bench(bench / f"fda/seed{seed}/adapt-{init}-gauss.tsv", 10.0, 8.0, "NA")
             _bench(bench / f"evaluate/fda-seed{seed}-{init}-gauss.tsv", 6.0, 5.0, 50.0, rows=2)
         for b in range(plan.blocks):
             for t in TASKS:
-                log = tmp_path / f"work/{SUITE}/fda/seed{seed}/anchors/gauss/block{b}/{t}.json"
+                log = tmp_path / f"work/{SUITE}/eseed{eseed}/fda/seed{seed}/anchors/gauss/block{b}/{t}.json"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 log.write_text(json.dumps({"suite": SUITE, "seed": seed, "anchor_init": "gauss", "block": b, "task": t,
-                                           "loss": [1.0] * (5 + b), "shape": SHAPE.to_record()}))
-    return tmp_path, plan
+                                           "loss": [1.0] * (5 + b + eseed), "shape": SHAPE.to_record()}))
 
 
 def _jobs(run_dir):
     root, plan = run_dir
-    bench, logs = cost.planned_files(plan, root / "logs/benchmarks" / SUITE, root / f"work/{SUITE}/fda")
+    bench, logs = cost.planned_files(plan, root / "logs/benchmarks" / SUITE, root / f"work/{SUITE}")
     return cost.job_costs(bench, logs, adapt_epochs=EPOCHS, merge_flops={"wudi": WUDI_FLOPS})
 
 
@@ -309,9 +316,9 @@ def test_read_benchmark_na_and_repeats(tmp_path):
 
 def test_missing_planned_files_are_named(run_dir):
     root, plan = run_dir
-    (root / f"logs/benchmarks/{SUITE}/merge/ta.tsv").unlink()
-    with pytest.raises(cost.CostError, match="merge/ta.tsv"):
-        cost.planned_files(plan, root / "logs/benchmarks" / SUITE, root / f"work/{SUITE}/fda")
+    (root / f"logs/benchmarks/{SUITE}/eseed0/merge/ta.tsv").unlink()
+    with pytest.raises(cost.CostError, match="eseed0/merge/ta.tsv"):
+        cost.planned_files(plan, root / "logs/benchmarks" / SUITE, root / f"work/{SUITE}")
 
 
 def test_job_costs_sources_and_flops(run_dir):
@@ -353,12 +360,35 @@ def test_row_costs_attribution(run_dir):
 
 def test_unknown_construction_flops_leave_the_fda_row_unknown(run_dir):
     root, _ = run_dir
-    log = root / f"work/{SUITE}/fda/seed0/anchors/gauss/block1/b.json"
+    log = root / f"work/{SUITE}/eseed0/fda/seed0/anchors/gauss/block1/b.json"
     record = json.loads(log.read_text())
     del record["shape"]  # a log written before the shape was recorded
     log.write_text(json.dumps(record))
     rows = cost.row_costs(_jobs(run_dir)).set_index(["method", "init", "seed"])
     assert math.isnan(rows.loc[("fda", "ta", 0), "flops"]) and not math.isnan(rows.loc[("fda", "ta", 1), "flops"])
+
+
+def test_rows_are_per_expert_seed_and_the_table_averages_every_run(tmp_path):
+    """Two expert seeds (expert seed 1's jobs take 1000 s longer): a row per (expert seed, FDA seed)
+    run, FDA from TA counting the TA merge and construction of its own expert seed, FLOPs from its
+    own expert seed's construction logs; the table shows the mean over the 2×2 runs."""
+    plan = cost_jobs.CostPlan(baselines=("ta", "wudi"), methods=("pretrained", "individual", "ta", "wudi"), seeds=(0, 1),
+                              expert_seeds=(0, 1), inits=("pretrained", "ta"), anchor_inits=("gauss",), blocks=2,
+                              tasks=tuple(TASKS))
+    _write_run(tmp_path, plan, 0)
+    _write_run(tmp_path, plan, 1, extra=1000.0)
+    jobs = _jobs((tmp_path, plan))
+    assert len(jobs) == len(cost_jobs.benchmark_files(plan)) == 2 * len(cost_jobs.expert_seed_files(plan))
+    rows = cost.row_costs(jobs).set_index(["method", "init", "expert_seed", "seed"])
+    assert rows.loc[("ta", "", 1), "merge_s"].item() == 1002.0
+    fda_ta = rows.loc[("fda", "ta", 1, 0)]
+    assert fda_ta["merge_s"] == 1002.0 and fda_ta["construct_s"] == 1100.0 and fda_ta["wall_s"] == 1002.0 + 1100.0 + 10.0
+    construct = 2 * (flops.construction_flops(SHAPE, 6) + flops.construction_flops(SHAPE, 7))  # expert seed 1's logs
+    assert fda_ta["flops"] == construct + 2 * flops.adaptation_flops(SHAPE, 8, 1)
+    table = cost.cost_table(cost.row_costs(jobs), _cells(), SUITE, TASKS).set_index("row")
+    assert table.loc["FDA (TA, Gauss)", "seeds"] == "2×2" and table.loc["TA", "seeds"] == "2×1"
+    assert table.loc["FDA (TA, Gauss)", "wall_s"] == pytest.approx((112.0 + 113.0 + 2112.0 + 2113.0) / 4)
+    assert table.loc["TA", "wall_s"] == pytest.approx((2.0 + 1002.0) / 2)
 
 
 def _cells() -> pd.DataFrame:
@@ -378,10 +408,10 @@ def test_cost_table_rows_accuracy_and_seed_spread(run_dir):
     table = cost.cost_table(cost.row_costs(_jobs(run_dir)), _cells(), SUITE, TASKS)
     assert list(table["row"]) == ["TA", "WUDI", "FDA (Pretrained, Gauss)", "FDA (TA, Gauss)"]  # the accuracy table's order
     r = table.set_index("row").loc["FDA (TA, Gauss)"]
-    assert r["seeds"] == 2 and r["wall_s"] == pytest.approx((112.0 + 113.0) / 2)
+    assert r["seeds"] == "1×2" and r["wall_s"] == pytest.approx((112.0 + 113.0) / 2)
     assert (r["wall_s min"], r["wall_s max"]) == (112.0, 113.0)
     assert r["Avg"] == pytest.approx(0.71) and (r["Avg min"], r["Avg max"]) == (pytest.approx(0.7), pytest.approx(0.72))
-    assert table.set_index("row").loc["TA", "seeds"] == 1
+    assert table.set_index("row").loc["TA", "seeds"] == "1×1"
 
 
 def test_written_table_and_figure(run_dir, tmp_path):
@@ -433,12 +463,12 @@ def test_costs_command_end_to_end_loads_no_model_stack(run_dir):
         stem = root / f"results/{SUITE}_{i + '_fda' if m == 'fda' else m}"
         results.write_cell(group.reset_index(drop=True), f"{stem}.csv")
         outcomes = {}
-        for (a, s, t), v in group[group["headline"]].groupby(["anchor_init", "seed", "task"])["value"].first().items():
+        for (a, e, s, t), v in group[group["headline"]].groupby(["anchor_init", "expert_seed", "seed", "task"])["value"].first().items():
             right = round(v * 20)  # 20 test examples, v of them right
-            outcomes[(m, i, a, int(s), t)] = Outcome(np.arange(20) * (np.arange(20) < right), np.arange(20), "accuracy")
+            outcomes[(m, i, a, int(e), int(s), t)] = Outcome(np.arange(20) * (np.arange(20) < right), np.arange(20), "accuracy")
         write_outcomes(outcomes, f"{stem}.npz")
     argv = ["costs", "--suite", SUITE, "--tasks", *TASKS, "--cells", *sorted(str(p) for p in (root / "results").glob("*.csv")),
-            "--plan", plan.to_json(), "--benchmarks-dir", f"logs/benchmarks/{SUITE}", "--anchors-dir", f"work/{SUITE}/fda",
+            "--plan", plan.to_json(), "--benchmarks-dir", f"logs/benchmarks/{SUITE}", "--work-dir", f"work/{SUITE}",
             "--adapt-epochs", "pretrained=2", "--adapt-epochs", "ta=1", "--jobs-out", f"results/costs/{SUITE}.csv",
             "--tables-dir", "results/tables", "--figures-dir", "results/figures",
             "--outcomes", *sorted(str(p) for p in (root / "results").glob("*.npz"))]

@@ -344,7 +344,7 @@ def test_paper_llama_cell_fans_out_per_layer(scratch):
         "llm_evaluate_reference": 1, "llm_evaluate_fda": anchor_inits, "cell_fda": 1,
     })
     assert {j["wildcards"]["suite"] for j in jobs if j["wildcards"]} == {"llama13b"}
-    assert [j["output"] for j in jobs if j["rule"] == "llm_merge"] == [["work/llama13b/merged/ta"]]
+    assert [j["output"] for j in jobs if j["rule"] == "llm_merge"] == [["work/llama13b/eseed0/merged/ta"]]
     assert {j["wildcards"]["reference"] for j in jobs if j["rule"] == "llm_evaluate_reference"} == {"individual"}
     construct = {(j["wildcards"]["anchorinit"], int(j["wildcards"]["block"]), j["wildcards"]["task"])
                  for j in jobs if j["rule"] == "llm_construct"}
@@ -380,21 +380,22 @@ def test_llama_suite_runs_through_the_workflow(tmp_path):
     figures = ["results/figures/llama13b-methods.png", "results/figures/llama13b-construction-gauss.png"]
     snakemake(*cells, "results/tables/llama13b.csv", *figures, "--cores", "2", "--configfile", str(work / "tiny.yaml"), cwd=work)
     w = work / "work" / "llama13b"
+    e = w / "eseed0"  # linked experts: one expert seed, 0
 
     # base and experts are links to the configured files, not copies
     src = Path(config["suites"]["llama13b"]["base"]["path"])
     assert (w / "base" / SAFETENSORS_INDEX).samefile(src / SAFETENSORS_INDEX)
     # one construction job per (layer, expert), with its log; one adaptation job per layer
     for layer in range(2):
-        assert (w / f"fda/seed0/ta-gauss/blocks/block{layer}.safetensors").is_file()
+        assert (e / f"fda/seed0/ta-gauss/blocks/block{layer}.safetensors").is_file()
         for task in ("math", "code"):
-            anchors = w / f"fda/seed0/anchors/gauss/block{layer}/{task}.safetensors"
+            anchors = e / f"fda/seed0/anchors/gauss/block{layer}/{task}.safetensors"
             assert load_state_dict(anchors)["anchors"].shape == (TINY_FDA["n_anchors"], 64)
             assert json.loads(anchors.with_suffix(".json").read_text())["task"] == task
-            assert (work / f"logs/llama13b/fda/seed0/construct-gauss-block{layer}-{task}.log").is_file()
+            assert (work / f"logs/llama13b/eseed0/fda/seed0/construct-gauss-block{layer}-{task}.log").is_file()
 
     # the FDA model: a sharded HF directory over the TA merge with adapted MLPs (non_block init, part mlp)
-    fda_dir, ta_dir = w / "fda/seed0/ta-gauss/merged", w / "merged/ta"
+    fda_dir, ta_dir = e / "fda/seed0/ta-gauss/merged", e / "merged/ta"
     for d in (fda_dir, ta_dir):
         assert len(set(json.loads((d / SAFETENSORS_INDEX).read_text())["weight_map"].values())) > 1, d
     LlamaForCausalLM.from_pretrained(str(fda_dir))
@@ -424,5 +425,5 @@ def test_llama_suite_runs_through_the_workflow(tmp_path):
     assert [c for c in table.columns if c in BENCHMARK_NAMES] == BENCHMARK_NAMES
     assert all((work / f).stat().st_size > 0 for f in figures)  # the shared figure rules read the LLM cells and logs
     # every completion is kept for reading, two examples per benchmark (settings.limit)
-    gen = (w / "eval/generations/ta/gsm8k.jsonl").read_text().splitlines()
+    gen = (e / "eval/generations/ta/gsm8k.jsonl").read_text().splitlines()
     assert len(gen) == 2 and "completion" in json.loads(gen[0])

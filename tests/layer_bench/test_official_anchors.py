@@ -315,7 +315,7 @@ def test_a_glue_suite_adapts_from_official_anchors_end_to_end(tmp_path):
     (work / "official.yaml").write_text(yaml.safe_dump(config))
     snakemake("results/robertab_pretrained_fda.csv", "--cores", "1", "--configfile", str(work / "official.yaml"), cwd=work)
 
-    assert not (work / "work/robertab/fda/seed0/anchors").exists()  # nothing was constructed
+    assert not (work / "work/robertab/eseed0/fda/seed0/anchors").exists()  # nothing was constructed
     for (b, t), x in want.items():
         task = {"rte": "RTE", "mrpc": "MRPC"}[t]
         got, meta = fda.load_anchors(work / f"work/robertab/fda/official/anchors/gauss/block{b}/{task}.safetensors")

@@ -248,28 +248,28 @@ def test_paper_suites_run_through_the_workflow(tmp_path):
         assert {m for m in read_cells([work / f"results/{suite}_individual.csv"])["metric"]} >= {"accuracy"}
 
     # the configured sources reached the suites (recorded in each expert's provenance)
-    mnist = json.loads((work / "work/vitb32/experts/MNIST/provenance.json").read_text())
-    eurosat = json.loads((work / "work/vitb32/experts/EuroSAT/provenance.json").read_text())
+    mnist = json.loads((work / "work/vitb32/eseed0/experts/MNIST/provenance.json").read_text())
+    eurosat = json.loads((work / "work/vitb32/eseed0/experts/EuroSAT/provenance.json").read_text())
     assert mnist["expert_source"] == "taskvectors" and mnist["qkv_layout"] == "fused"
     assert mnist["source"].endswith("MNIST/finetuned.safetensors")
     assert eurosat["source"] == f"file:{config['suites']['vitb32']['experts']['EuroSAT']['path']}"
-    rte = json.loads((work / "work/robertab/experts/RTE/provenance.json").read_text())
+    rte = json.loads((work / "work/robertab/eseed0/experts/RTE/provenance.json").read_text())
     assert rte["source"].startswith("file:") and rte["source"].endswith("e_rte")
 
     # merges ran fused and were stored split (HF-loadable); WUDI's fda-vision coverage covers the fused q/k/v
-    merged = work / "work/vitb32/merged/wudi.safetensors"
+    merged = work / "work/vitb32/eseed0/merged/wudi.safetensors"
     assert read_metadata(merged)["qkv_layout"] == "fused"
     state, base = load_state_dict(merged), load_state_dict(work / "work/vitb32/base")
     assert set(state) == set(base)
     key = "vision_model.encoder.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(state[key], base[key])
-    assert read_metadata(work / "work/robertab/merged/tsvm.safetensors")["qkv_layout"] == "split"
+    assert read_metadata(work / "work/robertab/eseed0/merged/tsvm.safetensors")["qkv_layout"] == "split"
 
     # FDA constructed in the same layout as the merges, recorded with the anchors
     import fda
 
     for suite, layout, task in (("vitb32", "fused", "MNIST"), ("robertab", "split", "RTE")):
-        _, meta = fda.load_anchors(work / f"work/{suite}/fda/seed0/anchors/gauss/block0/{task}.safetensors")
+        _, meta = fda.load_anchors(work / f"work/{suite}/eseed0/fda/seed0/anchors/gauss/block0/{task}.safetensors")
         assert meta["qkv_layout"] == layout, suite
-    log = json.loads((work / "work/vitb32/fda/seed0/anchors/gauss/block0/MNIST.json").read_text())
+    log = json.loads((work / "work/vitb32/eseed0/fda/seed0/anchors/gauss/block0/MNIST.json").read_text())
     assert "self_attn.qkv_proj.weight" in log["cos"] and log["unalignable"] == []

@@ -161,6 +161,38 @@ def test_smoke_config_shrinks_the_dag(scratch):
     assert len(jobs) < len(full)
 
 
+def test_expert_seeds_multiply_what_depends_on_the_experts(scratch):
+    """`--config fda_seeds=[0,1] expert_seeds=[0,1]` (two --config items, as `make run-seeds` passes
+    them): experts, merges and evaluations per expert seed, FDA per (expert seed, FDA seed); data
+    and base once; one cell per method, gathering both expert seeds."""
+    jobs = dry_run(scratch, "--config", "fda_seeds=[0,1]", "expert_seeds=[0,1]")
+    one = Counter(j["rule"] for j in dry_run(scratch))
+    rules = Counter(j["rule"] for j in jobs)
+    for rule in ("prepare_data", "prepare_base", "cell", "cell_fda", "tables", "figures", "costs", "construction_figures"):
+        assert rules[rule] == one[rule], rule
+    for rule in ("prepare_expert", "merge_baseline", "evaluate_reference", "evaluate_baseline"):
+        assert rules[rule] == 2 * one[rule], rule
+    for rule in ("fda_construct_minitext", "fda_construct_minivision", "fda_adapt", "evaluate_fda"):
+        assert rules[rule] == 4 * one[rule], rule  # 2 expert seeds x 2 FDA seeds
+    for j in jobs:
+        if j["rule"] in ("prepare_expert", "merge_baseline", "fda_adapt", "evaluate_fda", "evaluate_baseline"):
+            e, suite = j["wildcards"]["eseed"], j["wildcards"]["suite"]
+            assert e in ("0", "1") and all(o.startswith(f"work/{suite}/eseed{e}/") for o in j["output"]), j
+    assert "work/minitext/eseed1/experts/tech" in {o for j in jobs for o in j["output"]}
+    assert "work/minitext/data" in {o for j in jobs for o in j["output"]}
+
+
+def test_a_cell_gathers_every_expert_seed(scratch):
+    jobs = dry_run(scratch, "results/minitext_ta_fda.csv", "--config", "expert_seeds=[0,1]")
+    rules = Counter(j["rule"] for j in jobs)
+    anchor_inits = len(cfg_load.load_config([ROOT / "config/config.yaml"])["suites"]["minitext"]["fda"]["anchor_inits"])
+    assert rules["cell_fda"] == 1 and rules["evaluate_fda"] == 2 * anchor_inits and rules["merge_baseline"] == 2
+    assert {j["wildcards"]["reference"] for j in jobs if j["rule"] == "evaluate_reference"} == {"individual"}
+    assert rules["evaluate_reference"] == 2  # each expert seed's individual experts, for `normalized`
+    baseline = Counter(j["rule"] for j in dry_run(scratch, "results/minitext_ta.csv", "--config", "expert_seeds=[0,1]"))
+    assert baseline["cell"] == 1 and baseline["evaluate_baseline"] == 2 and baseline["prepare_expert"] == 16
+
+
 def test_cell_names_parse_one_way(scratch):
     # "wudi_fda" can only be the FDA cell: `method` never contains an underscore
     jobs = dry_run(scratch)

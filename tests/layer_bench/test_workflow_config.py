@@ -253,6 +253,69 @@ def test_fda_seeds_replace_every_suites_seeds_like_snakemake_passes_them():
     assert "fda_seeds" in _error({**_raw(), "fda_seeds": [1, 1]})
 
 
+def test_expert_seeds_replace_the_seeds_of_suites_that_fine_tune_their_experts():
+    """The top-level `expert_seeds` (snakemake passes strings) reaches the suites whose experts are
+    fine-tuned here, and the `eseed` wildcard; a suite's own default is [0]."""
+    raw = _raw()
+    assert {s["expert_source"] for s in raw["suites"].values()} == {"finetuned-here"}
+    config = cfg_load.validate_config({**raw, "expert_seeds": ["0", "1", "2"]})
+    assert config["expert_seeds"] == [0, 1, 2]
+    for suite in ("minitext", "minivision"):
+        assert cfg_views.effective_suite(config, suite)["expert_seeds"] == [0, 1, 2]
+        assert cfg_views.effective_suite({**config, "smoke": True}, suite)["expert_seeds"] == [0, 1, 2]
+        assert cfg_names.suite_wildcard_values(config, suite)["eseed"] == ["0", "1", "2"]
+    assert cfg_names.configured_values(config)["eseed"] == ["0", "1", "2"]
+    default = cfg_load.validate_config(_raw())
+    assert cfg_views.effective_suite(default, "minitext")["expert_seeds"] == [0]
+    assert cfg_names.suite_wildcard_values(default, "minitext")["eseed"] == ["0"]
+    # the cell's hash says which expert seeds are behind its rows
+    h = lambda c: cfg_names.config_hash(cfg_names.cell_slice(c, "minitext", "ta"))  # noqa: E731
+    assert h(config) != h(default)
+    assert "expert_seeds.1: expected integer" in _error({**_raw(), "expert_seeds": ["0", "x"]})
+    assert "expert_seeds" in _error({**_raw(), "expert_seeds": [1, 1]})
+    assert "less than the minimum of 0" in _error({**_raw(), "expert_seeds": [-1]})
+
+
+def test_hub_or_local_experts_have_one_expert_seed():
+    """The paper suites' experts come from the hub or local files: the top-level switch leaves them
+    at expert seed 0, and a suite that asks for more is a config error naming the key."""
+    paper = cfg_load.load_config([PAPER], ["expert_seeds=[0,1]"])
+    for suite in paper["suites"]:
+        assert cfg_views.effective_suite(paper, suite)["expert_seeds"] == [0], suite
+        assert cfg_names.suite_wildcard_values(paper, suite)["eseed"] == ["0"]
+    raw = _raw()
+    raw["suites"]["minitext"]["expert_source"] = "local"
+    raw["suites"]["minitext"]["expert_seeds"] = [0, 1]
+    msg = _error(raw)
+    assert "suites.minitext.expert_seeds" in msg and "hub or local experts have one expert seed" in msg
+    raw["suites"]["minitext"]["expert_seeds"] = [0]
+    cfg_load.validate_config(raw)
+    mixed = cfg_load.validate_config({**raw, "expert_seeds": [0, 1]})  # the switch skips the local suite
+    assert cfg_views.effective_suite(mixed, "minitext")["expert_seeds"] == [0]
+    assert cfg_views.effective_suite(mixed, "minivision")["expert_seeds"] == [0, 1]
+
+
+def test_expert_seed_0_keeps_the_training_seeds_of_before():
+    """Expert seed 0 trains with the seeds the experts had before expert seeds existed
+    (task_seed(data_seed, task, stage)); other expert seeds change them, not the data split."""
+    from fda.bench.suites.base import no_expert_seeds, training_seed
+    from fda.bench.suites.common import task_seed
+
+    for data_seed in (0, 3):
+        assert training_seed(data_seed, 0) == data_seed
+        for stage in ("expert", "batches"):
+            assert task_seed(training_seed(data_seed, 0), "tech", stage) == task_seed(data_seed, "tech", stage)
+        others = {training_seed(data_seed, e) for e in range(1, 6)}
+        assert len(others) == 5 and data_seed not in others
+        assert task_seed(training_seed(data_seed, 1), "tech", "expert") != task_seed(data_seed, "tech", "expert")
+    assert training_seed(0, 1) == training_seed(0, 1) != training_seed(1, 1)  # stable, and mixes the data seed
+    with pytest.raises(ValueError):
+        training_seed(0, -1)
+    no_expert_seeds("vitb32", 0, "published")
+    with pytest.raises(ValueError, match="one expert seed"):
+        no_expert_seeds("vitb32", 1, "published")
+
+
 def test_tasks_are_injected_into_suite_settings():
     pytest.importorskip("fda.bench.suites")
     config = cfg_load.load_config([DEFAULT])

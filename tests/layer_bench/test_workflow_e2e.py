@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fda.bench.eval.outcomes import read_outcomes
+from fda.bench.eval.outcomes import TASK, read_outcomes
 from fda.bench.report.tables import row_label
 from test_workflow import ROOT, parse_jobs, snakemake  # tests/ is on sys.path (pytest prepend mode)
 
@@ -47,7 +47,10 @@ def test_smoke_run_writes_every_cell_table_and_figure(smoke_run):
         # per-example outcomes beside every cell, and intervals in the tables built from them
         for init in inits:
             outcomes = read_outcomes(work / f"results/{suite}_{init}_fda.npz")
-            assert {k[4] for k in outcomes} == set(_smoke_tasks(suite))
+            assert {k[TASK] for k in outcomes} == set(_smoke_tasks(suite))
+            assert {k[3] for k in outcomes} == {0}  # one expert seed
+        cell = pd.read_csv(work / f"results/{suite}_ta.csv")
+        assert set(cell["expert_seed"]) == {0}
         absolute = pd.read_csv(work / f"results/tables/{suite}.csv")
         assert (absolute["Avg lo"] <= absolute["Avg"] + 1e-12).all() and (absolute["Avg"] <= absolute["Avg hi"] + 1e-12).all()
         assert absolute.loc[absolute["method"] == "fda", "Δ lo"].notna().all()
@@ -116,7 +119,7 @@ def test_changing_one_hyperparameter_reruns_only_its_jobs(smoke_run):
     for j in jobs:
         w = j["wildcards"]
         if j["rule"] in ("merge_baseline", "evaluate_baseline"):
-            assert w == {"suite": "minivision", "baseline": "wudi"}
+            assert w == {"suite": "minivision", "eseed": "0", "baseline": "wudi"}
         if j["rule"] in ("fda_adapt", "evaluate_fda", "cell_fda"):
             assert w["suite"] == "minivision" and w["init"] == "wudi"
         if j["rule"] == "cell":
@@ -127,8 +130,8 @@ def test_changing_one_hyperparameter_reruns_only_its_jobs(smoke_run):
 def test_coarse_adaptation_reuses_cached_blocks(smoke_run):
     work, _, _ = smoke_run
     snakemake("--cores", "2", "--config", "smoke=true", "--forcerun", "fda_adapt", "--until",
-              "work/minivision/fda/seed0/tsvm-weight/merged.safetensors", cwd=work)
-    log = (work / "logs/minivision/fda/seed0/adapt-tsvm-weight.log").read_text()
+              "work/minivision/eseed0/fda/seed0/tsvm-weight/merged.safetensors", cwd=work)
+    log = (work / "logs/minivision/eseed0/fda/seed0/adapt-tsvm-weight.log").read_text()
     assert log.count("cached") == 2  # both blocks of the smoke ViT came from the cache
 
 
@@ -155,11 +158,11 @@ def test_kill_9_mid_construction_resumes_without_redoing_finished_blocks(tmp_pat
     cfg["suites"]["minitext"]["smoke_overrides"]["fda"]["hparams"]["construct_steps"] = 40  # a few s per block
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    target = "work/minitext/fda/seed0/anchors/gauss/block5/society.safetensors"
+    target = "work/minitext/eseed0/fda/seed0/anchors/gauss/block5/society.safetensors"
     # the target comes first: everything after --config is read as KEY=VALUE
     cmd = [SNAKEMAKE, target, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1",
            "--configfile", str(config), "--config", "smoke=true"]
-    cache = tmp_path / "work/minitext/fda/seed0/anchors-cache/gauss"
+    cache = tmp_path / "work/minitext/eseed0/fda/seed0/anchors-cache/gauss"
 
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -182,7 +185,7 @@ def test_kill_9_mid_construction_resumes_without_redoing_finished_blocks(tmp_pat
     rerun = subprocess.run([*cmd[:2], "--rerun-incomplete", *cmd[2:]], cwd=tmp_path, env=ENV,
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    log = (tmp_path / "logs/minitext/fda/seed0/construct-gauss.log").read_text()
+    log = (tmp_path / "logs/minitext/eseed0/fda/seed0/construct-gauss.log").read_text()
     for block in finished:
         assert f"block {block}: cached anchors" in log
     assert f"construct block {finished[-1] + 1} " in log

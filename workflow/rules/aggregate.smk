@@ -123,6 +123,6 @@ rule costs:
         ENV
     shell:
         "fda-bench costs --suite {wildcards.suite} --tasks {params.tasks} --cells {input.cells} --plan {params.plan:q}"
-        " --benchmarks-dir logs/benchmarks/{wildcards.suite} --anchors-dir work/{wildcards.suite}/fda {params.args}"
+        " --benchmarks-dir logs/benchmarks/{wildcards.suite} --work-dir work/{wildcards.suite} {params.args}"
         " --outcomes {input.outcomes}"
         " --jobs-out {output.jobs} --tables-dir results/tables --figures-dir results/figures > {log} 2>&1"

@@ -1,4 +1,4 @@
-# Baseline merges (ta, tsvm, wudi, average, ties): one job per (suite, method). The merged
+# Baseline merges (ta, tsvm, wudi, average, ties): one job per (suite, expert seed, method). The merged
 # encoder is also the init of "FDA (init, .)" for ta, tsvm and wudi. Merges run in the suite's
 # merge layout (fused q/k/v for the paper's CLIP checkpoints) and are stored in the HF layout.
 
@@ -19,9 +19,9 @@ rule merge_baseline:
         experts=expert_args,
         key=p_expert_key_all,
     log:
-        "logs/{suite}/merge/{baseline}.log",
+        "logs/{suite}/eseed{eseed}/merge/{baseline}.log",
     benchmark:
-        "logs/benchmarks/{suite}/merge/{baseline}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/merge/{baseline}.tsv"
     threads: 1
     resources:
         mem_mb=mem("merge"),

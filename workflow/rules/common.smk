@@ -87,23 +87,27 @@ wildcard_constraints:
     anchorinit=_alt(CONFIGURED["anchorinit"]),
     task=_alt(CONFIGURED["task"]),
     block=r"[0-9]+",
+    eseed=_alt(CONFIGURED["eseed"]),
     seed=_alt(CONFIGURED["seed"]),
 
 
 # ---------------------------------------------------------------- file names
+# Data and base do not depend on the expert seed; everything built from the experts lives under
+# the expert seed's folder, eseed{eseed} (its logs and benchmarks too: logs/{suite}/eseed{eseed}/).
 DATA = "work/{suite}/data"
 BASE = "work/{suite}/base"
-EXPERT = "work/{suite}/experts/{task}"
-MERGED = "work/{suite}/merged/{baseline}.safetensors"
-ANCHORS = "work/{suite}/fda/seed{seed}/anchors/{anchorinit}/block{block}/{task}.safetensors"
-ANCHOR_LOG = "work/{suite}/fda/seed{seed}/anchors/{anchorinit}/block{block}/{task}.json"
+EXPERT = "work/{suite}/eseed{eseed}/experts/{task}"
+MERGED = "work/{suite}/eseed{eseed}/merged/{baseline}.safetensors"
+ANCHORS = "work/{suite}/eseed{eseed}/fda/seed{seed}/anchors/{anchorinit}/block{block}/{task}.safetensors"
+ANCHOR_LOG = "work/{suite}/eseed{eseed}/fda/seed{seed}/anchors/{anchorinit}/block{block}/{task}.json"
 # fda.anchors.source official: the released anchors, imported once and shared by every seed and init
 OFFICIAL_ANCHORS = "work/{suite}/fda/official/anchors/{anchorinit}/block{block}/{task}.safetensors"
-ADAPTED = "work/{suite}/fda/seed{seed}/{init}-{anchorinit}/blocks/block{block}.safetensors"
-FDA_MERGED = "work/{suite}/fda/seed{seed}/{init}-{anchorinit}/merged.safetensors"
-EVAL_REF = "work/{suite}/eval/{reference}.csv"
-EVAL_BASELINE = "work/{suite}/eval/{baseline}.csv"
-EVAL_FDA = "work/{suite}/eval/fda/seed{seed}/{init}-{anchorinit}.csv"
+ADAPTED = "work/{suite}/eseed{eseed}/fda/seed{seed}/{init}-{anchorinit}/blocks/block{block}.safetensors"
+FDA_MERGED = "work/{suite}/eseed{eseed}/fda/seed{seed}/{init}-{anchorinit}/merged.safetensors"
+EVAL = "work/{suite}/eseed{eseed}/eval/{method}.csv"  # a reference row's or a baseline's (EVAL_REF, EVAL_BASELINE)
+EVAL_REF = "work/{suite}/eseed{eseed}/eval/{reference}.csv"
+EVAL_BASELINE = "work/{suite}/eseed{eseed}/eval/{baseline}.csv"
+EVAL_FDA = "work/{suite}/eseed{eseed}/eval/fda/seed{seed}/{init}-{anchorinit}.csv"
 CELL = "results/{suite}_{method}.csv"
 CELL_FDA = "results/{suite}_{init}_fda.csv"
 
@@ -114,8 +118,8 @@ def npz(csv_pattern):
 
 
 # streaming LLM suites (llm.smk): models are sharded HF directories
-LLM_MERGED = "work/{suite}/merged/{baseline}"
-LLM_FDA_MERGED = "work/{suite}/fda/seed{seed}/{init}-{anchorinit}/merged"
+LLM_MERGED = "work/{suite}/eseed{eseed}/merged/{baseline}"
+LLM_FDA_MERGED = "work/{suite}/eseed{eseed}/fda/seed{seed}/{init}-{anchorinit}/merged"
 LOGS = "logs/{suite}"
 BENCH = "logs/benchmarks/{suite}"
 ENV = "../envs/fda-bench.yaml"
@@ -125,8 +129,15 @@ def tasks_of(suite):
     return S(suite)["tasks"]
 
 
+def expert_seeds_of(suite):
+    """The suite's expert seeds (effective: smoke and the top-level `expert_seeds` applied); [0]
+    for a name that is not a configured suite (the cell rules refuse it with the valid cells)."""
+    return cfg_views.expert_seeds(S(suite)) if suite in config["suites"] else [0]
+
+
 def expert_dirs(wildcards):
-    return [EXPERT.format(suite=wildcards.suite, task=t) for t in tasks_of(wildcards.suite)]
+    """Every task's expert of the job's expert seed, in task order."""
+    return [EXPERT.format(suite=wildcards.suite, eseed=wildcards.eseed, task=t) for t in tasks_of(wildcards.suite)]
 
 
 def expert_args(wildcards, input):
@@ -276,8 +287,8 @@ def p_anchor_args(wildcards, input):
 
 
 def configured(wildcards):
-    """No files: refuses a job whose wildcards name a method, init, anchor init, task, seed or
-    block the config does not configure for its suite (a WorkflowError listing the configured
+    """No files: refuses a job whose wildcards name a method, init, anchor init, task, expert seed,
+    seed or block the config does not configure for its suite (a WorkflowError listing the configured
     values, shown by `snakemake -n TARGET`). Every rule with such wildcards takes it as input."""
     try:
         cfg_names.check_wildcards(config, dict(wildcards.items()))
@@ -302,17 +313,17 @@ def configured_cell(pattern):
 
 
 def init_model(wildcards):
-    """The init's merged baseline (FDA from ta/tsvm/wudi); nothing for `pretrained`."""
+    """The init's merged baseline of the same expert seed (FDA from ta/tsvm/wudi); nothing for `pretrained`."""
     if wildcards.init == "pretrained":
         return []
-    return MERGED.format(suite=wildcards.suite, baseline=wildcards.init)
+    return MERGED.format(suite=wildcards.suite, eseed=wildcards.eseed, baseline=wildcards.init)
 
 
 def llm_init_model(wildcards):
     """The init's merged directory (FDA from ta/tsvm/wudi); nothing for `pretrained`."""
     if wildcards.init == "pretrained":
         return []
-    return LLM_MERGED.format(suite=wildcards.suite, baseline=wildcards.init)
+    return LLM_MERGED.format(suite=wildcards.suite, eseed=wildcards.eseed, baseline=wildcards.init)
 
 
 def official_anchors(suite):
@@ -320,20 +331,20 @@ def official_anchors(suite):
     return cfg_views.anchor_source(S(suite)) == "official"
 
 
-def anchors_dir(suite, seed, anchorinit):
-    """The folder adaptation reads a (suite, seed, anchor init)'s anchors from: the constructed
-    ones of that seed, or the imported official ones (the same for every seed)."""
+def anchor_file(suite, eseed, seed, anchorinit, block, task):
+    """One anchor file: constructed for the (expert seed, FDA seed), or the imported official one
+    (the same for every expert seed and seed)."""
     pattern = OFFICIAL_ANCHORS if official_anchors(suite) else ANCHORS
-    return str(Path(pattern.format(suite=suite, seed=seed, anchorinit=anchorinit, block=0, task="t")).parent.parent)
+    return pattern.format(suite=suite, eseed=eseed, seed=seed, anchorinit=anchorinit, block=block, task=task)
 
 
-def anchor_file(suite, seed, anchorinit, block, task):
-    pattern = OFFICIAL_ANCHORS if official_anchors(suite) else ANCHORS
-    return pattern.format(suite=suite, seed=seed, anchorinit=anchorinit, block=block, task=task)
+def anchors_dir(suite, eseed, seed, anchorinit):
+    """The folder adaptation reads a (suite, expert seed, seed, anchor init)'s anchors from."""
+    return str(Path(anchor_file(suite, eseed, seed, anchorinit, 0, "t")).parent.parent)
 
 
 def p_anchors_dir(wildcards):
-    return anchors_dir(wildcards.suite, wildcards.seed, wildcards.anchorinit)
+    return anchors_dir(wildcards.suite, wildcards.eseed, wildcards.seed, wildcards.anchorinit)
 
 
 def p_anchor_source(wildcards):
@@ -343,39 +354,53 @@ def p_anchor_source(wildcards):
 
 def block_anchors(wildcards):
     """Anchors of every expert for one block (fine-grained adaptation)."""
-    return [anchor_file(wildcards.suite, wildcards.seed, wildcards.anchorinit, wildcards.block, t)
+    return [anchor_file(wildcards.suite, wildcards.eseed, wildcards.seed, wildcards.anchorinit, wildcards.block, t)
             for t in tasks_of(wildcards.suite)]
 
 
 def all_anchors(wildcards):
     """Anchors of every expert and block (coarse adaptation)."""
-    return [anchor_file(wildcards.suite, wildcards.seed, wildcards.anchorinit, b, t)
+    return [anchor_file(wildcards.suite, wildcards.eseed, wildcards.seed, wildcards.anchorinit, b, t)
             for b in blocks_of(wildcards.suite)
             for t in tasks_of(wildcards.suite)]
 
 
 def adapted_blocks(wildcards):
     return [
-        ADAPTED.format(suite=wildcards.suite, seed=wildcards.seed, init=wildcards.init,
+        ADAPTED.format(suite=wildcards.suite, eseed=wildcards.eseed, seed=wildcards.seed, init=wildcards.init,
                        anchorinit=wildcards.anchorinit, block=b)
         for b in blocks_of(wildcards.suite)
     ]
 
 
+def cell_evals(wildcards):
+    """A baseline or reference cell's evaluations: one per expert seed."""
+    return [EVAL.format(suite=wildcards.suite, eseed=e, method=wildcards.method) for e in expert_seeds_of(wildcards.suite)]
+
+
+def individual_evals(wildcards):
+    """The individual experts' evaluations of every expert seed (each row's `normalized` divides
+    by the expert of its own expert seed)."""
+    return [EVAL.format(suite=wildcards.suite, eseed=e, method="individual") for e in expert_seeds_of(wildcards.suite)]
+
+
 def fda_evals(wildcards):
+    """An FDA cell's evaluations: every anchor init, expert seed and FDA seed."""
     s = S(wildcards.suite)
     return [
-        EVAL_FDA.format(suite=wildcards.suite, seed=seed, init=wildcards.init, anchorinit=ai)
+        EVAL_FDA.format(suite=wildcards.suite, eseed=e, seed=seed, init=wildcards.init, anchorinit=ai)
         for ai in s["fda"]["anchor_inits"]
+        for e in cfg_views.expert_seeds(s)
         for seed in s["seeds"]
     ]
 
 
 def construction_logs(wildcards):
-    """Logs of the first seed, every block and expert, for one anchor init (figures)."""
+    """Logs of the first expert seed and FDA seed, every block and expert, for one anchor init (figures)."""
     s = S(wildcards.suite)
     return [
-        ANCHOR_LOG.format(suite=wildcards.suite, seed=s["seeds"][0], anchorinit=wildcards.anchorinit, block=b, task=t)
+        ANCHOR_LOG.format(suite=wildcards.suite, eseed=cfg_views.expert_seeds(s)[0], seed=s["seeds"][0],
+                          anchorinit=wildcards.anchorinit, block=b, task=t)
         for b in blocks_of(wildcards.suite)
         for t in s["tasks"]
     ]
@@ -401,6 +426,7 @@ def cost_plan(suite):
         baselines=tuple(m for m in s["methods"] if m in cfg_names.BASELINE_METHODS),
         methods=tuple(s["methods"]),
         seeds=tuple(s["seeds"]) if fda else (),
+        expert_seeds=tuple(cfg_views.expert_seeds(s)),
         inits=tuple(fda.get("inits", ())),
         anchor_inits=tuple(fda.get("anchor_inits", ())),
         blocks=fda.get("n_blocks", 0),
@@ -417,8 +443,8 @@ def cost_benchmarks(wildcards):
 
 
 def cost_anchor_logs(wildcards):
-    """Construction logs of every seed, anchor init, block and expert (FLOPs); none for imported anchors."""
-    return [f"work/{wildcards.suite}/fda/{p}" for p in cost_jobs.anchor_log_files(cost_plan(wildcards.suite))]
+    """Construction logs of every expert seed, seed, anchor init, block and expert (FLOPs); none for imported anchors."""
+    return [f"work/{wildcards.suite}/{p}" for p in cost_jobs.anchor_log_files(cost_plan(wildcards.suite))]
 
 
 def p_cost_plan(wildcards):
@@ -426,11 +452,12 @@ def p_cost_plan(wildcards):
 
 
 def cost_wudi_model(wildcards):
-    """WUDI's merged model (its header gives the merged shapes, for WUDI's FLOPs); none without WUDI."""
+    """WUDI's merged model of the first expert seed (its header gives the merged shapes, the same
+    for every expert seed, for WUDI's FLOPs); none without WUDI."""
     if "wudi" not in S(wildcards.suite)["methods"]:
         return []
     pattern = LLM_MERGED if wildcards.suite in STREAMING_SUITES else MERGED
-    return pattern.format(suite=wildcards.suite, baseline="wudi")
+    return pattern.format(suite=wildcards.suite, eseed=expert_seeds_of(wildcards.suite)[0], baseline="wudi")
 
 
 def p_cost_args(wildcards, input):
@@ -563,3 +590,7 @@ def p_reference_model(wildcards, input):
 
 def p_raw_args(wildcards, input):
     return " ".join(f"--raw {shlex.quote(p)}" for p in input.raw)
+
+
+def p_individual_args(wildcards, input):
+    return " ".join(f"--individual {shlex.quote(p)}" for p in input.individual)

@@ -1,5 +1,5 @@
-# Evaluation (raw rows per evaluated model) and result cells (tidy rows with `normalized` and
-# provenance). Each task is scored with its own head on top of the evaluated encoder.
+# Evaluation (raw rows per evaluated model and expert seed) and result cells (tidy rows with
+# `normalized` and provenance; one cell gathers every expert seed, and FDA seed, of its rows). Each task is scored with its own head on top of the evaluated encoder.
 
 
 rule evaluate_reference:
@@ -23,9 +23,9 @@ rule evaluate_reference:
         seed=p_data_seed,
         key=p_eval_key,
     log:
-        "logs/{suite}/evaluate/{reference}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/{reference}.log",
     benchmark:
-        "logs/benchmarks/{suite}/evaluate/{reference}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/{reference}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
@@ -37,7 +37,7 @@ rule evaluate_reference:
     shell:
         "fda-bench evaluate --suite {wildcards.suite} --settings {params.settings:q} {params.model}"
         " --tasks {params.tasks} --base {input.base} --data {input.data} {params.experts} {params.limit}"
-        " --method {wildcards.reference} --seed {params.seed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
+        " --method {wildcards.reference} --seed {params.seed} --expert-seed {wildcards.eseed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule evaluate_baseline:
@@ -60,9 +60,9 @@ rule evaluate_baseline:
         seed=p_data_seed,
         key=p_eval_key,
     log:
-        "logs/{suite}/evaluate/{baseline}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/{baseline}.log",
     benchmark:
-        "logs/benchmarks/{suite}/evaluate/{baseline}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/{baseline}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
@@ -74,7 +74,7 @@ rule evaluate_baseline:
     shell:
         "fda-bench evaluate --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
         " --tasks {params.tasks} --base {input.base} --data {input.data} {params.experts} {params.limit}"
-        " --method {wildcards.baseline} --seed {params.seed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
+        " --method {wildcards.baseline} --seed {params.seed} --expert-seed {wildcards.eseed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule evaluate_fda:
@@ -96,9 +96,9 @@ rule evaluate_fda:
         experts=expert_args,
         key=p_eval_key,
     log:
-        "logs/{suite}/evaluate/fda-seed{seed}-{init}-{anchorinit}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/fda-seed{seed}-{init}-{anchorinit}.log",
     benchmark:
-        "logs/benchmarks/{suite}/evaluate/fda-seed{seed}-{init}-{anchorinit}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/fda-seed{seed}-{init}-{anchorinit}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
@@ -111,7 +111,7 @@ rule evaluate_fda:
         "fda-bench evaluate --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
         " --tasks {params.tasks} --base {input.base} --data {input.data} {params.experts} {params.limit}"
         " --method fda --init {wildcards.init} --anchor-init {wildcards.anchorinit} --seed {wildcards.seed}"
-        " --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
+        " --expert-seed {wildcards.eseed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule cell:
@@ -121,13 +121,15 @@ rule cell:
         method=ANY_NAME,
     input:
         configured=configured_cell(CELL),
-        raw="work/{suite}/eval/{method}.csv",
-        raw_outcomes="work/{suite}/eval/{method}.npz",
-        individual="work/{suite}/eval/individual.csv",
+        raw=cell_evals,  # one per expert seed
+        raw_outcomes=lambda w: [npz(p) for p in cell_evals(w)],
+        individual=individual_evals,
     output:
         csv=CELL,
         outcomes=npz(CELL),
     params:
+        raw=p_raw_args,
+        individual=p_individual_args,
         source=p_expert_source_name,
         qkv_layout=p_qkv_layout,
         config_hash=p_cell_hash,
@@ -143,7 +145,7 @@ rule cell:
     conda:
         ENV
     shell:
-        "fda-bench cell --suite {wildcards.suite} --raw {input.raw} --individual {input.individual}"
+        "fda-bench cell --suite {wildcards.suite} {params.raw} {params.individual}"
         " --expert-source {params.source} --qkv-layout {params.qkv_layout} --config-hash {params.config_hash} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
@@ -154,14 +156,15 @@ rule cell_fda:
         init=ANY_NAME,
     input:
         configured=configured_cell(CELL_FDA),
-        raw=fda_evals,
+        raw=fda_evals,  # every anchor init, expert seed and FDA seed
         raw_outcomes=lambda w: [npz(p) for p in fda_evals(w)],
-        individual="work/{suite}/eval/individual.csv",
+        individual=individual_evals,
     output:
         csv=CELL_FDA,
         outcomes=npz(CELL_FDA),
     params:
         raw=p_raw_args,
+        individual=p_individual_args,
         anchor_source=p_anchor_source,  # constructed or official, recorded on the FDA rows
         source=p_expert_source_name,
         qkv_layout=p_qkv_layout,
@@ -178,5 +181,5 @@ rule cell_fda:
     conda:
         ENV
     shell:
-        "fda-bench cell --suite {wildcards.suite} {params.raw} --individual {input.individual} --anchor-source {params.anchor_source}"
+        "fda-bench cell --suite {wildcards.suite} {params.raw} {params.individual} --anchor-source {params.anchor_source}"
         " --expert-source {params.source} --qkv-layout {params.qkv_layout} --config-hash {params.config_hash} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"

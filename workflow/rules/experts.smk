@@ -1,4 +1,6 @@
 # Data, base model and experts of each suite (download, copy or fine-tune: the suite decides).
+# Experts are per expert seed (work/{suite}/eseed{eseed}/experts/): the fine-tuning's randomness
+# (data order, head init), not the data split; hub or local experts have expert seed 0 only.
 # Task vectors are not cached as files: every merge computes them on the fly from the base and
 # the experts (one pass, cheaper than writing and reading them back).
 
@@ -72,9 +74,9 @@ rule prepare_expert:
         source=p_expert_source,
         key=p_expert_key,
     log:
-        "logs/{suite}/prepare_expert/{task}.log",
+        "logs/{suite}/eseed{eseed}/prepare_expert/{task}.log",
     benchmark:
-        "logs/benchmarks/{suite}/prepare_expert/{task}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/prepare_expert/{task}.tsv"
     threads: 1
     retries: 1  # hub downloads are flaky; a fine-tune that fails twice is a real error
     resources:
@@ -87,4 +89,4 @@ rule prepare_expert:
     shell:
         "fda-bench prepare-expert --suite {wildcards.suite} --settings {params.settings:q}"
         " --task {wildcards.task} --source {params.source:q} --base {input.base} --data {input.data}"
-        " --seed {params.seed} --out {output} > {log} 2>&1"
+        " --seed {params.seed} --expert-seed {wildcards.eseed} --out {output} > {log} 2>&1"

@@ -1,7 +1,7 @@
 # FDA on the in-memory suites (streaming LLM suites: llm.smk, always per layer): anchors are
-# constructed per (suite, seed, anchor init, block, expert) and shared by every init (or, with
-# fda.anchors.source official, imported once: official_anchors.smk); adaptation is per (suite,
-# seed, init, anchor init, block). `fda_jobs` chooses the job granularity of each
+# constructed per (suite, expert seed, seed, anchor init, block, expert) and shared by every init
+# (or, with fda.anchors.source official, imported once: official_anchors.smk); adaptation is per
+# (suite, expert seed, seed, init, anchor init, block). `fda_jobs` chooses the job granularity of each
 # stage (see workflow/schemas/config.schema.yaml):
 #   construct fine:   one job per (block, expert)         construct coarse: one job per anchor
 #                                                          init, caching each finished block
@@ -31,9 +31,9 @@ if cfg_names.fda_granularity(config, "construct") == "fine":
             experts=expert_args,
             key=p_construct_key,
         log:
-            "logs/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.log",
+            "logs/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.log",
         benchmark:
-            "logs/benchmarks/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.tsv"
+            "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.tsv"
         threads: 1
         resources:
             mem_mb=mem("construct"),
@@ -47,11 +47,11 @@ if cfg_names.fda_granularity(config, "construct") == "fine":
             " --family {params.family} --size {params.size} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --block {wildcards.block} --task {wildcards.task}"
-            " --out-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
+            " --out-dir work/{wildcards.suite}/eseed{wildcards.eseed}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
             " --progress-fd 3 3>&2 > {log} 2>&1"
 
 else:
-    # One job per (suite, seed, anchor init) doing every block and expert. Its outputs list the
+    # One job per (suite, expert seed, seed, anchor init) doing every block and expert. Its outputs list the
     # suite's blocks and tasks, so there is one such rule per suite. Finished blocks are cached in
     # anchors-cache/ (not declared, so not deleted before a rerun): a killed job resumes there.
     for _suite in IN_MEMORY_SUITES:  # streaming suites always run per layer (llm.smk)
@@ -63,6 +63,7 @@ else:
                 f"fda_construct_{_suite}"
             wildcard_constraints:
                 suite=_suite,
+                eseed=_alt(cfg_views.expert_seeds(S(_suite))),
                 seed=_alt(S(_suite)["seeds"]),
                 anchorinit=_alt(S(_suite)["fda"]["anchor_inits"]),
             input:
@@ -82,9 +83,9 @@ else:
                 experts=expert_args,
                 key=p_construct_key,
             log:
-                "logs/{suite}/fda/seed{seed}/construct-{anchorinit}.log",
+                "logs/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}.log",
             benchmark:
-                "logs/benchmarks/{suite}/fda/seed{seed}/construct-{anchorinit}.tsv"
+                "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}.tsv"
             threads: 1
             resources:
                 mem_mb=mem("construct"),
@@ -98,8 +99,8 @@ else:
                 " --family {params.family} --size {params.size} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
                 " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
                 " {params.blocks}"
-                " --out-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
-                " --cache-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/anchors-cache/{wildcards.anchorinit}"
+                " --out-dir work/{wildcards.suite}/eseed{wildcards.eseed}/fda/seed{wildcards.seed}/anchors/{wildcards.anchorinit}"
+                " --cache-dir work/{wildcards.suite}/eseed{wildcards.eseed}/fda/seed{wildcards.seed}/anchors-cache/{wildcards.anchorinit}"
                 " --progress-fd 3 3>&2 > {log} 2>&1"
 
 
@@ -128,9 +129,9 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             key=p_adapt_key,
             anchors_dir=p_anchors_dir,  # constructed per seed, or the imported official ones
         log:
-            "logs/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
+            "logs/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
         benchmark:
-            "logs/benchmarks/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.tsv"
+            "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.tsv"
         threads: 1
         resources:
             mem_mb=mem("adapt"),
@@ -145,7 +146,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --init {wildcards.init} {params.init_model} --block {wildcards.block}"
             " --anchors-dir {params.anchors_dir}"
-            " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
+            " --blocks-dir work/{wildcards.suite}/eseed{wildcards.eseed}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
             " --progress-fd 3 3>&2 > {log} 2>&1"
 
     rule fda_assemble:
@@ -170,9 +171,9 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             init_model=p_init_model,
             key=p_adapt_key,
         log:
-            "logs/{suite}/fda/seed{seed}/assemble-{init}-{anchorinit}.log",
+            "logs/{suite}/eseed{eseed}/fda/seed{seed}/assemble-{init}-{anchorinit}.log",
         benchmark:
-            "logs/benchmarks/{suite}/fda/seed{seed}/assemble-{init}-{anchorinit}.tsv"
+            "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/assemble-{init}-{anchorinit}.tsv"
         threads: 1
         resources:
             mem_mb=mem("assemble"),
@@ -186,7 +187,7 @@ if cfg_names.fda_granularity(config, "adapt") == "fine":
             " --family {params.family} --size {params.size} --fda {params.fda:q} --anchor-init {wildcards.anchorinit}"
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --init {wildcards.init} {params.init_model}"
-            " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
+            " --blocks-dir work/{wildcards.suite}/eseed{wildcards.eseed}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
             " --assemble {output} > {log} 2>&1"
 
 else:
@@ -218,9 +219,9 @@ else:
             key=p_adapt_key,
             anchors_dir=p_anchors_dir,  # constructed per seed, or the imported official ones
         log:
-            "logs/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}.log",
+            "logs/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}.log",
         benchmark:
-            "logs/benchmarks/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}.tsv"
+            "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}.tsv"
         threads: 1
         resources:
             mem_mb=mem("adapt"),
@@ -235,5 +236,5 @@ else:
             " --seed {wildcards.seed} --n-blocks {params.n_blocks} --base {input.base} {params.experts}"
             " --init {wildcards.init} {params.init_model} {params.blocks}"
             " --anchors-dir {params.anchors_dir}"
-            " --blocks-dir work/{wildcards.suite}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
+            " --blocks-dir work/{wildcards.suite}/eseed{wildcards.eseed}/fda/seed{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}/blocks"
             " --assemble {output} --progress-fd 3 3>&2 > {log} 2>&1"

@@ -8,7 +8,8 @@
 #
 # Jobs get as params only the settings they read (cfg_views.job_settings), so editing an evaluation
 # setting never refetches or remerges a 13B model. Evaluations also write every prompt,
-# completion and score under work/{suite}/eval/generations/ (for reading; not declared).
+# completion and score under work/{suite}/eseed0/eval/generations/ (for reading; not declared).
+# Linked experts have one expert seed: the `eseed` wildcard of these rules is always 0.
 
 
 rule llm_prepare_data:
@@ -78,9 +79,9 @@ rule llm_prepare_expert:
         settings=p_job_settings("fetch"),
         seed=p_data_seed,
     log:
-        "logs/{suite}/prepare_expert/{task}.log",
+        "logs/{suite}/eseed{eseed}/prepare_expert/{task}.log",
     benchmark:
-        "logs/benchmarks/{suite}/prepare_expert/{task}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/prepare_expert/{task}.tsv"
     threads: 1
     retries: 1  # hub downloads are flaky
     resources:
@@ -113,9 +114,9 @@ rule llm_merge:
         shard_size=p_shard_size,
         vocab_mismatch=p_vocab_mismatch,
     log:
-        "logs/{suite}/merge/{baseline}.log",
+        "logs/{suite}/eseed{eseed}/merge/{baseline}.log",
     benchmark:
-        "logs/benchmarks/{suite}/merge/{baseline}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/merge/{baseline}.tsv"
     threads: 1
     resources:
         mem_mb=mem("merge"),
@@ -149,9 +150,9 @@ rule llm_construct:
         n_blocks=p_n_blocks,
         experts=expert_args,
     log:
-        "logs/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.log",
+        "logs/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.log",
     benchmark:
-        "logs/benchmarks/{suite}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/construct-{anchorinit}-block{block}-{task}.tsv"
     threads: 1
     resources:
         mem_mb=mem("construct"),
@@ -189,9 +190,9 @@ rule llm_adapt:
         anchors=p_anchor_args,
         init_model=p_init_model,
     log:
-        "logs/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
+        "logs/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.log",
     benchmark:
-        "logs/benchmarks/{suite}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/adapt-{init}-{anchorinit}-block{block}.tsv"
     threads: 1
     resources:
         mem_mb=mem("adapt"),
@@ -227,9 +228,9 @@ rule llm_assemble:
         init_model=p_init_model,
         shard_size=p_shard_size,
     log:
-        "logs/{suite}/fda/seed{seed}/assemble-{init}-{anchorinit}.log",
+        "logs/{suite}/eseed{eseed}/fda/seed{seed}/assemble-{init}-{anchorinit}.log",
     benchmark:
-        "logs/benchmarks/{suite}/fda/seed{seed}/assemble-{init}-{anchorinit}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/fda/seed{seed}/assemble-{init}-{anchorinit}.tsv"
     threads: 1
     resources:
         mem_mb=mem("assemble"),
@@ -265,9 +266,9 @@ rule llm_evaluate_reference:
         model=p_reference_model,
         seed=p_data_seed,
     log:
-        "logs/{suite}/evaluate/{reference}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/{reference}.log",
     benchmark:
-        "logs/benchmarks/{suite}/evaluate/{reference}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/{reference}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
@@ -279,8 +280,8 @@ rule llm_evaluate_reference:
     shell:
         "fda-bench llm-eval --suite {wildcards.suite} --settings {params.settings:q} {params.model}"
         " --tasks {params.tasks} {params.experts} --data {input.data} {params.limit}"
-        " --generations-dir work/{wildcards.suite}/eval/generations/{wildcards.reference}"
-        " --method {wildcards.reference} --seed {params.seed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
+        " --generations-dir work/{wildcards.suite}/eseed{wildcards.eseed}/eval/generations/{wildcards.reference}"
+        " --method {wildcards.reference} --seed {params.seed} --expert-seed {wildcards.eseed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule llm_evaluate_baseline:
@@ -299,9 +300,9 @@ rule llm_evaluate_baseline:
         limit=p_limit,
         seed=p_data_seed,
     log:
-        "logs/{suite}/evaluate/{baseline}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/{baseline}.log",
     benchmark:
-        "logs/benchmarks/{suite}/evaluate/{baseline}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/{baseline}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
@@ -313,8 +314,8 @@ rule llm_evaluate_baseline:
     shell:
         "fda-bench llm-eval --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
         " --tasks {params.tasks} --data {input.data} {params.limit}"
-        " --generations-dir work/{wildcards.suite}/eval/generations/{wildcards.baseline}"
-        " --method {wildcards.baseline} --seed {params.seed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
+        " --generations-dir work/{wildcards.suite}/eseed{wildcards.eseed}/eval/generations/{wildcards.baseline}"
+        " --method {wildcards.baseline} --seed {params.seed} --expert-seed {wildcards.eseed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
 
 
 rule llm_evaluate_fda:
@@ -332,9 +333,9 @@ rule llm_evaluate_fda:
         tasks=p_tasks,
         limit=p_limit,
     log:
-        "logs/{suite}/evaluate/fda-seed{seed}-{init}-{anchorinit}.log",
+        "logs/{suite}/eseed{eseed}/evaluate/fda-seed{seed}-{init}-{anchorinit}.log",
     benchmark:
-        "logs/benchmarks/{suite}/evaluate/fda-seed{seed}-{init}-{anchorinit}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/fda-seed{seed}-{init}-{anchorinit}.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
@@ -346,7 +347,7 @@ rule llm_evaluate_fda:
     shell:
         "fda-bench llm-eval --suite {wildcards.suite} --settings {params.settings:q} --model {input.model}"
         " --tasks {params.tasks} --data {input.data} {params.limit}"
-        " --generations-dir work/{wildcards.suite}/eval/generations/fda/seed"
+        " --generations-dir work/{wildcards.suite}/eseed{wildcards.eseed}/eval/generations/fda/seed"
         "{wildcards.seed}/{wildcards.init}-{wildcards.anchorinit}"
         " --method fda --init {wildcards.init} --anchor-init {wildcards.anchorinit} --seed {wildcards.seed}"
-        " --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"
+        " --expert-seed {wildcards.eseed} --out {output.csv} --outcomes {output.outcomes} > {log} 2>&1"

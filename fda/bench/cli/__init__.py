@@ -91,6 +91,7 @@ PROJECT_ERRORS: tuple[tuple[str, str], ...] = (
     ("fda.bench.settings", "SettingsError"),
     ("fda.bench.suites.assets", "MissingAssetError"),
     ("fda.bench.report.results", "CellError"),
+    ("fda.bench.eval.outcomes", "OutcomeError"),
     ("fda.bench.gpu", "GPUSlotError"),
     ("fda.bench.official_anchors", "OfficialAnchorsError"),
     ("fda.bench.eval.llm.data", "LLMEvalDataError"),

@@ -11,10 +11,13 @@ from fda.bench.config.vocabulary import ANCHOR_SOURCES
 
 
 def cmd_cell(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from fda.bench.report.results import build_cell, read_raw, write_cell
 
     raw = [read_raw(p) for p in args.raw]
-    cell = build_cell(raw, read_raw(args.individual), suite=args.suite, expert_source=args.expert_source,
+    individual = pd.concat([read_raw(p) for p in args.individual], ignore_index=True)
+    cell = build_cell(raw, individual, suite=args.suite, expert_source=args.expert_source,
                       config_hash=args.config_hash, qkv_layout=args.qkv_layout, anchor_source=args.anchor_source)
     write_cell(cell, args.out)
     if args.outcomes:
@@ -24,11 +27,12 @@ def cmd_cell(args: argparse.Namespace) -> int:
 
 def write_cell_outcomes(cell, raw_paths: list[str], out: str) -> None:
     """The per-example outcomes of a cell's evaluations (each beside its raw CSV) in one file;
-    every (method, init, anchor init, seed, task) of the cell must have them."""
+    every (method, init, anchor init, expert seed, seed, task) of the cell must have them."""
     from fda.bench.eval.outcomes import OutcomeError, merge_outcomes, outcomes_path, write_outcomes
 
     merged = merge_outcomes(outcomes_path(p) for p in raw_paths)
-    keys = {(m, i, a, int(s), t) for m, i, a, s, t in cell[["method", "init", "anchor_init", "seed", "task"]].itertuples(index=False)}
+    columns = ["method", "init", "anchor_init", "expert_seed", "seed", "task"]
+    keys = {(m, i, a, int(e), int(s), t) for m, i, a, e, s, t in cell[columns].itertuples(index=False)}
     missing = sorted(keys - set(merged))
     if missing:
         raise OutcomeError(f"no per-example outcomes for {missing[:3]} (expected beside the raw files "
@@ -96,7 +100,8 @@ def register(add: AddCommand) -> None:
     sp = add("cell", cmd_cell, "raw evaluation rows -> one tidy result cell")
     sp.add_argument("--suite", required=True)
     sp.add_argument("--raw", action="append", required=True)
-    sp.add_argument("--individual", required=True, help="raw rows of the individual experts (for `normalized`)")
+    sp.add_argument("--individual", action="append", required=True,
+                    help="raw rows of the individual experts (for `normalized`), one file per expert seed")
     sp.add_argument("--expert-source", required=True)
     sp.add_argument("--qkv-layout", default="split", choices=["split", "fused"], help="q/k/v layout the merges ran in")
     sp.add_argument("--anchor-source", default="constructed", choices=ANCHOR_SOURCES,

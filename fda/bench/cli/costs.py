@@ -41,7 +41,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
         if args.experts is None:
             raise UsageError("--wudi-model needs --experts (the number of task matrices WUDI merged)")
         merge_flops["wudi"] = wudi_merge_flops(args.wudi_model, args.wudi_hparams, args.experts)
-    benchmarks, anchor_logs = planned_files(CostPlan.from_json(args.plan), args.benchmarks_dir, args.anchors_dir)
+    benchmarks, anchor_logs = planned_files(CostPlan.from_json(args.plan), args.benchmarks_dir, args.work_dir)
     jobs = job_costs(benchmarks, anchor_logs, adapt_epochs=dict(args.adapt_epochs or []), merge_flops=merge_flops)
     write_frame(jobs, args.jobs_out)
     cells = read_cells(args.cells)
@@ -70,7 +70,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--cells", nargs="+", required=True, help="the suite's result cells (accuracy)")
     sp.add_argument("--plan", required=True, help="what to count (JSON of fda.bench.report.cost_jobs.CostPlan)")
     sp.add_argument("--benchmarks-dir", required=True, help="the suite's benchmark files: logs/benchmarks/SUITE")
-    sp.add_argument("--anchors-dir", help="the suite's FDA directory with the construction logs (FLOPs): work/SUITE/fda")
+    sp.add_argument("--work-dir", help="the suite's work directory, with the construction logs (FLOPs): work/SUITE")
     sp.add_argument("--adapt-epochs", type=epochs_arg, action="append", metavar="INIT=EPOCHS",
                     help="adaptation epochs per FDA init (FLOPs)")
     sp.add_argument("--wudi-model", help="WUDI's merged model (its header: the merged shapes, for FLOPs)")

@@ -44,13 +44,17 @@ def cmd_prepare_expert(args: argparse.Namespace) -> int:
     # reaches them through --settings); for the embedded suites a {path} expert is a ready
     # directory to copy.
     if "path" in source and not suite_takes_sources(args.suite):
+        if args.expert_seed != 0:
+            raise UsageError(f"expert for task {args.task}: a copied {{path}} expert has one expert seed (0), "
+                             f"not {args.expert_seed}")
         src = Path(source["path"])
         if not (src / "head.safetensors").is_file():
             raise UsageError(f"expert for task {args.task}: {src} must be an HF encoder directory with head.safetensors")
         shutil.copytree(src, tmp)
     else:
         suite = suite_of(args)
-        suite.prepare_expert(suite_task(suite, args.task), Path(args.base), Path(args.data), tmp, args.seed)
+        suite.prepare_expert(suite_task(suite, args.task), Path(args.base), Path(args.data), tmp, args.seed,
+                             expert_seed=args.expert_seed)
     replace_dir(tmp, out)
     return 0
 
@@ -74,5 +78,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--source", type=json_arg, default={}, help='expert spec (JSON): {"path": DIR}, {"hub": ID} or {"recipe": ...}')
     sp.add_argument("--base", required=True)
     sp.add_argument("--data", required=True)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="the data seed")
+    sp.add_argument("--expert-seed", type=int, default=0,
+                    help="the fine-tuning's randomness (data order, head init); 0 for fetched or copied experts")
     sp.add_argument("--out", required=True)

@@ -44,8 +44,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         log(f"evaluate {args.method} {args.init} {args.anchor_init} on {task}")
         got = suite.evaluate(state, suite_task(suite, task), Path(args.base), Path(args.data), experts[task], limit=args.limit)
         rows += [{**r, "task": task} for r in got]  # rows carry the workflow's task name
-    outcomes = pop_outcomes(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed)
-    df = raw_frame(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed)
+    tags = {"method": args.method, "init": args.init, "anchor_init": args.anchor_init, "seed": args.seed,
+            "expert_seed": args.expert_seed}
+    outcomes = pop_outcomes(rows, **tags)
+    df = raw_frame(rows, **tags)
     if args.outcomes:
         write_evaluation_outcomes(outcomes, args.tasks, args.outcomes, args.suite)
     write_csv(df, args.out)
@@ -65,6 +67,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--method", required=True)
     sp.add_argument("--init", default="")
     sp.add_argument("--anchor-init", default="")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="the FDA seed (other rows: the data seed)")
+    sp.add_argument("--expert-seed", type=int, default=0, help="the experts' fine-tuning seed (recorded in every row)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--outcomes", help="also write per-example outcomes here (.npz; see fda.bench.eval.outcomes)")

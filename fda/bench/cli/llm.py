@@ -206,10 +206,12 @@ def cmd_llm_eval(args: argparse.Namespace) -> int:
         for t in tasks:
             log(f"evaluate the {t} expert ({experts[t]}) on its own task")
             rows += suite.evaluate_dir(experts[t], [t], args.data, limit=args.limit, generations_dir=gen / t if gen else None)
-    outcomes = pop_outcomes(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed)
+    tags = {"method": args.method, "init": args.init, "anchor_init": args.anchor_init, "seed": args.seed,
+            "expert_seed": args.expert_seed}
+    outcomes = pop_outcomes(rows, **tags)
     if args.outcomes:
         write_evaluation_outcomes(outcomes, [r["task"] for r in rows], args.outcomes, args.suite)
-    write_csv(raw_frame(rows, method=args.method, init=args.init, anchor_init=args.anchor_init, seed=args.seed), args.out)
+    write_csv(raw_frame(rows, **tags), args.out)
     return 0
 
 
@@ -294,4 +296,5 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--init", default="")
     sp.add_argument("--anchor-init", default="")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--expert-seed", type=int, default=0, help="recorded in every row (linked experts: 0)")
     sp.add_argument("--out", required=True)

@@ -25,11 +25,13 @@ from typing import Any
 import yaml
 
 from fda.bench.config.suite_views import (
+    FINETUNED_HERE,
     STREAMING_FAMILIES,
     _suite_setting_keys,
     anchor_source,
     deep_update,
     effective_suite,
+    expert_seeds,
     official_anchor_options,
     suite_settings_for,
     suite_takes_sources,
@@ -222,8 +224,10 @@ def validate_config(config: Mapping[str, Any], *, semantic: bool = True, source:
         data["smoke"] = data["smoke"].lower() == "true"
     # `--config fda_seeds=[0,1,2]` arrives as a list of strings (snakemake parses lists as YAML
     # strings): numbers are numbers, anything else is left for the schema to name.
-    if isinstance(data.get("fda_seeds"), list):
-        data["fda_seeds"] = [int(v) if isinstance(v, str) and v.isdigit() else v for v in data["fda_seeds"]]
+    # `--config expert_seeds=[0,1,2]` the same.
+    for key in ("fda_seeds", "expert_seeds"):
+        if isinstance(data.get(key), list):
+            data[key] = [int(v) if isinstance(v, str) and v.isdigit() else v for v in data[key]]
     validator = _validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     problems = [line for e in errors for line in _messages(e, schema)]
@@ -302,6 +306,7 @@ def _suite_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
     tasks = _task_problems(name, s)
     out += tasks
     out += _expert_problems(s)
+    out += _expert_seed_problems(s)
     out += _init_problems(s)
     out += _baseline_problems(s)
     out += _fda_problems(s)
@@ -358,6 +363,16 @@ def _expert_problems(s: Mapping[str, Any]) -> list[Problem]:
     tasks = list(s["tasks"])
     return [Problem(("experts", t), f"task {t!r} is not in tasks; configured tasks: {', '.join(tasks)}")
             for t in s.get("experts", {}) if t not in tasks]
+
+
+def _expert_seed_problems(s: Mapping[str, Any]) -> list[Problem]:
+    """Only experts fine-tuned here (``expert_source: finetuned-here``) have several expert seeds:
+    hub or local experts are one fixed set, expert seed 0."""
+    if s.get("expert_source") == FINETUNED_HERE or expert_seeds(s) == [0]:
+        return []
+    return [Problem(("expert_seeds",), f"{expert_seeds(s)}: hub or local experts have one expert seed "
+                                       f"(expert_source {s.get('expert_source')!r}); use expert_seeds: [0], or "
+                                       f"expert_source: {FINETUNED_HERE} to fine-tune the experts here")]
 
 
 def _init_problems(s: Mapping[str, Any]) -> list[Problem]:

@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from fda.bench.config.suite_views import anchor_source, effective_suite
+from fda.bench.config.suite_views import anchor_source, effective_suite, expert_seeds
 from fda.bench.config.vocabulary import (
     ANCHOR_INITS,
     BASELINE_METHODS,
@@ -143,7 +143,8 @@ def eval_slice(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
 def cell_slice(config: Mapping[str, Any], suite: str, method: str, init: str | None = None) -> dict[str, Any]:
     """Everything a result cell depends on (its ``config_hash``)."""
     s = effective_suite(config, suite)
-    out: dict[str, Any] = {"eval": eval_slice(config, suite), "experts": expert_slice(config, suite)}
+    out: dict[str, Any] = {"eval": eval_slice(config, suite), "experts": expert_slice(config, suite),
+                           "expert_seeds": expert_seeds(s)}
     if method == "fda":
         assert init is not None
         out["fda"] = {ai: {seed: adapt_slice(config, suite, init, ai, seed) for seed in s["seeds"]}
@@ -171,14 +172,15 @@ def cells(config: Mapping[str, Any]) -> list[str]:
 # -------------------------------------------------------------------------------- wildcards
 
 #: the wildcards of the workflow's file names whose values the config lists per suite
-CONFIGURED_WILDCARDS = ("method", "baseline", "reference", "init", "anchorinit", "task", "seed", "block")
+CONFIGURED_WILDCARDS = ("method", "baseline", "reference", "init", "anchorinit", "task", "eseed", "seed", "block")
 
 
 def suite_wildcard_values(config: Mapping[str, Any], suite: str) -> dict[str, list[str]]:
     """The values each wildcard may take in ``suite``'s file names, as the config (smoke applied)
     lists them: ``method`` its methods, ``baseline`` its baselines, ``reference`` ``individual``
     (every cell's ``normalized`` needs it) and ``pretrained`` if listed, ``init`` / ``anchorinit``
-    its FDA inits and anchor inits, ``task`` its tasks, ``seed`` its seeds, ``block`` its blocks."""
+    its FDA inits and anchor inits, ``task`` its tasks, ``eseed`` its expert seeds, ``seed`` its
+    FDA seeds, ``block`` its blocks."""
     s = effective_suite(config, suite)
     fda = s.get("fda") or {}
     return {
@@ -188,6 +190,7 @@ def suite_wildcard_values(config: Mapping[str, Any], suite: str) -> dict[str, li
         "init": list(fda.get("inits", [])),
         "anchorinit": list(fda.get("anchor_inits", [])),
         "task": list(s["tasks"]),
+        "eseed": [str(x) for x in expert_seeds(s)],
         "seed": [str(x) for x in s["seeds"]],
         "block": [str(b) for b in range(fda["n_blocks"])] if fda else [],
     }

@@ -1,7 +1,8 @@
 """The suite's section of the workflow config as jobs see it.
 
 - ``effective_suite``: the section with ``smoke_overrides`` merged in when ``smoke`` is on
-  (``deep_update`` is the merge; ``load.load_config`` layers config files with it too);
+  (``deep_update`` is the merge; ``load.load_config`` layers config files with it too) and the
+  top-level ``fda_seeds`` / ``expert_seeds`` applied; ``expert_seeds`` reads a section's;
 - the translation of the config's checkpoint sources into the settings a paper suite is built
   with (``suite_settings_for`` and its parts: ``suite_takes_sources``, ``checkpoint_spec``,
   ``suite_task_id``, ``suite_task_names``, ``CLIP_FAMILIES``);
@@ -37,9 +38,16 @@ def deep_update(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str,
 # -------------------------------------------------------------------------------- views
 
 
+#: the ``expert_source`` of experts fine-tuned by the workflow itself: the only experts that have
+#: more than one expert seed (hub or local checkpoints are one fixed set)
+FINETUNED_HERE = "finetuned-here"
+
+
 def effective_suite(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
     """The suite's section as jobs see it: with ``smoke`` on, ``smoke_overrides`` merged in; with
-    a top-level ``fda_seeds``, those seeds instead of the suite's."""
+    a top-level ``fda_seeds``, those seeds instead of the suite's; with a top-level
+    ``expert_seeds``, those expert seeds instead of the suite's when its experts are fine-tuned
+    here (``expert_source: finetuned-here``; hub or local experts keep their one expert seed)."""
     try:
         raw = config["suites"][suite]
     except KeyError:
@@ -49,12 +57,19 @@ def effective_suite(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
         section = deep_update(section, raw["smoke_overrides"])
     if config.get("fda_seeds") is not None:
         section["seeds"] = list(config["fda_seeds"])
+    if config.get("expert_seeds") is not None and section.get("expert_source") == FINETUNED_HERE:
+        section["expert_seeds"] = list(config["expert_seeds"])
     # One source of truth for the task list: a suite whose settings take `tasks` gets the
     # section's tasks (so the suite and the DAG cannot disagree).
     settings = section.setdefault("settings", {})
     if "tasks" in _suite_setting_keys(suite) and "tasks" not in settings and "tasks" in section:
         settings["tasks"] = list(section["tasks"])
     return section
+
+
+def expert_seeds(section: Mapping[str, Any]) -> list[int]:
+    """A suite section's expert seeds (``[0]`` when the section does not set them)."""
+    return [int(e) for e in section.get("expert_seeds") or [0]]
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,10 +7,13 @@ pass/fail), in the order of the suite's test split, which is the same for every 
 of a suite and data seed. That shared order is what makes comparisons paired.
 
 Files are NumPy ``.npz`` archives (no pickles: loaded with ``allow_pickle=False``), one entry per
-(method, init, anchor init, seed, task) and field::
+(method, init, anchor init, expert seed, seed, task) and field::
 
-    "ta|||0|tech|predictions"   int64 [n]     "ta|||0|tech|references"   int64 [n]
-    "ta|||0|tech|metric"        str   []      (the headline metric's name, e.g. "accuracy")
+    "ta|||1|0|tech|predictions"   int64 [n]     "ta|||1|0|tech|references"   int64 [n]
+    "ta|||1|0|tech|metric"        str   []      (the headline metric's name, e.g. "accuracy")
+
+Files written before expert seeds name five fields (``"ta|||0|tech|predictions"``): they read as
+expert seed 0.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import numpy as np
 
 from fda.io.atomic import atomic_path
 
-#: (method, init, anchor_init, seed, task)
-OutcomeKey = tuple[str, str, str, int, str]
+#: (method, init, anchor_init, expert_seed, seed, task)
+OutcomeKey = tuple[str, str, str, int, int, str]
+#: the position of the task in an :data:`OutcomeKey`
+TASK = 5
 _FIELDS = ("predictions", "references", "metric")
 _SEP = "|"
 
@@ -105,11 +110,23 @@ DECOMPOSABLE = {"accuracy", "pass@1"}
 
 
 def _name(key: OutcomeKey, field: str) -> str:
-    method, init, anchor_init, seed, task = key
+    method, init, anchor_init, expert_seed, seed, task = key
     for part in (method, init, anchor_init, task):
         if _SEP in part:
             raise OutcomeError(f"name {part!r} contains {_SEP!r}")
-    return _SEP.join([method, init, anchor_init, str(int(seed)), task, field])
+    return _SEP.join([method, init, anchor_init, str(int(expert_seed)), str(int(seed)), task, field])
+
+
+def _parse_name(name: str) -> tuple[OutcomeKey, str] | None:
+    """``(key, field)`` of an entry name; a five-field name from before expert seeds is expert
+    seed 0. None when the name is not an outcome entry."""
+    fields = name.split(_SEP)
+    if len(fields) == 6:  # written before expert seeds: method|init|anchor_init|seed|task|field
+        fields = [*fields[:3], "0", *fields[3:]]
+    if len(fields) != 7 or fields[6] not in _FIELDS or not all(f.lstrip("-").isdigit() for f in fields[3:5]):
+        return None
+    method, init, anchor_init, expert_seed, seed, task, field = fields
+    return (method, init, anchor_init, int(expert_seed), int(seed), task), field
 
 
 def write_outcomes(outcomes: Mapping[OutcomeKey, Outcome], path: str | os.PathLike) -> Path:
@@ -134,11 +151,11 @@ def read_outcomes(path: str | os.PathLike) -> dict[OutcomeKey, Outcome]:
         raise OutcomeError(f"{path}: not a readable outcomes file ({e}); rebuild it by re-running its evaluation") from e
     parts: dict[OutcomeKey, dict[str, np.ndarray]] = {}
     for name, arr in arrays.items():
-        fields = name.split(_SEP)
-        if len(fields) != 6 or fields[5] not in _FIELDS or not fields[3].lstrip("-").isdigit():
+        parsed = _parse_name(name)
+        if parsed is None:
             raise OutcomeError(f"{path}: unexpected entry {name!r}")
-        method, init, anchor_init, seed, task, field = fields
-        parts.setdefault((method, init, anchor_init, int(seed), task), {})[field] = arr
+        key, field = parsed
+        parts.setdefault(key, {})[field] = arr
     out = {}
     for key, f in parts.items():
         if set(f) != set(_FIELDS):
@@ -162,14 +179,14 @@ def merge_outcomes(paths: Iterable[str | os.PathLike]) -> dict[OutcomeKey, Outco
 
 
 def pop_outcomes(rows: list[dict], *, method: str, init: str = "", anchor_init: str = "",
-                 seed: int = 0) -> dict[OutcomeKey, Outcome]:
+                 seed: int = 0, expert_seed: int = 0) -> dict[OutcomeKey, Outcome]:
     """Take the ``"outcome"`` entries out of evaluation ``rows`` (in place), keyed by what was
     evaluated and each row's task."""
     out: dict[OutcomeKey, Outcome] = {}
     for r in rows:
         o = r.pop("outcome", None)
         if o is not None:
-            out[(method, init, anchor_init, int(seed), str(r["task"]))] = o
+            out[(method, init, anchor_init, int(expert_seed), int(seed), str(r["task"]))] = o
     return out
 
 
@@ -177,7 +194,7 @@ def write_evaluation_outcomes(outcomes: Mapping[OutcomeKey, Outcome], tasks: Ite
                               suite: str) -> Path:
     """Write an evaluation's outcomes, refusing if a task has none (a suite without per-example
     results cannot give intervals; it should say so rather than write a partial file)."""
-    have = {k[4] for k in outcomes}
+    have = {k[TASK] for k in outcomes}
     missing = [t for t in tasks if t not in have]
     if missing:
         raise OutcomeError(f"suite '{suite}' returned no per-example outcomes for {missing}; drop --outcomes "

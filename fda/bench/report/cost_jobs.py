@@ -4,7 +4,8 @@ checks them against the rules). Plain Python, so the Snakefile imports it for th
 inputs and ``fda-bench costs`` enumerates the same files from a :class:`CostPlan` (hundreds of
 paths never pass through one shell command line, whose length Linux caps at 128 KiB).
 
-Benchmark files, below ``logs/benchmarks/{suite}/``::
+Benchmark files, below ``logs/benchmarks/{suite}/eseed{e}/`` (``e``: the expert seed; files
+from before expert seeds, without that folder, read as expert seed 0)::
 
     merge/{baseline}.tsv                                     baseline merge
     fda/seed{s}/construct-{ai}.tsv                           construction, coarse (every block, expert)
@@ -15,7 +16,7 @@ Benchmark files, below ``logs/benchmarks/{suite}/``::
     evaluate/{method}.tsv, evaluate/fda-seed{s}-{init}-{ai}.tsv   evaluation (reported apart)
 
 Each job's log is the same path under ``logs/{suite}/`` with ``.log`` (:func:`log_of`).
-Construction logs: ``work/{suite}/fda/seed{s}/anchors/{ai}/block{b}/{task}.json``.
+Construction logs: ``work/{suite}/eseed{e}/fda/seed{s}/anchors/{ai}/block{b}/{task}.json``.
 """
 
 from __future__ import annotations
@@ -39,19 +40,20 @@ _PATTERNS: list[tuple[str, re.Pattern]] = [
     ("evaluate", re.compile(rf"evaluate/fda-seed(?P<seed>\d+)-(?P<init>{_NAME})-(?P<anchor_init>{_NAME})\.tsv")),
     ("evaluate", re.compile(rf"evaluate/(?P<method>{_NAME})\.tsv")),
 ]
-_BENCH_ROOT = re.compile(r"(?:^|/)benchmarks/(?P<suite>[^/]+)/(?P<rest>.+)$")
+_BENCH_ROOT = re.compile(r"(?:^|/)benchmarks/(?P<suite>[^/]+)/(?:eseed(?P<expert_seed>\d+)/)?(?P<rest>.+)$")
 
 
 @dataclass(frozen=True)
 class CostPlan:
-    """What one suite's cost table counts: the ``baselines`` (their merges), the evaluated
-    ``methods`` (every configured row, for the evaluation column) and, for FDA, the ``seeds``,
-    ``inits``, ``anchor_inits``, ``blocks`` (their number), ``tasks`` (the experts), and how the
-    ``construct`` and ``adapt`` jobs are cut (:data:`GRANULARITIES`)."""
+    """What one suite's cost table counts, for each of its ``expert_seeds``: the ``baselines``
+    (their merges), the evaluated ``methods`` (every configured row, for the evaluation column)
+    and, for FDA, the ``seeds``, ``inits``, ``anchor_inits``, ``blocks`` (their number), ``tasks``
+    (the experts), and how the ``construct`` and ``adapt`` jobs are cut (:data:`GRANULARITIES`)."""
 
     baselines: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
+    expert_seeds: tuple[int, ...] = (0,)
     inits: tuple[str, ...] = ()
     anchor_inits: tuple[str, ...] = ()
     blocks: int = 0
@@ -75,7 +77,13 @@ class CostPlan:
 
 
 def benchmark_files(plan: CostPlan) -> list[str]:
-    """The counted jobs' benchmark files, relative to ``logs/benchmarks/{suite}/``."""
+    """The counted jobs' benchmark files, relative to ``logs/benchmarks/{suite}/``: every expert
+    seed's (:func:`expert_seed_files`, under ``eseed{e}/``)."""
+    return [f"eseed{e}/{p}" for e in plan.expert_seeds for p in expert_seed_files(plan)]
+
+
+def expert_seed_files(plan: CostPlan) -> list[str]:
+    """The counted jobs' benchmark files of one expert seed, relative to ``logs/benchmarks/{suite}/eseed{e}/``."""
     out = [f"merge/{m}.tsv" for m in plan.baselines] + [f"evaluate/{m}.tsv" for m in plan.methods]
     for seed in plan.seeds:
         for ai in plan.anchor_inits:
@@ -94,19 +102,28 @@ def benchmark_files(plan: CostPlan) -> list[str]:
 
 
 def anchor_log_files(plan: CostPlan) -> list[str]:
-    """The construction logs (FLOPs), relative to ``work/{suite}/fda/``; none for imported anchors."""
+    """The construction logs (FLOPs), relative to ``work/{suite}/``; none for imported anchors."""
     if plan.construct == "none":
         return []
-    return [f"seed{s}/anchors/{ai}/block{b}/{t}.json" for s in plan.seeds for ai in plan.anchor_inits
-            for b in range(plan.blocks) for t in plan.tasks]
+    return [f"eseed{e}/fda/seed{s}/anchors/{ai}/block{b}/{t}.json" for e in plan.expert_seeds for s in plan.seeds
+            for ai in plan.anchor_inits for b in range(plan.blocks) for t in plan.tasks]
+
+
+_ANCHOR_LOG_SEED = re.compile(r"(?:^|/)eseed(?P<expert_seed>\d+)/fda/")
+
+
+def anchor_log_expert_seed(path: str | os.PathLike) -> int:
+    """The expert seed of a construction log, from its path (``.../eseed{e}/fda/...``; 0 without)."""
+    m = _ANCHOR_LOG_SEED.search(Path(path).as_posix())
+    return int(m["expert_seed"]) if m else 0
 
 
 @dataclass(frozen=True)
 class JobRef:
     """Which job a benchmark file belongs to. ``stage``: merge, construct, adapt (assembly
-    included) or evaluate; ``method``: the baseline or reference row, or ``fda``; FDA jobs also
-    name their ``init`` (adaptation, evaluation), ``anchor_init``, ``seed`` and, per block or
-    expert, ``block`` and ``task``."""
+    included) or evaluate; ``method``: the baseline or reference row, or ``fda``; ``expert_seed``:
+    the experts it ran on; FDA jobs also name their ``init`` (adaptation, evaluation),
+    ``anchor_init``, ``seed`` and, per block or expert, ``block`` and ``task``."""
 
     suite: str
     stage: str
@@ -114,6 +131,7 @@ class JobRef:
     init: str = ""
     anchor_init: str = ""
     seed: int | None = None
+    expert_seed: int = 0
     block: int | None = None
     task: str = ""
 
@@ -130,7 +148,7 @@ def parse_benchmark_path(path: str | os.PathLike) -> JobRef | None:
             d = g.groupdict()
             return JobRef(suite=m["suite"], stage=stage, method=d.get("method") or "fda", init=d.get("init") or "",
                           anchor_init=d.get("anchor_init") or "", seed=_int(d.get("seed")), block=_int(d.get("block")),
-                          task=d.get("task") or "")
+                          task=d.get("task") or "", expert_seed=_int(m["expert_seed"]) or 0)
     return None
 
 

@@ -1,18 +1,22 @@
 """Uncertainty of table values from per-example outcomes: 95% intervals and paired differences.
 
-Method (docs/statistics.md has the assumptions): a two-level bootstrap. Each of ``n_boot``
-replicates draws
+Method (docs/statistics.md has the assumptions): a bootstrap over test examples and two seed
+levels. Each of ``n_boot`` replicates draws
 
 1. the test set: per task, n examples with replacement from the task's n test examples, one draw
-   shared by every row (every evaluated model saw the same examples, so rows are paired); and
-2. the seeds: k seeds with replacement from a row's k seeds, drawn from uniforms shared by every
-   row (rows with the same seeds draw the same ones, so they are paired by seed as well).
+   shared by every row (every evaluated model saw the same examples, so rows are paired);
+2. the expert seeds: E expert seeds with replacement from a row's E expert seeds, drawn from
+   uniforms shared by every row (rows with the same expert seeds draw the same ones, so they are
+   paired by expert seed as well); and
+3. within each drawn expert seed, the FDA seeds: k with replacement from the k FDA seeds that row
+   ran on that expert seed (baseline rows: one), again from uniforms every row shares.
 
-A row's replicate value for a task is the mean, over its drawn seeds, of the headline metric
-recomputed on the drawn examples; Avg is the mean over tasks of those. The interval is the 2.5
-and 97.5 percentiles of the replicates. A paired difference (FDA minus its init) is the
-difference of two rows' replicates under the same draws. With one seed only the test set is
-resampled. Values are on the metric's own 0-1 scale; tables multiply by their display factor.
+A row's replicate value for a task is the mean, over its drawn (expert seed, FDA seed) runs, of the
+headline metric recomputed on the drawn examples; Avg is the mean over tasks of those. The interval
+is the 2.5 and 97.5 percentiles of the replicates. A paired difference (FDA minus its init) is the
+difference of two rows' replicates under the same draws: paired by test example and expert seed.
+With one expert seed and one FDA seed only the test set is resampled. Values are on the metric's
+own 0-1 scale; tables multiply by their display factor.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from fda.bench.eval.outcomes import Outcome, OutcomeError, OutcomeKey
 
 #: (method, init, anchor_init): one table row
 RowKey = tuple[str, str, str]
+#: one row's outcomes: ``{expert_seed: {fda_seed: {task: outcome}}}``
+Runs = Mapping[int, Mapping[int, Mapping[str, Outcome]]]
 AVG = "Avg"
 LEVEL = 0.95
 
@@ -33,52 +39,98 @@ LEVEL = 0.95
 @dataclass(frozen=True)
 class Draws:
     """The shared resampling plan: ``examples[task]``: [B, n_task] indices into the task's test
-    examples; ``seed_uniforms``: [B, k_max] uniforms in [0, 1) that pick seeds."""
+    examples; ``seed_uniforms``: [B, E_max, k_max] uniforms in [0, 1) that pick FDA seeds (slot j of
+    the expert-seed draw uses ``[:, j, :]``); ``expert_uniforms``: [B, E_max] uniforms that pick
+    expert seeds."""
 
     examples: dict[str, np.ndarray]
     seed_uniforms: np.ndarray
+    expert_uniforms: np.ndarray
 
     @property
     def n_boot(self) -> int:
         return int(self.seed_uniforms.shape[0])
 
 
-def by_row(outcomes: Mapping[OutcomeKey, Outcome]) -> dict[RowKey, dict[int, dict[str, Outcome]]]:
-    """``{(method, init, anchor_init): {seed: {task: outcome}}}``."""
-    rows: dict[RowKey, dict[int, dict[str, Outcome]]] = {}
-    for (method, init, anchor_init, seed, task), o in outcomes.items():
-        rows.setdefault((method, init, anchor_init), {}).setdefault(int(seed), {})[task] = o
+@dataclass(frozen=True)
+class SeedCount:
+    """How many seeds are behind a row: ``expert`` expert seeds, ``fda`` FDA seeds per expert seed
+    (the most any of its expert seeds has; 1 for baseline and reference rows)."""
+
+    expert: int
+    fda: int
+
+    def __str__(self) -> str:
+        return f"{self.expert}×{self.fda}"
+
+
+def by_row(outcomes: Mapping[OutcomeKey, Outcome]) -> dict[RowKey, dict[int, dict[int, dict[str, Outcome]]]]:
+    """``{(method, init, anchor_init): {expert_seed: {seed: {task: outcome}}}}``."""
+    rows: dict[RowKey, dict[int, dict[int, dict[str, Outcome]]]] = {}
+    for (method, init, anchor_init, expert_seed, seed, task), o in outcomes.items():
+        runs = rows.setdefault((method, init, anchor_init), {})
+        runs.setdefault(int(expert_seed), {}).setdefault(int(seed), {})[task] = o
     return rows
+
+
+def seed_count(runs: Runs) -> SeedCount:
+    """The expert and FDA seeds behind one row's ``runs``."""
+    return SeedCount(len(runs), max((len(seeds) for seeds in runs.values()), default=0))
 
 
 def make_draws(outcomes: Mapping[OutcomeKey, Outcome], tasks: Sequence[str], n_boot: int = 1000,
                seed: int = 0) -> Draws:
-    """One resampling plan for every row of a table (deterministic for a given ``seed``).
+    """One resampling plan for every row of a table (deterministic for a given ``seed``; with one
+    expert seed, the same test-set and FDA-seed draws as before expert seeds existed).
     Raises :class:`OutcomeError` if two evaluations of a task saw different numbers of examples."""
     sizes: dict[str, int] = {}
-    for (method, init, anchor, s, task), o in outcomes.items():
+    for (method, init, anchor, e, s, task), o in outcomes.items():
         n = len(o.predictions)
         if sizes.setdefault(task, n) != n:
-            raise OutcomeError(f"task {task!r}: {method} {init} {anchor} seed {s} has {n} test examples, another "
-                               f"evaluation {sizes[task]}; paired intervals need the same test set (same eval_limit and data seed)")
+            raise OutcomeError(f"task {task!r}: {method} {init} {anchor} expert seed {e} seed {s} has {n} test examples, "
+                               f"another evaluation {sizes[task]}; paired intervals need the same test set "
+                               "(same eval_limit and data seed)")
     rng = np.random.default_rng(seed)
     examples = {t: rng.integers(0, sizes[t], size=(n_boot, sizes[t])) for t in tasks if t in sizes}
-    k_max = max([len(seeds) for seeds in by_row(outcomes).values()], default=1)
-    return Draws(examples, rng.random((n_boot, k_max)))
+    counts = [seed_count(runs) for runs in by_row(outcomes).values()]
+    e_max = max([c.expert for c in counts], default=1)
+    k_max = max([c.fda for c in counts], default=1)
+    seed_uniforms = rng.random((n_boot, e_max, k_max))
+    return Draws(examples, seed_uniforms, rng.random((n_boot, e_max)))
 
 
-def replicates(seeds: Mapping[int, Mapping[str, Outcome]], tasks: Sequence[str], draws: Draws) -> dict[str, np.ndarray]:
-    """One row's bootstrap replicates: ``{task or "Avg": [B] values}``; a task missing for any
-    seed, and Avg unless every task is present, is left out."""
-    order = sorted(seeds)
-    k = len(order)
-    pick = np.minimum((draws.seed_uniforms[:, :k] * k).astype(int), k - 1)  # [B, k] seed positions
+def _picks(uniforms: np.ndarray, k: int) -> np.ndarray:
+    """Positions in 0..k-1 from uniforms in [0, 1) (same shape)."""
+    return np.minimum((uniforms * k).astype(int), k - 1)
+
+
+def _task_replicates(runs: Runs, task: str, draws: Draws) -> np.ndarray:
+    """[B] replicates of one task: per replicate, E expert-seed slots, each an expert seed drawn
+    from the row's and the mean over k FDA seeds drawn from those it ran on that expert seed."""
+    examples = draws.examples[task]
+    order = sorted(runs)
+    n_e = len(order)
+    drawn = _picks(draws.expert_uniforms[:, :n_e], n_e)  # [B, E]: which expert seed fills each slot
+    total = np.zeros(drawn.shape)
+    for pos, e in enumerate(order):
+        seeds = sorted(runs[e])
+        k = len(seeds)
+        per_seed = np.stack([runs[e][s][task].resampled(examples) for s in seeds], axis=1)  # [B, k]
+        pick = _picks(draws.seed_uniforms[:, :n_e, :k], k)  # [B, E, k]
+        by_slot = np.take_along_axis(np.broadcast_to(per_seed[:, None, :], pick.shape), pick, axis=2).mean(axis=2)
+        total += np.where(drawn == pos, by_slot, 0.0)  # [B, E]
+    return total.mean(axis=1)
+
+
+def replicates(runs: Runs, tasks: Sequence[str], draws: Draws) -> dict[str, np.ndarray]:
+    """One row's bootstrap replicates: ``{task or "Avg": [B] values}`` from its ``runs``
+    (``{expert_seed: {seed: {task: outcome}}}``); a task missing for any run, and Avg unless every
+    task is present, is left out."""
     out: dict[str, np.ndarray] = {}
     for task in tasks:
-        if task not in draws.examples or any(task not in seeds[s] for s in order):
+        if task not in draws.examples or any(task not in o for seeds in runs.values() for o in seeds.values()):
             continue
-        per_seed = np.stack([seeds[s][task].resampled(draws.examples[task]) for s in order], axis=1)  # [B, k]
-        out[task] = np.take_along_axis(per_seed, pick, axis=1).mean(axis=1)
+        out[task] = _task_replicates(runs, task, draws)
     if tasks and all(t in out for t in tasks):
         out[AVG] = np.mean([out[t] for t in tasks], axis=0)
     return out
@@ -105,16 +157,17 @@ def row_intervals(outcomes: Mapping[OutcomeKey, Outcome], tasks: Sequence[str], 
     """Every row's replicates under one plan (see the module docstring)."""
     draws = make_draws(outcomes, tasks, n_boot, seed)
     rows = by_row(outcomes)
-    reps = {key: replicates(seeds, tasks, draws) for key, seeds in rows.items()}
-    return RowIntervals(reps, {key: len(seeds) for key, seeds in rows.items()}, tasks, normalize_by)
+    reps = {key: replicates(runs, tasks, draws) for key, runs in rows.items()}
+    return RowIntervals(reps, {key: seed_count(runs) for key, runs in rows.items()}, tasks, normalize_by)
 
 
 @dataclass
 class RowIntervals:
-    """Bootstrap replicates of every row: ``reps[row][column]`` [B]; ``n_seeds[row]``."""
+    """Bootstrap replicates of every row: ``reps[row][column]`` [B]; ``n_seeds[row]``: its expert
+    and FDA seeds."""
 
     reps: dict[RowKey, dict[str, np.ndarray]]
-    n_seeds: dict[RowKey, int]
+    n_seeds: dict[RowKey, SeedCount]
     tasks: Sequence[str]
     normalize_by: RowKey | None = None
 
@@ -123,8 +176,8 @@ class RowIntervals:
         return interval(r[column]) if column in r else None
 
     def normalized(self, row: RowKey, column: str) -> Interval | None:
-        """Interval of the row's value divided by the reference row's (per task, same draws);
-        Avg: the mean over tasks of those ratios."""
+        """Interval of the row's value divided by the reference row's (per task, same draws, so the
+        same expert seeds); Avg: the mean over tasks of those ratios."""
         ref = self.reps.get(self.normalize_by) if self.normalize_by else None
         r = self.reps.get(row, {})
         if ref is None:
@@ -138,7 +191,8 @@ class RowIntervals:
         return interval(ratios) if len(ratios) else None
 
     def paired_difference(self, row: RowKey, baseline: RowKey, column: str) -> Interval | None:
-        """Interval of (row minus baseline) on ``column``, paired by test example and seed draw."""
+        """Interval of (row minus baseline) on ``column``, paired by test example and by the expert
+        seed (and FDA seed) draws."""
         a, b = self.reps.get(row, {}), self.reps.get(baseline, {})
         if column not in a or column not in b:
             return None

@@ -1,4 +1,6 @@
-"""Result cells: tidy CSV rows, one per (suite, method, init, anchor_init, seed, task, metric).
+"""Result cells: tidy CSV rows, one per (suite, method, init, anchor_init, expert_seed, seed, task,
+metric). ``expert_seed`` is the experts' fine-tuning seed (0 for hub or local experts), ``seed`` the
+FDA seed (the data seed on other rows).
 
 A cell is written from raw evaluation rows plus the individual experts' rows (for ``normalized``)
 and provenance: the experts' source, where FDA rows' anchors come from (``anchor_source``:
@@ -20,14 +22,14 @@ import pandas as pd
 from fda.io.atomic import atomic_path
 
 #: columns of a raw evaluation file (what ``fda-bench evaluate`` writes)
-RAW_COLUMNS = ["method", "init", "anchor_init", "seed", "task", "metric", "headline", "value"]
+RAW_COLUMNS = ["method", "init", "anchor_init", "expert_seed", "seed", "task", "metric", "headline", "value"]
 
 #: columns of a result cell, in order
 CELL_COLUMNS = [
-    "suite", "method", "init", "anchor_init", "seed", "task", "metric", "headline",
+    "suite", "method", "init", "anchor_init", "expert_seed", "seed", "task", "metric", "headline",
     "value", "normalized", "expert_source", "anchor_source", "qkv_layout", "config_hash", "fda_bench_version",
 ]
-SORT_KEYS = ["suite", "method", "init", "anchor_init", "seed", "task", "metric"]
+SORT_KEYS = ["suite", "method", "init", "anchor_init", "expert_seed", "seed", "task", "metric"]
 FLOAT_FORMAT = "%.10g"
 
 
@@ -36,7 +38,7 @@ class CellError(ValueError):
 
 
 def raw_frame(rows: Sequence[Mapping[str, Any]], *, method: str, init: str = "", anchor_init: str = "",
-              seed: int = 0) -> pd.DataFrame:
+              seed: int = 0, expert_seed: int = 0) -> pd.DataFrame:
     """Raw rows (``{"task", "metric", "value"}`` from ``Suite.evaluate``) tagged with what was
     evaluated. Per task, the first metric the suite returned is the headline metric."""
     records = []
@@ -47,14 +49,18 @@ def raw_frame(rows: Sequence[Mapping[str, Any]], *, method: str, init: str = "",
             raise CellError(f"evaluation row {dict(r)} lacks {sorted(missing)}")
         headline = r["task"] not in seen
         seen.add(r["task"])
-        records.append({"method": method, "init": init, "anchor_init": anchor_init, "seed": int(seed),
+        records.append({"method": method, "init": init, "anchor_init": anchor_init,
+                        "expert_seed": int(expert_seed), "seed": int(seed),
                         "task": str(r["task"]), "metric": str(r["metric"]), "headline": headline,
                         "value": float(r["value"])})
     return pd.DataFrame.from_records(records, columns=RAW_COLUMNS)
 
 
 def read_raw(path: str | os.PathLike) -> pd.DataFrame:
+    """A raw evaluation file (:data:`RAW_COLUMNS`); one written before expert seeds has expert seed 0."""
     df = pd.read_csv(path, keep_default_na=False, dtype={"init": str, "anchor_init": str})
+    if "expert_seed" not in df.columns:
+        df["expert_seed"] = 0
     missing = set(RAW_COLUMNS) - set(df.columns)
     if missing:
         raise CellError(f"{path}: not a raw evaluation file (missing columns {sorted(missing)})")
@@ -74,14 +80,24 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def normalize(df: pd.DataFrame, individual: pd.DataFrame) -> pd.Series:
-    """``value / individual value`` on the same (task, metric); NaN where the expert's value is
-    missing or zero (a ratio to zero means nothing)."""
-    ref = individual.drop_duplicates(["task", "metric"]).set_index(["task", "metric"])["value"]
-    keys = pd.MultiIndex.from_frame(df[["task", "metric"]])
+    """``value / individual value`` on the same (expert seed, task, metric): each row is divided by
+    the individual expert of its own expert seed (frames without ``expert_seed``: expert seed 0);
+    NaN where that expert's value is missing or zero (a ratio to zero means nothing)."""
+    on = ["expert_seed", "task", "metric"]
+    individual, df_keys = _with_expert_seed(individual), _with_expert_seed(df)
+    ref = individual.drop_duplicates(on).set_index(on)["value"]
+    keys = pd.MultiIndex.from_frame(df_keys[on])
     denom = ref.reindex(keys).to_numpy(dtype=float)
     vals = df["value"].to_numpy(dtype=float)
     out = [v / d if (not math.isnan(d) and d != 0.0) else math.nan for v, d in zip(vals, denom)]
     return pd.Series(out, index=df.index, dtype=float)
+
+
+def _with_expert_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with an integer ``expert_seed`` column (0 where it has none)."""
+    if "expert_seed" not in df.columns:
+        return df.assign(expert_seed=0)
+    return df.assign(expert_seed=df["expert_seed"].astype(int))
 
 
 def build_cell(raw: Iterable[pd.DataFrame], individual: pd.DataFrame, *, suite: str, expert_source: str,
@@ -100,6 +116,7 @@ def build_cell(raw: Iterable[pd.DataFrame], individual: pd.DataFrame, *, suite: 
     for col in ("init", "anchor_init"):
         df[col] = df[col].fillna("").astype(str)
     df["seed"] = df["seed"].astype(int)
+    df["expert_seed"] = _with_expert_seed(df)["expert_seed"]
     dup = df.duplicated(SORT_KEYS, keep=False)
     if dup.any():
         raise CellError(f"duplicate rows for {df.loc[dup, SORT_KEYS].head(3).to_dict('records')}")
@@ -121,7 +138,9 @@ def write_cell(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def read_cells(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """All rows of the given cells in one frame (empty strings stay empty, not NaN)."""
+    """All rows of the given cells in one frame (empty strings stay empty, not NaN). Cells written
+    before a column existed read with its old meaning: ``anchor_source`` constructed (FDA rows),
+    ``expert_seed`` 0."""
     frames = []
     for p in paths:
         df = pd.read_csv(p, keep_default_na=False, na_values={"value": [""], "normalized": ["", "nan", "NaN"]},
@@ -129,6 +148,8 @@ def read_cells(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
                                 "fda_bench_version": str, "anchor_source": str})
         if "anchor_source" not in df.columns:  # a cell from before the column: its anchors were built here
             df["anchor_source"] = df["method"].map(lambda m: "constructed" if m == "fda" else "")
+        if "expert_seed" not in df.columns:  # a cell from before expert seeds: one expert seed, 0
+            df["expert_seed"] = 0
         missing = set(CELL_COLUMNS) - set(df.columns)
         if missing:
             raise CellError(f"{p}: not a result cell (missing columns {sorted(missing)})")

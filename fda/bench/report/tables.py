@@ -4,7 +4,7 @@ run started from). Absolute and normalised (value / individual expert's value) v
 paper's published numbers beside ours where it has them. Written as CSV, Markdown and LaTeX.
 
 Tables use each task's headline metric (the first metric the suite's evaluation returns) and the
-mean over seeds.
+mean over every (expert seed, FDA seed) run of a row.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def scale_for(suite: str, values: pd.Series | None = None) -> float:
 
 
 def headline(cells: pd.DataFrame, suite: str, column: str = "value") -> pd.DataFrame:
-    """Per (method, init, anchor_init, task): the headline metric's ``column``, mean over seeds."""
+    """Per (method, init, anchor_init, task): the headline metric's ``column``, mean over the
+    row's runs (every expert seed and FDA seed)."""
     df = cells[(cells["suite"] == suite) & cells["headline"]]
     for c in ("init", "anchor_init"):
         df = df.assign(**{c: df[c].fillna("").astype(str)})
@@ -117,8 +118,9 @@ def build_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str] | None = N
 def add_intervals(table: pd.DataFrame, ints: RowIntervals, *, normalized: bool = False) -> pd.DataFrame:
     """``table`` (from :func:`build_table`) with, per task and Avg, ``{col} lo`` / ``{col} hi``
     (95% interval, metric scale), ``Δ lo`` / ``Δ hi`` / ``Δ sig`` (paired interval of FDA minus
-    its init; sig: it excludes 0) and ``seeds`` (seeds behind the row); NaN where a row has no
-    per-example outcomes. See :mod:`fda.bench.report.intervals`."""
+    its init; sig: it excludes 0) and ``seeds`` (the seeds behind the row, ``E×K``: E expert seeds
+    × K FDA seeds per expert seed; empty without outcomes); NaN where a row has no per-example
+    outcomes. See :mod:`fda.bench.report.intervals`."""
     out = table.copy()
     cols = [c for c in table.columns if c not in KEY + ["row", DELTA]]
     keys = [tuple(k) for k in table[KEY].itertuples(index=False)]
@@ -135,7 +137,7 @@ def add_intervals(table: pd.DataFrame, ints: RowIntervals, *, normalized: bool =
     out[f"{DELTA} lo"] = [d.lo if d else math.nan for d in deltas]
     out[f"{DELTA} hi"] = [d.hi if d else math.nan for d in deltas]
     out[f"{DELTA} sig"] = [d.excludes_zero() if d else False for d in deltas]
-    out["seeds"] = [ints.n_seeds.get(k, 0) for k in keys]
+    out["seeds"] = [str(ints.n_seeds[k]) if k in ints.n_seeds else "" for k in keys]
     return out
 
 
@@ -326,11 +328,14 @@ def interval_note(ints: RowIntervals | None) -> str:
     """The Markdown line that says what '±' and '*' mean in a table (empty without intervals)."""
     if ints is None:
         return "No per-example outcomes: values are means over seeds, without intervals.\n\n"
-    seeds = sorted(set(ints.n_seeds.values()))
-    one = " (one seed: test examples only)" if seeds == [1] else ""
-    return (f"± = half the width of the 95% bootstrap interval over test examples and seeds{one}; "
-            f"Δ* = the paired interval of FDA minus its init excludes 0 (docs/statistics.md). "
-            f"Seeds per row: {', '.join(map(str, seeds))}.\n\n")
+    experts = sorted({c.expert for c in ints.n_seeds.values()})
+    fda = sorted({c.fda for k, c in ints.n_seeds.items() if k[0] == "fda"} or {c.fda for c in ints.n_seeds.values()})
+    one = " (one seed: test examples only)" if experts == [1] and fda == [1] else ""
+    return (f"Values are means over expert seeds and FDA seeds. ± = half the width of the 95% bootstrap interval "
+            f"over test examples, expert seeds and FDA seeds{one}; "
+            f"Δ* = the paired interval of FDA minus its init excludes 0 (paired by test example and expert seed; "
+            f"docs/statistics.md). Expert seeds per row: {', '.join(map(str, experts))}; FDA seeds per expert seed "
+            f"(FDA rows): {', '.join(map(str, fda))}; `seeds` = expert × FDA seeds.\n\n")
 
 
 def write_tables(cells: pd.DataFrame, suite: str, tasks: Sequence[str], out_dir: str | os.PathLike,

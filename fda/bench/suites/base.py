@@ -7,6 +7,7 @@ state dicts. Every method is deterministic given ``seed``; every file is written
 from __future__ import annotations
 
 import abc
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,28 @@ from torch import nn
 StateDict = dict[str, torch.Tensor]
 
 # A result row as returned by ``Suite.evaluate``: {"task": str, "metric": str, "value": float}
-# (the workflow adds suite/method/init/anchor_init/seed and provenance columns).
+# (the workflow adds suite/method/init/anchor_init/expert_seed/seed and provenance columns).
 Row = dict[str, Any]
+
+
+def training_seed(data_seed: int, expert_seed: int = 0) -> int:
+    """The seed an expert's fine-tuning draws its randomness from (head init, data order), given
+    the suite's ``data_seed`` and the ``expert_seed``: ``data_seed`` itself for expert seed 0 (so
+    expert seed 0 reproduces the experts fine-tuned before expert seeds existed), else a stable mix
+    of both (no Python ``hash``: it is salted). The data split never depends on the expert seed."""
+    if expert_seed < 0:
+        raise ValueError(f"expert seed must be >= 0, got {expert_seed}")
+    if expert_seed == 0:
+        return int(data_seed)
+    return (int(data_seed) * 1_000_003 + zlib.crc32(f"expert-seed/{int(expert_seed)}".encode())) % (2**31 - 1)
+
+
+def no_expert_seeds(suite: str, expert_seed: int, why: str) -> None:
+    """A ``ValueError`` when a suite that fine-tunes nothing (``why``) is asked for an expert seed
+    other than 0: its experts are one fixed set."""
+    if expert_seed != 0:
+        raise ValueError(f"suite '{suite}': expert seed {expert_seed} asked for, but {why}: hub or local experts "
+                         "have one expert seed (0)")
 
 
 class Suite(abc.ABC):
@@ -49,9 +70,12 @@ class Suite(abc.ABC):
         """Write the pretrained encoder as an HF model directory at ``out_dir``."""
 
     @abc.abstractmethod
-    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int) -> None:
+    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int,
+                       expert_seed: int = 0) -> None:
         """Fetch or fine-tune the expert for ``task``: HF encoder directory at ``out_dir`` plus
-        ``out_dir/head.safetensors`` (the task head used at evaluation; never merged)."""
+        ``out_dir/head.safetensors`` (the task head used at evaluation; never merged). ``seed`` is
+        the data seed; ``expert_seed`` changes only the fine-tuning's randomness
+        (:func:`training_seed`); a suite that fine-tunes nothing accepts only 0."""
 
     @abc.abstractmethod
     def load_encoder(self, model_dir: Path) -> nn.Module:

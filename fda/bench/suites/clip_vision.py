@@ -61,7 +61,7 @@ from fda.bench.sources import (
     verify_source_sha256,
     verify_specs,
 )
-from fda.bench.suites.base import Row, StateDict, Suite
+from fda.bench.suites.base import Row, StateDict, Suite, no_expert_seeds
 from fda.bench.suites.vision_classnames import TEMPLATES, VISION_TASKS, resolve_classnames
 from fda.bench.eval.zeroshot import cached_zeroshot_head, head_metadata, load_head, zeroshot_logits
 
@@ -274,11 +274,13 @@ class ClipVisionSuite(Suite):
         return Path(self.cfg.head_cache).expanduser() if self.cfg.head_cache else Path("~/.cache/fda-bench/heads").expanduser()
 
     # ------------------------------------------------------------------ experts
-    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int) -> None:
+    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int,
+                       expert_seed: int = 0) -> None:
         """Fetch (hub/local) or convert the expert image tower, verify it against the base, write it
         as an HF dir at ``out_dir`` with the task's ``head.safetensors``. No fine-tuning recipe here:
-        both checkpoint families are published."""
+        both checkpoint families are published, so only expert seed 0 exists."""
         self._check_task(task)
+        no_expert_seeds(self.name, expert_seed, "its experts are published checkpoints (no vision fine-tuning recipe)")
         spec = self.expert_spec(task)
         if parse_source(spec).kind == "recipe":
             raise SourceError(f"suite '{self.name}': no vision fine-tuning recipe; use expert_source fusionbench or taskvectors for task '{task}'")

@@ -45,7 +45,7 @@ from fda.bench.sources import (
     verify_source_sha256,
     verify_specs,
 )
-from fda.bench.suites.base import Row, StateDict, Suite
+from fda.bench.suites.base import Row, StateDict, Suite, no_expert_seeds, training_seed
 
 MODELS = {"robertab": ("FacebookAI/roberta-base", "roberta-base"), "robertal": ("FacebookAI/roberta-large", "roberta-large")}
 DISPLAY = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE"}
@@ -182,21 +182,25 @@ class GlueSuite(Suite):
             write_json_atomic({**self.provenance(), "seed": seed}, tmp / "provenance.json")
 
     # ------------------------------------------------------------------ experts
-    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int) -> None:
+    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int,
+                       expert_seed: int = 0) -> None:
         """Fetch a ``RobertaForSequenceClassification`` expert (hub/local) or fine-tune one with the
-        recipe; write its encoder (HF dir, base config) and ``head.safetensors`` (``classifier.*``)."""
+        recipe; write its encoder (HF dir, base config) and ``head.safetensors`` (``classifier.*``).
+        ``expert_seed`` changes the recipe's randomness (:func:`training_seed`); a fetched expert
+        has only expert seed 0."""
         self._check_task(task)
         base_dir = Path(base_dir)
         spec = self.expert_spec(task)
         base_specs = tensor_specs(load_state_dict(base_dir))
-        info: dict[str, Any] = {"task": task, "source": spec, "seed": seed}
+        info: dict[str, Any] = {"task": task, "source": spec, "seed": seed, "expert_seed": expert_seed}
         if parse_source(spec).kind == "recipe":
             if parse_source(spec).value != "finetune":
                 raise SourceError(f"suite '{self.name}': unknown recipe '{spec}'; the GLUE suites know recipe:finetune")
-            encoder, head, info["recipe"] = self.finetune(task, base_dir, data_dir, seed)
+            encoder, head, info["recipe"] = self.finetune(task, base_dir, data_dir, training_seed(seed, expert_seed))
             encoder = {k: v.to(base_specs[k][1]) for k, v in encoder.items()}  # trained in fp32, stored like the base
             where = f"recipe:finetune ({task})"
         else:
+            no_expert_seeds(self.name, expert_seed, f"the expert of task '{task}' is fetched ({spec})")
             path = resolve_model_dir(spec)
             self._check_sha(path, task)
             encoder, head = split_classifier(load_state_dict(path), where=str(path))

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from fda.bench.suites.base import Row, StateDict, Suite
+from fda.bench.suites.base import Row, StateDict, Suite, no_expert_seeds
 
 DEFAULT_BASE = "hf:meta-llama/Llama-2-13b-hf"
 #: the experts of the FDA paper's NLG experiments (config/paper.yaml names the same)
@@ -208,10 +208,13 @@ class LlamaSuite(Suite):
         """Link the base model's files into ``out_dir`` (``.bin``-only checkpoints: converted)."""
         fetch_checkpoint(self.cfg.base, Path(out_dir), shard_size=CONVERT_SHARD_SIZE)
 
-    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int) -> None:
+    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int,
+                       expert_seed: int = 0) -> None:
         """Link ``task``'s expert into ``out_dir``, then check its tensor headers against the base
         (every key, shape and dtype), so a wrong expert fails before any merge. A larger
-        vocabulary passes here; the merges apply ``vocab_mismatch`` (not an input of this job)."""
+        vocabulary passes here; the merges apply ``vocab_mismatch`` (not an input of this job).
+        Linked experts have only expert seed 0."""
+        no_expert_seeds(self.name, expert_seed, "its experts are linked checkpoints")
         from fda.io.stream_source import StreamSource, check_compatible
 
         fetch_checkpoint(self.expert_spec(task), Path(out_dir), shard_size=CONVERT_SHARD_SIZE)

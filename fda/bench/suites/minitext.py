@@ -23,7 +23,7 @@ from torch import nn
 from fda.io.checkpoints import write_json_atomic
 from fda.bench.eval.outcomes import Outcome
 from fda.bench.suites import assets
-from fda.bench.suites.base import Row, StateDict, Suite
+from fda.bench.suites.base import Row, StateDict, Suite, training_seed
 from fda.bench.suites.common import load_encoder_state, load_split, task_seed
 from fda.bench.suites.heads import HEAD_FILE, load_head, save_head
 from fda.bench.suites.splits import balanced_split, save_dataset_dict
@@ -184,14 +184,16 @@ class MinitextSuite(Suite):
             self._data_cache[key] = (enc["input_ids"], enc["attention_mask"], torch.tensor(ds["label"]))
         return self._data_cache[key]
 
-    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int) -> None:
+    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int,
+                       expert_seed: int = 0) -> None:
         """Fine-tune the whole encoder (embeddings optional) with a fresh linear head on mean-pooled
         features; write the encoder (HF dir) and ``head.safetensors`` (weight [k, 384], bias [k])."""
         from transformers import BertModel  # noqa: PLC0415
 
         c = self.cfg
         ids, mask, y = self._encode(base_dir, data_dir, task, "train")
-        with seeded(task_seed(seed, task, "expert")):
+        run = training_seed(seed, expert_seed)  # == seed for expert seed 0
+        with seeded(task_seed(run, task, "expert")):
             model = BertModel.from_pretrained(str(base_dir), attn_implementation="sdpa")
             model.train()
             head = nn.Linear(model.config.hidden_size, len(TASKS[task]))
@@ -208,13 +210,13 @@ class MinitextSuite(Suite):
             enc_params = [p for p in model.parameters() if p.requires_grad]
             log = train([{"params": enc_params, "lr": c.lr}, {"params": list(head.parameters()), "lr": c.head_lr}],
                         step_loss, n_items=len(y), steps=c.steps, batch_size=c.batch_size,
-                        seed=task_seed(seed, task, "batches"), warmup_frac=c.warmup_frac, weight_decay=c.weight_decay)
+                        seed=task_seed(run, task, "batches"), warmup_frac=c.warmup_frac, weight_decay=c.weight_decay)
         model.eval()
         log.pop("seconds")  # keep the written files byte-identical across reruns
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(str(tmp), safe_serialization=True)
             save_head(tmp / HEAD_FILE, head.weight, head.bias, kind="linear", task=task, classes=self.classes(task))
-            (tmp / "train_log.json").write_text(json.dumps({"task": task, "seed": seed, **log}, sort_keys=True) + "\n")
+            (tmp / "train_log.json").write_text(json.dumps({"task": task, "seed": seed, "expert_seed": expert_seed, **log}, sort_keys=True) + "\n")
 
     # ---------------------------------------------------------------------------- evaluation
 

@@ -24,7 +24,7 @@ from torch import nn
 from fda.io.checkpoints import write_json_atomic
 from fda.bench.eval.outcomes import Outcome
 from fda.bench.suites import assets
-from fda.bench.suites.base import Row, StateDict, Suite
+from fda.bench.suites.base import Row, StateDict, Suite, training_seed
 from fda.bench.suites.common import load_encoder_state, load_split, task_seed
 from fda.bench.suites.heads import HEAD_FILE, apply_head, load_head, prototype_head, save_head
 from fda.bench.suites.splits import balanced_split, save_dataset_dict
@@ -300,7 +300,8 @@ class MinivisionSuite(Suite):
         x, y = self._arrays(data_dir, task, "train")
         return prototype_head(self._features(self._model(base_dir, fresh=True), x), y, len(TASKS[task].classes))
 
-    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int) -> None:
+    def prepare_expert(self, task: str, base_dir: Path, data_dir: Path, out_dir: Path, seed: int,
+                       expert_seed: int = 0) -> None:
         """Compute the frozen prototype head from the pretrained encoder, fine-tune the encoder
         under it (cross-entropy on ``logit_scale * cos``), write the encoder and ``head.safetensors``."""
         from transformers import CLIPVisionModel  # noqa: PLC0415
@@ -308,7 +309,8 @@ class MinivisionSuite(Suite):
         c = self.cfg
         head = self.zero_shot_head(task, base_dir, data_dir)  # plain tensor: frozen by construction
         x, y = self._arrays(data_dir, task, "train")
-        with seeded(task_seed(seed, task, "expert")):
+        run = training_seed(seed, expert_seed)  # == seed for expert seed 0
+        with seeded(task_seed(run, task, "expert")):
             model = CLIPVisionModel.from_pretrained(str(base_dir), attn_implementation="sdpa").train()
 
             def step_loss(idx: torch.Tensor) -> torch.Tensor:
@@ -316,7 +318,7 @@ class MinivisionSuite(Suite):
                 return F.cross_entropy(c.logit_scale * z @ head.T, y[idx])
 
             log = train([{"params": list(model.parameters()), "lr": c.lr}], step_loss, n_items=len(y), steps=c.steps,
-                        batch_size=c.batch_size, seed=task_seed(seed, task, "batches"), warmup_frac=c.warmup_frac,
+                        batch_size=c.batch_size, seed=task_seed(run, task, "batches"), warmup_frac=c.warmup_frac,
                         weight_decay=c.weight_decay)
         log.pop("seconds")
         model.eval()
@@ -324,7 +326,7 @@ class MinivisionSuite(Suite):
             model.save_pretrained(str(tmp), safe_serialization=True)
             save_head(tmp / HEAD_FILE, head, torch.zeros(len(head)), kind="prototype", task=task,
                       classes=self.classes(task), logit_scale=c.logit_scale)
-            (tmp / "train_log.json").write_text(json.dumps({"task": task, "seed": seed, **log}, sort_keys=True) + "\n")
+            (tmp / "train_log.json").write_text(json.dumps({"task": task, "seed": seed, "expert_seed": expert_seed, **log}, sort_keys=True) + "\n")
 
     # ---------------------------------------------------------------------------- evaluation
 
