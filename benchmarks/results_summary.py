@@ -45,7 +45,7 @@ def summary(tables_dir: Path, suites: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     seeds = {s: sorted(set(frames[s]["seeds"])) if "seeds" in frames[s] else [] for s in suites}
     lines.append("")
-    lines.append("Seeds per row: " + "; ".join(f"{s}: {', '.join(map(str, v))}" for s, v in seeds.items()))
+    lines.append("Seeds per row (expert × FDA): " + "; ".join(f"{s}: {', '.join(map(str, v))}" for s, v in seeds.items()))
     return "\n".join(lines) + "\n"
 
 

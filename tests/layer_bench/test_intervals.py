@@ -304,4 +304,4 @@ def test_readme_summary_reads_the_tables_intervals(tmp_path):
     fda = table[table["method"] == "fda"].iloc[0]
     assert f"{100 * fda['Avg']:.1f} ±{100 * (fda['Avg hi'] - fda['Avg lo']) / 2:.1f}" in fda_line
     assert fda_line.rstrip(" |").endswith("*")  # the significant paired Δ
-    assert "Seeds per row: minitext: 1, 2" in text
+    assert "Seeds per row (expert × FDA): minitext: 1×1, 1×2" in text
