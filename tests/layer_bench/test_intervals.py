@@ -54,6 +54,12 @@ def test_outcomes_round_trip_and_refuse_bad_files(tmp_path):
     assert outcomes_path("work/s/eseed0/eval/ta.csv").name == "ta.npz"
 
 
+def test_outcomes_compare_by_value():
+    a = _outcome(_correct(0.7, 1))
+    assert a == _outcome(_correct(0.7, 1)) and a != _outcome(_correct(0.7, 2))
+    assert [{"outcome": a}] == [{"outcome": _outcome(_correct(0.7, 1))}]  # rows with outcomes compare
+
+
 def test_outcome_rejects_malformed_input():
     with pytest.raises(OutcomeError, match="equal-length"):
         Outcome(np.zeros(3), np.zeros(4), "accuracy")

@@ -203,6 +203,8 @@ def test_end_to_end_rows(built):
             rows = suite.evaluate(state, task, root / "base", root / "data", root / "experts" / task)
             assert rows[0]["metric"] == "accuracy" and rows[0]["task"] == task
             assert 0.0 <= rows[0]["value"] <= 1.0
+            outcome = rows[0].pop("outcome")  # the headline's per-example outcome, recomputable
+            assert outcome.metric == "accuracy" and outcome.score() == pytest.approx(rows[0]["value"])
             assert all(set(r) == {"task", "metric", "value"} and isinstance(r["value"], float) for r in rows)
         n_test = len(_splits(root / "data", task)["test"])
         rows = suite.evaluate(expert, task, root / "base", root / "data", root / "experts" / task, limit=3)

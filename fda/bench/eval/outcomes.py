@@ -40,7 +40,7 @@ class OutcomeError(ValueError):
     """An outcomes file is missing, malformed or disagrees with its evaluation."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Outcome:
     """One task's per-example results. ``predictions`` and ``references``: [n] arrays in the test
     split's order; ``metric``: the headline metric they give (a name in :data:`METRICS`)."""
@@ -60,6 +60,15 @@ class Outcome:
             raise OutcomeError(f"outcome metric {self.metric!r} has no resampling rule; known: {sorted(METRICS)}")
         object.__setattr__(self, "predictions", p)
         object.__setattr__(self, "references", r)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the metric and every prediction and reference are (arrays compared whole)."""
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return (self.metric == other.metric and np.array_equal(self.predictions, other.predictions)
+                and np.array_equal(self.references, other.references))
+
+    __hash__ = object.__hash__
 
     def score(self, index: np.ndarray | None = None) -> float:
         """The metric on all examples, or on the examples at ``index`` ([m] ints, repeats allowed)."""
