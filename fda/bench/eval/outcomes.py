@@ -80,7 +80,7 @@ class Outcome:
     def resampled(self, index: np.ndarray) -> np.ndarray:
         """The metric on every row of ``index`` ([B, n] example indices): [B] values."""
         if self.metric in DECOMPOSABLE:  # a mean of per-example values: one vectorised gather
-            return (self.predictions == self.references).astype(float)[index].mean(axis=1)
+            return (self.predictions == self.references)[index].mean(axis=1)  # bool gather: 1 byte per draw
         return np.array([self.score(row) for row in index])
 
 
