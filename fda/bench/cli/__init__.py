@@ -25,6 +25,7 @@ Subcommands (``fda-bench <cmd> -h`` for arguments), by the module of fda/bench/c
     aggregate        result cells -> paper-shaped tables (CSV, Markdown, LaTeX)
     figures          result cells -> method comparison and heatmap (PNG, PDF)
     construction-figures  construction logs -> curves and singular value spectra
+    join-runs        the cells, outcomes and costs of runs over disjoint seeds -> one set, its tables and figures
   costs.py
     costs            benchmark files and job logs -> cost per method row (table, accuracy-vs-cost figure)
     paper-tables     the paper's own tables (default: its ablations) as printed, in Markdown

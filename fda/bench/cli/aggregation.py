@@ -1,6 +1,7 @@
 """``fda-bench cell``, ``aggregate``, ``figures``, ``construction-figures``: raw rows and logs ->
-result cells, tables and figures; ``paper-tables``: the paper's own tables (ablations) in Markdown.
-No model is loaded."""
+result cells, tables and figures; ``join-runs``: the cells of runs over disjoint seeds -> one
+set, with its tables, figures and costs; ``paper-tables``: the paper's own tables (ablations) in
+Markdown. No model is loaded."""
 
 from __future__ import annotations
 
@@ -28,16 +29,13 @@ def cmd_cell(args: argparse.Namespace) -> int:
 def write_cell_outcomes(cell, raw_paths: list[str], out: str) -> None:
     """The per-example outcomes of a cell's evaluations (each beside its raw CSV) in one file;
     every (method, init, anchor init, expert seed, seed, task) of the cell must have them."""
-    from fda.bench.eval.outcomes import OutcomeError, merge_outcomes, outcomes_path, write_outcomes
+    from fda.bench.eval.outcomes import merge_outcomes, outcomes_path, write_outcomes
+    from fda.bench.report.join import cell_outcome_keys, check_outcome_keys
 
     merged = merge_outcomes(outcomes_path(p) for p in raw_paths)
-    columns = ["method", "init", "anchor_init", "expert_seed", "seed", "task"]
-    keys = {(m, i, a, int(e), int(s), t) for m, i, a, e, s, t in cell[columns].itertuples(index=False)}
-    missing = sorted(keys - set(merged))
-    if missing:
-        raise OutcomeError(f"no per-example outcomes for {missing[:3]} (expected beside the raw files "
-                           f"{[str(outcomes_path(p)) for p in raw_paths[:2]]}); re-run their evaluation")
-    write_outcomes({k: merged[k] for k in sorted(keys)}, out)
+    check_outcome_keys(cell, merged, f"the evaluations {[str(outcomes_path(p)) for p in raw_paths[:2]]}..."
+                       " (re-run their evaluation)")
+    write_outcomes({k: merged[k] for k in sorted(cell_outcome_keys(cell))}, out)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
@@ -70,6 +68,61 @@ def cmd_construction_figures(args: argparse.Namespace) -> int:
 
     paths = write_construction_figures(args.suite, args.anchor_init, args.logs, args.out_dir)
     log(f"wrote {len(paths)} figure files to {args.out_dir}")
+    return 0
+
+
+def cmd_join_runs(args: argparse.Namespace) -> int:
+    """Join the cells (with outcomes) and per-job costs of runs over disjoint seeds of one
+    configuration into ``--out`` and render its tables, figures and cost tables."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from fda.bench.cli.common import UsageError
+    from fda.bench.config import suite_views
+    from fda.bench.config.load import load_config
+    from fda.bench.eval.outcomes import outcomes_path, write_outcomes
+    from fda.bench.report.cost import write_frame
+    from fda.bench.report.cost_figure import write_costs
+    from fda.bench.report.figures import write_cell_figures
+    from fda.bench.report.join import check_outcome_keys, join_cells, join_jobs, join_outcomes
+    from fda.bench.report.results import write_cell
+    from fda.bench.report.tables import write_tables
+
+    runs = [Path(r) for r in args.runs]
+    out = Path(args.out)
+    if out.resolve() in {r.resolve() for r in runs}:
+        raise UsageError(f"--out {out} is one of the runs: write the join to a new directory")
+    config = load_config([args.config])
+    for suite in args.suite or list(config["suites"]):
+        names = [sorted(p.name for p in run.glob(f"{suite}_*.csv")) for run in runs]
+        if not names[0]:
+            raise UsageError(f"{runs[0]} holds no cells of suite {suite!r} ({suite}_*.csv)")
+        for run, have in zip(runs[1:], names[1:]):
+            if have != names[0]:
+                raise UsageError(f"{run} and {runs[0]} hold different cells of {suite}: "
+                                 f"{sorted(set(have) ^ set(names[0]))}; join runs of one configuration")
+        tasks = suite_views.result_tasks(config, suite)
+        cells, outcomes = [], {}
+        for name in names[0]:
+            cell = join_cells([run / name for run in runs])
+            joined = join_outcomes(outcomes_path(run / name) for run in runs)
+            check_outcome_keys(cell, joined, name)
+            write_cell(cell, out / name)
+            write_outcomes(joined, outcomes_path(out / name))
+            cells.append(cell)
+            outcomes.update(joined)
+        frame = pd.concat(cells, ignore_index=True)
+        paths = list(write_tables(frame, suite, tasks, out / "tables", outcomes=outcomes).values())
+        paths += write_cell_figures(frame, suite, tasks, out / "figures", outcomes)
+        job_files = [run / "costs" / f"{suite}.csv" for run in runs]
+        if all(p.is_file() for p in job_files):
+            jobs = join_jobs(job_files)
+            write_frame(jobs, out / "costs" / f"{suite}.csv")
+            paths += write_costs(jobs, frame, suite, tasks, outcomes, out / "tables", out / "figures")[0]
+        else:
+            log(f"{suite}: no cost table (per-job costs missing in {[str(p) for p in job_files if not p.is_file()]})")
+        log(f"{suite}: joined {len(names[0])} cells of {len(runs)} runs into {out}; wrote {len(paths)} table and figure files")
     return 0
 
 
@@ -131,6 +184,12 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--anchor-init", required=True)
     sp.add_argument("--logs", nargs="+", required=True, help="construction logs (JSON next to the anchors)")
     sp.add_argument("--out-dir", required=True)
+
+    sp = add("join-runs", cmd_join_runs, "cells of runs over disjoint seeds -> one set, with tables, figures and costs")
+    sp.add_argument("runs", nargs="+", help="result directories ({suite}_{method}.csv + .npz, costs/{suite}.csv), e.g. results/reference-seeds")
+    sp.add_argument("--out", required=True, help="a new directory for the joined cells, tables/, figures/, costs/")
+    sp.add_argument("--config", default="config/config.yaml", help="the runs' config (the tables' task columns)")
+    sp.add_argument("--suite", nargs="+", help="suites to join (default: every suite of --config)")
 
     sp = add("paper-tables", cmd_paper_tables, "the paper's published tables as printed, flags as footnotes (Markdown)")
     sp.add_argument("--suite", nargs="+", help="suites of paper_tables.csv (default: the ablations)")

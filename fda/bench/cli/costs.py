@@ -18,23 +18,10 @@ def epochs_arg(text: str) -> tuple[str, int]:
 
 
 def cmd_costs(args: argparse.Namespace) -> int:
-    from fda.bench.report.cost import (
-        cost_table,
-        job_costs,
-        planned_files,
-        row_costs,
-        write_cost_table,
-        write_frame,
-        wudi_merge_flops,
-    )
-    from fda.bench.report.cost_figure import (
-        interval_errors,
-        with_intervals,
-        write_cost_figure,
-    )
+    from fda.bench.report.cost import job_costs, planned_files, write_frame, wudi_merge_flops
+    from fda.bench.report.cost_figure import write_costs
     from fda.bench.report.cost_jobs import CostPlan
     from fda.bench.report.results import read_cells
-    from fda.bench.report.tables import AVG, build_table, scale_for
 
     merge_flops = {}
     if args.wudi_model:
@@ -44,21 +31,13 @@ def cmd_costs(args: argparse.Namespace) -> int:
     benchmarks, anchor_logs = planned_files(CostPlan.from_json(args.plan), args.benchmarks_dir, args.work_dir)
     jobs = job_costs(benchmarks, anchor_logs, adapt_epochs=dict(args.adapt_epochs or []), merge_flops=merge_flops)
     write_frame(jobs, args.jobs_out)
-    cells = read_cells(args.cells)
-    table = cost_table(row_costs(jobs), cells, args.suite, args.tasks)
-    yerr = None
-    if args.outcomes:  # the accuracy's 95% intervals (docs/statistics.md), as in the suite's tables
+    outcomes = None
+    if args.outcomes:
         from fda.bench.eval.outcomes import merge_outcomes
-        from fda.bench.report.intervals import row_intervals
 
-        table = with_intervals(table, row_intervals(merge_outcomes(args.outcomes), args.tasks))
-        yerr = interval_errors(table)
-    values = cells.loc[cells["suite"] == args.suite, "value"]
-    paths = list(write_cost_table(table, args.suite, args.tables_dir, values).values())
-    accuracy = build_table(cells, args.suite, args.tasks, "value")
-    refs = {r: float(v) for m, r, v in accuracy[["method", "row", AVG]].itertuples(index=False) if m in ("pretrained", "individual")}
-    paths += write_cost_figure(table, args.suite, scale_for(args.suite, values), args.figures_dir, refs, yerr)
-    log(f"{len(jobs)} jobs, {len(table)} method rows; wrote {args.jobs_out} and {len(paths)} table and figure files")
+        outcomes = merge_outcomes(args.outcomes)
+    paths, rows = write_costs(jobs, read_cells(args.cells), args.suite, args.tasks, outcomes, args.tables_dir, args.figures_dir)
+    log(f"{len(jobs)} jobs, {rows} method rows; wrote {args.jobs_out} and {len(paths)} table and figure files")
     return 0
 
 

@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from fda.bench.eval.outcomes import Outcome, OutcomeKey
+from fda.bench.report.cost import cost_table, row_costs, write_cost_table
 from fda.bench.report.figures import plt, save
-from fda.bench.report.tables import AVG
+from fda.bench.report.tables import AVG, build_table, scale_for
 
 #: x axes: (column of the cost table, label)
 AXES = (("wall_s", "wall time per run (s, log)"), ("flops", "estimated FLOPs (log)"))
@@ -106,3 +108,26 @@ def write_cost_figure(table: pd.DataFrame, suite: str, scale: float, out_dir: st
     """``{out_dir}/{suite}-cost.png`` and ``.pdf``."""
     fig = accuracy_vs_cost(table, suite, scale, references, yerr)
     return save(fig, Path(out_dir) / f"{suite}-cost")
+
+
+def write_costs(jobs: pd.DataFrame, cells: pd.DataFrame, suite: str, tasks: list[str],
+                outcomes: Mapping[OutcomeKey, Outcome] | None, tables_dir: str | os.PathLike,
+                figures_dir: str | os.PathLike) -> tuple[list[Path], int]:
+    """``suite``'s cost table and accuracy-versus-cost figure from per-job costs
+    (:func:`fda.bench.report.cost.job_costs`) and its result ``cells``; ``outcomes``: the cells'
+    per-example outcomes for the accuracy's 95% intervals (None: seed spread). Returns the
+    written paths and the number of method rows."""
+    table = cost_table(row_costs(jobs), cells, suite, tasks)
+    yerr = None
+    if outcomes:  # the accuracy's intervals (docs/statistics.md), as in the suite's tables
+        from fda.bench.report.intervals import row_intervals
+
+        table = with_intervals(table, row_intervals(outcomes, tasks))
+        yerr = interval_errors(table)
+    values = cells.loc[cells["suite"] == suite, "value"]
+    paths = list(write_cost_table(table, suite, tables_dir, values).values())
+    accuracy = build_table(cells, suite, tasks, "value")
+    refs = {r: float(v) for m, r, v in accuracy[["method", "row", AVG]].itertuples(index=False)
+            if m in ("pretrained", "individual")}
+    paths += write_cost_figure(table, suite, scale_for(suite, values), figures_dir, refs, yerr)
+    return paths, len(table)
