@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -56,11 +56,16 @@ class AdaptLog:
     epoch_loss: torch.Tensor
     initial_loss: float
     final_loss: float
+    #: pooled loss on held-out anchors (never trained on) after 0, each snapshot and the last epoch
+    heldout_loss: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-friendly form."""
-        return {"loss": self.loss.tolist(), "epoch_loss": self.epoch_loss.tolist(),
-                "initial_loss": self.initial_loss, "final_loss": self.final_loss}  # fmt: skip
+        """JSON-friendly form (``heldout_loss`` only when held-out anchors were given)."""
+        out: dict[str, object] = {"loss": self.loss.tolist(), "epoch_loss": self.epoch_loss.tolist(),
+                                  "initial_loss": self.initial_loss, "final_loss": self.final_loss}
+        if self.heldout_loss:
+            out["heldout_loss"] = {str(e): v for e, v in sorted(self.heldout_loss.items())}
+        return out
 
     # generic converters (e.g. the CLI's) call ``.tolist()`` on anything that has it
     tolist = to_dict
@@ -68,11 +73,14 @@ class AdaptLog:
 
 @dataclass
 class AdaptResult:
-    """Adapted block: ``params`` maps the block's FULL state-dict keys to detached tensors."""
+    """Adapted block: ``params`` maps the block's FULL state-dict keys to detached tensors;
+    ``snapshots[e]``: the same after epoch ``e`` of the run, for each requested snapshot epoch
+    (what a run of ``e`` epochs gives: the learning rate is constant, so a shorter run is a prefix)."""
 
     block: int
     params: StateDict
     log: AdaptLog
+    snapshots: dict[int, StateDict] = field(default_factory=dict)
 
 
 class _Parameterisation:
@@ -137,6 +145,8 @@ def adapt(
     seed: int,
     progress: bool = True,
     on_step: StepCallback | None = None,
+    snapshot_epochs: Sequence[int] = (),
+    heldout: Sequence[torch.Tensor] | None = None,
 ) -> AdaptResult:
     """Adapt block ``block`` on ``anchors[i]`` (canonical, expert i's anchors).
 
@@ -144,9 +154,18 @@ def adapt(
     computed in eval mode; training runs with the block in ``train_mode`` (dropout on or off).
     Returns the adapted tensors under the block's full keys, detached, on the anchors' device.
     ``on_step(done, total)`` is called after every epoch (``total = epochs``), e.g. for progress.
+    ``snapshot_epochs``: also keep the tensors after each of these epochs (0..epochs; 0 = the
+    start), so one run gives every shorter run of an epoch grid. ``heldout[i]``: anchors of expert
+    i that are not trained on; their pooled loss is logged after epoch 0, each snapshot and the
+    last epoch (``log.heldout_loss``): a selection signal that uses no task data.
     """
     if len(anchors) != len(experts):
         raise ValueError(f"{len(anchors)} anchor sets for {len(experts)} experts")
+    if heldout is not None and len(heldout) != len(experts):
+        raise ValueError(f"{len(heldout)} held-out anchor sets for {len(experts)} experts")
+    snaps = sorted({int(e) for e in snapshot_epochs})
+    if len(snaps) != len(snapshot_epochs) or any(e < 0 or e > epochs for e in snaps):
+        raise ValueError(f"snapshot epochs must be distinct epochs in 0..{epochs} (adapt_epochs), got {list(snapshot_epochs)}")
     # out-of-range settings fail before any work (FDAConfig checks them too; adapt can be called directly)
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"adapt_lr must be a positive finite number, got {lr!r}")
@@ -166,9 +185,27 @@ def adapt(
     opt = torch.optim.Adam(param.trainable, lr=lr) if epochs else None  # no weight decay, as the official code
     gen = torch.Generator().manual_seed(seed)
 
-    def pooled_loss() -> float:
+    if heldout is not None:
+        held = [a.detach().to(dev, anchors[0].dtype) for a in heldout]
         with torch.no_grad(), module_mode(module, False):
-            return float(adapt_loss(adapter.call(block, param.params(), X), Y, loss))
+            X_held = torch.cat(held)
+            Y_held = torch.cat([adapter.call(block, ex, a) for ex, a in zip(exs, held)])
+
+    def pooled_loss(x: torch.Tensor = X, y: torch.Tensor = Y) -> float:
+        with torch.no_grad(), module_mode(module, False):
+            return float(adapt_loss(adapter.call(block, param.params(), x), y, loss))
+
+    prefix = adapter.block_prefix(block)
+    snapshots: dict[int, StateDict] = {}
+    heldout_loss: dict[int, float] = {}
+
+    def checkpoint(epoch: int) -> None:
+        """Keep the snapshot and the held-out loss due after ``epoch`` epochs."""
+        if epoch in snaps:
+            with torch.no_grad():
+                snapshots[epoch] = {prefix + k: v.detach().clone() for k, v in param.params().items()}
+        if heldout is not None and (epoch in snaps or epoch in (0, epochs)):
+            heldout_loss[epoch] = pooled_loss(X_held, Y_held)  # eval mode: draws no random numbers
 
     initial = pooled_loss()
     if not math.isfinite(initial):
@@ -181,6 +218,8 @@ def adapt(
     step_losses: list[torch.Tensor] = []
     epoch_losses: list[torch.Tensor] = []
     bar = tqdm(range(epochs), desc=f"adapt block {block}", disable=not progress, leave=False)
+    # pooled_loss switches the block to eval mode and back, so snapshots taken mid-run leave dropout as it was
+    checkpoint(0)
     # dropout (train_mode) draws from the global RNG: fork it and seed it, so runs repeat exactly
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), module_mode(module, train_mode):
@@ -206,16 +245,17 @@ def adapt(
                 )
             if progress:
                 bar.set_postfix(loss=float(epoch_losses[-1]))
+            checkpoint(len(epoch_losses))
             if on_step is not None:
                 on_step(len(epoch_losses), epochs)
     final = pooled_loss()
-    prefix = adapter.block_prefix(block)
     with torch.no_grad():
         out = {prefix + k: v.detach().clone() for k, v in param.params().items()}
-    for k, v in out.items():
-        check_result(where, f"the adapted tensor {k!r}", v, {"adapt_lr": lr}, fix="adaptation diverged; lower adapt_lr")
+    for state in (out, *snapshots.values()):
+        for k, v in state.items():
+            check_result(where, f"the adapted tensor {k!r}", v, {"adapt_lr": lr}, fix="adaptation diverged; lower adapt_lr")
     if not math.isfinite(final):
         raise NonFiniteError(f"{where}: the final adaptation loss is non-finite ({final}) with adapt_lr={lr!r}: adaptation diverged; lower adapt_lr")
     as_tensor = lambda xs: torch.stack(xs).cpu() if xs else torch.empty(0)  # noqa: E731
-    log = AdaptLog(as_tensor(step_losses), as_tensor(epoch_losses), initial, final)
-    return AdaptResult(block, out, log)
+    log = AdaptLog(as_tensor(step_losses), as_tensor(epoch_losses), initial, final, heldout_loss)
+    return AdaptResult(block, out, log, snapshots)

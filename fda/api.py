@@ -279,6 +279,8 @@ def adapt_block(
     config: FDAConfig | None = None,
     *,
     on_step: StepCallback | None = None,
+    snapshot_epochs: Sequence[int] = (),
+    heldout_anchors: Sequence[torch.Tensor] | None = None,
 ) -> AdaptResult:
     """Adapt ``block`` on the pooled ``anchors`` (one canonical tensor per expert, same order).
 
@@ -291,13 +293,18 @@ def adapt_block(
     Inputs (block tensors, the merged init's block, the anchors) are checked as ``baselines.merge``
     checks its inputs (``MergeInputError``); a loss or adapted tensor that becomes NaN/inf is a
     ``NonFiniteError`` naming ``adapt_lr`` and the block. ``on_step(done, total)``: the block's
-    progress after every epoch (for a display).
+    progress after every epoch (for a display). ``snapshot_epochs``: also return the block after
+    each of these epochs (``AdaptResult.snapshots``; an epoch grid from one run);
+    ``heldout_anchors``: per expert, anchors not trained on, whose loss is logged
+    (``log.heldout_loss``; :func:`fda.adapt.adapt`).
     """
-    return _adapt_block(model, pretrained, experts, block, anchors, init, init_state, config, check=True, on_step=on_step)
+    return _adapt_block(model, pretrained, experts, block, anchors, init, init_state, config, check=True, on_step=on_step,
+                        snapshot_epochs=snapshot_epochs, heldout=heldout_anchors)
 
 
 def _adapt_block(model, pretrained, experts, block, anchors, init, init_state, config, *, check: bool,
-                 on_step: StepCallback | None = None) -> AdaptResult:
+                 on_step: StepCallback | None = None, snapshot_epochs: Sequence[int] = (),
+                 heldout: Sequence[torch.Tensor] | None = None) -> AdaptResult:
     config = config or FDAConfig.for_family(adapter_for(model).family, init=init)
     adapter, cfg = _adapter(model, config)
     all_experts, names = _expert_list(experts), _expert_names(experts)
@@ -321,7 +328,8 @@ def _adapt_block(model, pretrained, experts, block, anchors, init, init_state, c
         [a.to(dev, torch.float32) for a in anchors], init=init, init_block=init_block, epochs=cfg.adapt_epochs,
         lr=cfg.adapt_lr, batch_size=cfg.adapt_batch, loss=cfg.adapt_loss, train_mode=bool(cfg.train_mode),
         ta_lambda=cfg.ta_lambda, seed=derive_seed(cfg.seed, "adapt", block), progress=cfg.progress,
-        on_step=on_step,
+        on_step=on_step, snapshot_epochs=snapshot_epochs,
+        heldout=[a.to(dev, torch.float32) for a in heldout] if heldout is not None else None,
     )  # fmt: skip
 
 

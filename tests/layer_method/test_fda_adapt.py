@@ -115,6 +115,50 @@ def test_adaptation_is_deterministic_with_dropout_on():
     assert not all(torch.equal(a.params[k], c.params[k]) for k in a.params)  # dropout did something
 
 
+@pytest.mark.parametrize(("init", "train_mode"), [("ta", True), ("pretrained", False)])
+def test_snapshots_equal_shorter_runs_exactly(init, train_mode):
+    """One run with snapshots gives every shorter run of an epoch grid (dropout on included)."""
+    model = tiny_bert()
+    pre, experts = states(model, 2)
+    cfg = small_config("bert", init, adapt_epochs=6, adapt_lr=1e-3, train_mode=train_mode)
+    anchors = [torch.randn(8, 3, 32) for _ in experts]
+    held = [torch.randn(4, 3, 32) for _ in experts]
+    full = fda.adapt_block(model, pre, experts, 0, anchors, init, None, cfg, snapshot_epochs=[0, 2, 5],
+                           heldout_anchors=held)
+    assert sorted(full.snapshots) == [0, 2, 5]
+    for e in (0, 2, 5):
+        short = fda.adapt_block(model, pre, experts, 0, anchors, init, None, dataclasses.replace(cfg, adapt_epochs=e))
+        assert all(torch.equal(full.snapshots[e][k], short.params[k]) for k in short.params), e
+    plain = fda.adapt_block(model, pre, experts, 0, anchors, init, None, cfg)
+    assert all(torch.equal(full.params[k], plain.params[k]) for k in plain.params)  # snapshots change nothing
+    assert sorted(full.log.heldout_loss) == [0, 2, 5, 6]
+    assert full.log.to_dict()["heldout_loss"].keys() == {"0", "2", "5", "6"}
+    assert "heldout_loss" not in plain.log.to_dict()  # logs without held-out anchors are as before
+
+
+def test_heldout_loss_is_the_pooled_loss_on_anchors_never_trained_on():
+    model = tiny_bert()
+    pre, experts = states(model, 2)
+    cfg = small_config("bert", "pretrained", adapt_epochs=4, adapt_lr=1e-3, train_mode=False)
+    anchors = [torch.randn(8, 3, 32) for _ in experts]
+    # held-out anchors equal to the training anchors: their loss is the pooled training loss
+    same = fda.adapt_block(model, pre, experts, 0, anchors, "pretrained", None, cfg, heldout_anchors=anchors)
+    assert same.log.heldout_loss[0] == pytest.approx(same.log.initial_loss, rel=1e-6)
+    assert same.log.heldout_loss[4] == pytest.approx(same.log.final_loss, rel=1e-6)
+
+
+def test_snapshot_epochs_outside_the_run_are_refused():
+    model = tiny_bert()
+    pre, experts = states(model, 1)
+    cfg = small_config("bert", adapt_epochs=3)
+    for bad in ([4], [-1], [1, 1]):
+        with pytest.raises(ValueError, match="snapshot epochs"):
+            fda.adapt_block(model, pre, experts, 0, [torch.randn(4, 3, 32)], "pretrained", None, cfg, snapshot_epochs=bad)
+    with pytest.raises(ValueError, match="held-out anchor sets"):
+        fda.adapt_block(model, pre, experts, 0, [torch.randn(4, 3, 32)], "pretrained", None, cfg,
+                        heldout_anchors=[torch.randn(2, 3, 32)] * 2)
+
+
 def test_merged_init_other_than_ta_needs_its_state():
     model = tiny_bert()
     pre, experts = states(model, 1)
