@@ -26,6 +26,7 @@ Subcommands (``fda-bench <cmd> -h`` for arguments), by the module of fda/bench/c
     figures          result cells -> method comparison and heatmap (PNG, PDF)
     construction-figures  construction logs -> curves and singular value spectra
     join-runs        the cells, outcomes and costs of runs over disjoint seeds -> one set, its tables and figures
+    claims           the paper's claims on runs' outcomes: paired intervals, in how many runs each held
   costs.py
     costs            benchmark files and job logs -> cost per method row (table, accuracy-vs-cost figure)
     paper-tables     the paper's own tables (default: its ablations) as printed, in Markdown

@@ -1,6 +1,7 @@
 """``fda-bench cell``, ``aggregate``, ``figures``, ``construction-figures``: raw rows and logs ->
 result cells, tables and figures; ``join-runs``: the cells of runs over disjoint seeds -> one
-set, with its tables, figures and costs; ``paper-tables``: the paper's own tables (ablations) in
+set, with its tables, figures and costs; ``claims``: the paper's claims on runs' outcomes;
+``paper-tables``: the paper's own tables (ablations) in
 Markdown. No model is loaded."""
 
 from __future__ import annotations
@@ -126,6 +127,35 @@ def cmd_join_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    """The paper's claims on each run's outcomes, paired intervals, and in how many runs each held."""
+    from pathlib import Path
+
+    from fda.bench.cli.common import UsageError
+    from fda.bench.eval.outcomes import TASK, merge_outcomes
+    from fda.bench.report.claims import check_claims, render_claims
+    from fda.bench.report.tables import scale_for
+    from fda.io.atomic import atomic_path
+
+    text = []
+    for suite in args.suite:
+        runs = {}
+        for run in args.runs:
+            files = sorted(Path(run).glob(f"{suite}_*.npz"))
+            if not files:
+                raise UsageError(f"{run} holds no per-example outcomes of {suite} ({suite}_*.npz)")
+            outcomes = merge_outcomes(files)
+            tasks = sorted({key[TASK] for key in outcomes})  # Avg is over every task the run scored
+            runs[Path(run).name] = check_claims(outcomes, tasks)
+        text.append(f"### {suite}\n\n" + render_claims(runs, scale_for(suite)))
+    out = "\n".join(text)
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(out)
+    print(out, end="")
+    return 0
+
+
 def cmd_paper_tables(args: argparse.Namespace) -> int:
     from fda.bench.cli.common import UsageError
     from fda.bench.report.published import paper_data, paper_grids
@@ -190,6 +220,11 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--out", required=True, help="a new directory for the joined cells, tables/, figures/, costs/")
     sp.add_argument("--config", default="config/config.yaml", help="the runs' config (the tables' task columns)")
     sp.add_argument("--suite", nargs="+", help="suites to join (default: every suite of --config)")
+
+    sp = add("claims", cmd_claims, "the paper's claims on runs' outcomes: paired intervals, in how many runs each held")
+    sp.add_argument("runs", nargs="+", help="result directories holding {suite}_*.npz outcomes (one column each)")
+    sp.add_argument("--suite", nargs="+", required=True)
+    sp.add_argument("--out", help="Markdown file (default: stdout)")
 
     sp = add("paper-tables", cmd_paper_tables, "the paper's published tables as printed, flags as footnotes (Markdown)")
     sp.add_argument("--suite", nargs="+", help="suites of paper_tables.csv (default: the ablations)")
