@@ -17,7 +17,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 RUN_PACKAGES  := dataset-fashion-mnist fortunes fortunes-min
 TEST_PACKAGES := $(RUN_PACKAGES) bubblewrap
 
-.PHONY: run run-seeds test smoke reference venv clean-venv packages-run packages-test
+.PHONY: run run-seeds robustness test smoke reference venv clean-venv packages-run packages-test
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -49,6 +49,20 @@ smoke: packages-run $(STAMP)
 # fine-tuned three times), every FDA row on three FDA seeds per expert seed.
 run-seeds: packages-run $(STAMP)
 	$(OFFLINE) $(VENV)/bin/snakemake --cores $(CORES) all --config 'fda_seeds=[0,1,2]' 'expert_seeds=[0,1,2]'
+
+# The robustness runs (issue #18, docs/robustness.md): the default run on other task subsets and
+# data seeds (config/robustness/v*.yaml over config/config.yaml), each in runs/robustness/<v>/,
+# then the paper's claims checked on each with paired intervals, and in how many they held
+# (against CLAIMS_BASE too: the default configuration's committed evidence run).
+VARIANTS ?= v1 v2 v3
+CLAIMS_BASE ?= results/reference-seeds
+robustness: packages-run $(STAMP)
+	for v in $(VARIANTS); do mkdir -p runs/robustness/$$v && $(OFFLINE) $(VENV)/bin/snakemake --snakefile $(CURDIR)/Snakefile \
+	  --directory runs/robustness/$$v --cores $(CORES) all \
+	  --configfile $(CURDIR)/config/config.yaml $(CURDIR)/config/robustness/$$v.yaml || exit 1; done
+	mkdir -p results/robustness
+	$(VENV)/bin/fda-bench claims $(CLAIMS_BASE) $(foreach v,$(VARIANTS),runs/robustness/$(v)/results) \
+	  --suite minitext minivision --out results/robustness/claims.md
 
 # Freeze the outputs of a finished `make run` as the committed reference (README results section):
 # result cells with their per-example outcomes, tables, figures, costs, and where the run spent

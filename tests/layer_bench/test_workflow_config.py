@@ -405,3 +405,19 @@ def test_beyond_the_paper_construction_options_are_config_words():
     assert cfg_names.fda_hparams(section)["construct_optimizer"] == "lbfgs"
     fda_cfg["hparams"]["construct_optimizer"] = "bfgs"
     assert "adamw, lbfgs" in _error(cfg)
+
+
+def test_robustness_variants_move_task_subsets_and_data_seeds():
+    """config/robustness/v*.yaml (make robustness): each valid over the default config, at least
+    three, each suite on its own data seed and a task subset unlike the default's and each other's."""
+    default = cfg_load.load_config([ROOT / "config" / "config.yaml"])
+    variants = sorted((ROOT / "config" / "robustness").glob("v*.yaml"))
+    assert len(variants) >= 3
+    for suite in ("minitext", "minivision"):
+        seen = {(default["suites"][suite]["data_seed"], frozenset(default["suites"][suite]["tasks"]))}
+        for v in variants:
+            s = cfg_load.load_config([ROOT / "config" / "config.yaml", v])["suites"][suite]
+            key = (s["data_seed"], frozenset(s["tasks"]))
+            assert key[0] not in {k[0] for k in seen} and key[1] not in {k[1] for k in seen}, (v.name, suite)
+            assert set(s["tasks"]) < set(default["suites"][suite]["tasks"])
+            seen.add(key)

@@ -146,7 +146,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
                 raise UsageError(f"{run} holds no per-example outcomes of {suite} ({suite}_*.npz)")
             outcomes = merge_outcomes(files)
             tasks = sorted({key[TASK] for key in outcomes})  # Avg is over every task the run scored
-            runs[Path(run).name] = check_claims(outcomes, tasks)
+            runs[_run_label(Path(run), runs)] = check_claims(outcomes, tasks)
         text.append(f"### {suite}\n\n" + render_claims(runs, scale_for(suite)))
     out = "\n".join(text)
     if args.out:
@@ -154,6 +154,13 @@ def cmd_claims(args: argparse.Namespace) -> int:
             tmp.write_text(out)
     print(out, end="")
     return 0
+
+
+def _run_label(run, taken) -> str:
+    """A run's column name: its directory (the one above a ``results`` directory), or its whole
+    path when that name is taken."""
+    name = run.parent.name if run.name == "results" and run.parent.name else run.name
+    return name if name not in taken else str(run)
 
 
 def cmd_paper_tables(args: argparse.Namespace) -> int:
