@@ -88,6 +88,12 @@ def suite_family(name: str) -> str:
     return _classes(name)[0].family
 
 
+def suite_no_validation(name: str) -> str | None:
+    """Why suite ``name`` has no selection (validation) split, or None when it has one (without
+    building the suite; ``Suite.no_validation``)."""
+    return _classes(name)[0].no_validation
+
+
 def suite_settings_class(name: str) -> type:
     """The settings dataclass of suite ``name`` (its fields' types, defaults, help and ranges)."""
     return _classes(name)[1]
@@ -101,4 +107,4 @@ def suite_settings_schema(name: str) -> dict[str, dict[str, Any]]:
 
 
 __all__ = ["SUITES", "CorruptAssetError", "MissingAssetError", "Row", "SettingsError", "StateDict", "Suite", "get_suite",
-           "suite_family", "suite_settings_class", "suite_settings_schema", "MinitextSettings", "MinivisionSettings", "MinitextSuite", "MinivisionSuite"]
+           "suite_family", "suite_no_validation", "suite_settings_class", "suite_settings_schema", "MinitextSettings", "MinivisionSettings", "MinitextSuite", "MinivisionSuite"]

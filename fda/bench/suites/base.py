@@ -33,6 +33,11 @@ def training_seed(data_seed: int, expert_seed: int = 0) -> int:
     return (int(data_seed) * 1_000_003 + zlib.crc32(f"expert-seed/{int(expert_seed)}".encode())) % (2**31 - 1)
 
 
+#: the splits ``Suite.evaluate`` scores: ``test`` (every number in a result cell) and ``validation``
+#: (hyperparameter selection only; docs/selection.md)
+EVAL_SPLITS = ("test", "validation")
+
+
 def no_expert_seeds(suite: str, expert_seed: int, why: str) -> None:
     """A ``ValueError`` when a suite that fine-tunes nothing (``why``) is asked for an expert seed
     other than 0: its experts are one fixed set."""
@@ -51,6 +56,9 @@ class Suite(abc.ABC):
     #: q/k/v layout ("split"/"fused") the merges and FDA's construction loss run in, recorded in
     #: every result row; the HF layout unless a suite says otherwise (paper CLIP suites)
     qkv_layout: str = "split"
+    #: why the suite has no selection split (``evaluate(split="validation")`` refuses, and a config
+    #: ``selection`` for the suite is an error naming it); None: it has one, disjoint from its test split
+    no_validation: str | None = None
 
     def __init__(self, settings: dict[str, Any]):
         #: the suite's validated section of the workflow config
@@ -91,6 +99,17 @@ class Suite(abc.ABC):
         expert_dir: Path,
         *,
         limit: int | None = None,
+        split: str = "test",
     ) -> list[Row]:
-        """Score ``encoder_state`` (keys of the base encoder) with ``task``'s own head on its test
-        split. Returns rows ``{"task", "metric", "value"}``; the first row is the headline metric."""
+        """Score ``encoder_state`` (keys of the base encoder) with ``task``'s own head on its
+        ``split`` (``test``, or ``validation`` for selection: see :meth:`check_split`). Returns rows
+        ``{"task", "metric", "value"}``; the first row is the headline metric."""
+
+    def check_split(self, split: str) -> str:
+        """``split`` when the suite can score it; ``ValueError`` naming the suite and why otherwise
+        (an unknown split, or ``validation`` on a suite without a selection split: ``no_validation``)."""
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"suite '{self.name}': unknown evaluation split {split!r}; allowed: {', '.join(EVAL_SPLITS)}")
+        if split == "validation" and self.no_validation:
+            raise ValueError(f"suite '{self.name}' has no validation split for selection: {self.no_validation}")
+        return split

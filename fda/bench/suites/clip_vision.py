@@ -117,6 +117,8 @@ class ClipVisionSuite(Suite):
     """Shared implementation of ``vitb32`` / ``vitb16`` / ``vitl14`` (subclasses fix the arch)."""
 
     family = "clip-vision"
+    no_validation = ("its tasks are scored on their test splits and no held-out slice of their train splits is "
+                     "carved out yet (docs/selection.md)")
     arch: str = "vitb32"
 
     def __init__(self, settings: dict[str, Any] | ClipVisionSettings | None = None):
@@ -356,9 +358,11 @@ class ClipVisionSuite(Suite):
         return CLIPVisionModelWithProjection.from_pretrained(str(model_dir), attn_implementation="eager").eval()
 
     def evaluate(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, expert_dir: Path,
-                 *, limit: int | None = None) -> list[Row]:
+                 *, limit: int | None = None, split: str = "test") -> list[Row]:
         """Top-1 accuracy (headline) and mean cross-entropy of ``encoder_state`` (either q/k/v
-        layout) with ``expert_dir/head.safetensors`` on the task's test split."""
+        layout) with ``expert_dir/head.safetensors`` on the task's test split (``split``: test only,
+        see ``no_validation``)."""
+        self.check_split(split)
         preds, labels, loss = self._run(encoder_state, task, base_dir, data_dir, expert_dir, limit=limit)
         acc = float((preds == labels).float().mean())
         outcome = Outcome(preds.numpy(), labels.numpy(), "accuracy")

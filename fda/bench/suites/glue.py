@@ -100,6 +100,8 @@ class GlueSuite(Suite):
     """Shared implementation of ``robertab`` / ``robertal``."""
 
     family = "roberta"
+    no_validation = ("GLUE's validation split is this suite's test split (as in the paper) and no held-out slice "
+                     "of the train split is carved out yet (docs/selection.md)")
     model_key: str = "robertab"
 
     def __init__(self, settings: dict[str, Any] | GlueSettings | None = None):
@@ -295,9 +297,11 @@ class GlueSuite(Suite):
         return RobertaModel.from_pretrained(str(model_dir), add_pooling_layer=False, attn_implementation="eager").eval()
 
     def evaluate(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, expert_dir: Path,
-                 *, limit: int | None = None) -> list[Row]:
-        """GLUE metrics of ``encoder_state`` with ``expert_dir/head.safetensors`` on the validation split;
-        the headline row carries the per-example ``outcome``."""
+                 *, limit: int | None = None, split: str = "test") -> list[Row]:
+        """GLUE metrics of ``encoder_state`` with ``expert_dir/head.safetensors`` on GLUE's validation
+        split, which is this suite's *test* split (``split``: test only, see ``no_validation``); the
+        headline row carries the per-example ``outcome``."""
+        self.check_split(split)
         preds, labels = self.predict(encoder_state, task, base_dir, data_dir, expert_dir, limit=limit)
         rows = metric_rows(task, preds, labels)
         rows[0]["outcome"] = Outcome(np.asarray(preds), np.asarray(labels), rows[0]["metric"])  # headline: recomputable

@@ -136,6 +136,7 @@ class LlamaSuite(Suite):
 
     name = "llama13b"
     family = "llama"
+    no_validation = "the streaming LLM rules have no selection path, and its benchmarks are scored whole (docs/llm.md)"
     #: Llama's q/k/v are separate Linear layers: merges run in the checkpoint's own layout
     qkv_layout = "split"
 
@@ -228,7 +229,7 @@ class LlamaSuite(Suite):
         return decoder_skeleton(model_dir)
 
     def evaluate(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, expert_dir: Path,
-                 *, limit: int | None = None) -> list[Row]:
+                 *, limit: int | None = None, split: str = "test") -> list[Row]:
         """Not for this suite: a 13B state dict is never held in memory; use :meth:`evaluate_dir`."""
         raise NotImplementedError(f"suite '{self.name}' scores model directories: LlamaSuite.evaluate_dir "
                                   "(fda-bench llm-eval), not in-memory state dicts")

@@ -229,8 +229,10 @@ class MinitextSuite(Suite):
         return self._model_cache[key]
 
     def evaluate(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, expert_dir: Path,
-                 *, limit: int | None = None) -> list[Row]:
-        """Accuracy (headline) and macro-F1 on the test split, with ``task``'s expert head."""
+                 *, limit: int | None = None, split: str = "test") -> list[Row]:
+        """Accuracy (headline) and macro-F1 on ``split`` (test, or validation: the split
+        prepare_data draws disjoint from train and test), with ``task``'s expert head."""
+        split = self.check_split(split)
         if task not in self.tasks:
             raise ValueError(f"minitext: task {task!r} not in this suite's tasks {self.tasks}")
         model = self._model(base_dir)
@@ -241,7 +243,7 @@ class MinitextSuite(Suite):
             load_encoder_state(model, encoder_state)
             self._loaded = (model, encoder_state)
         weight, bias, _meta = load_head(Path(expert_dir) / HEAD_FILE)
-        ids, mask, y = self._encode(base_dir, data_dir, task, "test", limit)
+        ids, mask, y = self._encode(base_dir, data_dir, task, split, limit)
         order = torch.argsort(mask.sum(1))  # length-sorted batches: less padding
         preds = torch.empty_like(y)
         with torch.inference_mode():

@@ -340,8 +340,10 @@ class MinivisionSuite(Suite):
         return self._model_cache[key]
 
     def evaluate(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, expert_dir: Path,
-                 *, limit: int | None = None) -> list[Row]:
-        """Accuracy (headline) and macro-F1 on the test split, with ``task``'s frozen head."""
+                 *, limit: int | None = None, split: str = "test") -> list[Row]:
+        """Accuracy (headline) and macro-F1 on ``split`` (test, or validation: the split
+        prepare_data draws disjoint from train and test), with ``task``'s frozen head."""
+        split = self.check_split(split)
         if task not in self.tasks:
             raise ValueError(f"minivision: task {task!r} not in this suite's tasks {self.tasks}")
         model = self._model(base_dir)
@@ -352,7 +354,7 @@ class MinivisionSuite(Suite):
             load_encoder_state(model, encoder_state)
             self._loaded = (model, encoder_state)
         weight, bias, meta = load_head(Path(expert_dir) / HEAD_FILE)
-        x, y = self._arrays(data_dir, task, "test", limit)
+        x, y = self._arrays(data_dir, task, split, limit)
         preds = apply_head(self._features(model, x), weight, bias, meta).argmax(-1)
         acc = float((preds == y).float().mean())
         from sklearn.metrics import f1_score  # lazy: only evaluation jobs pay for sklearn's import
