@@ -20,6 +20,8 @@ Subcommands (``fda-bench <cmd> -h`` for arguments), by the module of fda/bench/c
     import-anchors   the FDA authors' released anchors (.npy) -> anchor files (adapt without constructing)
   evaluation.py
     evaluate         evaluate an encoder (or each expert on its own task) -> raw rows
+  selection.py
+    select           grid points' validation rows -> the validated protocol's choice (JSON)
   aggregation.py
     cell             raw rows -> one tidy result cell
     aggregate        result cells -> paper-shaped tables (CSV, Markdown, LaTeX)
@@ -61,6 +63,7 @@ from fda.bench.cli import (
     fda_jobs,
     llm,
     merges,
+    selection,
 )
 from fda.bench.cli.common import log
 
@@ -74,7 +77,7 @@ MEASURED_COMMANDS = {"merge", "fda-construct", "fda-adapt", "fda-assemble", "eva
                      "stream-merge", "llm-construct", "llm-adapt", "llm-assemble", "llm-eval"}
 
 #: the family modules, in the order ``fda-bench --help`` lists their commands
-FAMILIES = (configs, data, merges, fda_jobs, anchors, evaluation, aggregation, costs, llm)
+FAMILIES = (configs, data, merges, fda_jobs, anchors, evaluation, selection, aggregation, costs, llm)
 
 #: exit status of a command stopped by one of the project's errors (argparse's usage errors: 2 too)
 EXIT_ERROR = 2
@@ -94,6 +97,7 @@ PROJECT_ERRORS: tuple[tuple[str, str], ...] = (
     ("fda.bench.suites.assets", "MissingAssetError"),
     ("fda.bench.report.results", "CellError"),
     ("fda.bench.eval.outcomes", "OutcomeError"),
+    ("fda.bench.selection", "SelectionError"),
     ("fda.bench.gpu", "GPUSlotError"),
     ("fda.bench.official_anchors", "OfficialAnchorsError"),
     ("fda.bench.eval.llm.data", "LLMEvalDataError"),

@@ -29,7 +29,7 @@ def cmd_cell(args: argparse.Namespace) -> int:
 
 def write_cell_outcomes(cell, raw_paths: list[str], out: str) -> None:
     """The per-example outcomes of a cell's evaluations (each beside its raw CSV) in one file;
-    every (method, init, anchor init, expert seed, seed, task) of the cell must have them."""
+    every (method, init, anchor init, expert seed, seed, task, protocol) of the cell must have them."""
     from fda.bench.eval.outcomes import merge_outcomes, outcomes_path, write_outcomes
     from fda.bench.report.join import cell_outcome_keys, check_outcome_keys
 

@@ -24,30 +24,53 @@ def refuse_non_finite(state: Mapping[str, Any], path: str | Path) -> None:
                               "hyperparameters may diverge) or replace the file")
 
 
+def chosen_model(args: argparse.Namespace) -> tuple[str, str, str]:
+    """``(model, protocol, hparams)`` of the evaluation: ``--model`` under the fixed protocol, or
+    with ``--choice`` the model a select job chose (validated protocol, its chosen values as JSON)."""
+    if not args.choice:
+        return args.model, "fixed", ""
+    from fda.bench.cli.common import UsageError
+    from fda.bench.selection import read_choice, values_json
+
+    if args.model:
+        raise UsageError("give --model or --choice, not both (the choice names its model)")
+    if args.split != "test":
+        raise UsageError("--choice evaluates the chosen model on test; the validation scores are in the choice file")
+    choice = read_choice(args.choice)
+    mine = {"method": args.method, "expert_seed": args.expert_seed, "init": args.init, "anchor_init": args.anchor_init}
+    other = {k: choice.get(k) for k, v in mine.items() if choice.get(k) != v}
+    if other:
+        raise UsageError(f"{args.choice} is the choice of {other}, not of {({k: mine[k] for k in other})}")
+    return choice["chosen"]["model"], choice["protocol"], values_json(choice["chosen"]["values"])
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fda.io.checkpoints import load_state_dict
     from fda.bench.eval.outcomes import pop_outcomes, write_evaluation_outcomes
     from fda.bench.report.results import raw_frame, write_csv
 
     suite = suite_of(args)
+    split = suite.check_split(args.split)  # before any model is read: a suite without validation says why
+    model, protocol, hparams = chosen_model(args)
     experts = dict(args.expert)
     rows: list[dict[str, Any]] = []
-    shared = load_state_dict(args.model) if args.model else None
+    shared = load_state_dict(model) if model else None
     if shared is not None:
-        refuse_non_finite(shared, args.model)
+        refuse_non_finite(shared, model)
     for task in args.tasks:
         # `individual`: each task's own expert; otherwise the one merged encoder on every task
         state = shared
         if state is None:
             state = load_state_dict(experts[task])
             refuse_non_finite(state, experts[task])
-        log(f"evaluate {args.method} {args.init} {args.anchor_init} on {task}")
-        got = suite.evaluate(state, suite_task(suite, task), Path(args.base), Path(args.data), experts[task], limit=args.limit)
+        log(f"evaluate {args.method} {args.init} {args.anchor_init} {protocol} on {task} ({split})")
+        got = suite.evaluate(state, suite_task(suite, task), Path(args.base), Path(args.data), experts[task],
+                             limit=args.limit, split=split)
         rows += [{**r, "task": task} for r in got]  # rows carry the workflow's task name
     tags = {"method": args.method, "init": args.init, "anchor_init": args.anchor_init, "seed": args.seed,
-            "expert_seed": args.expert_seed}
+            "expert_seed": args.expert_seed, "protocol": protocol}
     outcomes = pop_outcomes(rows, **tags)
-    df = raw_frame(rows, **tags)
+    df = raw_frame(rows, **tags, hparams=hparams, split=split)
     if args.outcomes:
         write_evaluation_outcomes(outcomes, args.tasks, args.outcomes, args.suite)
     write_csv(df, args.out)
@@ -59,6 +82,10 @@ def register(add: AddCommand) -> None:
     sp = add("evaluate", cmd_evaluate, "evaluate an encoder on the suite's tasks -> raw rows CSV")
     suite_args(sp)
     sp.add_argument("--model", help="merged encoder (safetensors/HF dir); omit for `individual`")
+    sp.add_argument("--choice", help="a select job's choice file (JSON): evaluate the model it chose, as the validated "
+                                     "protocol, recording the chosen values (instead of --model)")
+    sp.add_argument("--split", default="test", choices=["test", "validation"],
+                    help="the split to score: test (default; result cells) or validation (selection only)")
     sp.add_argument("--tasks", nargs="+", required=True)
     sp.add_argument("--base", required=True)
     sp.add_argument("--data", required=True)

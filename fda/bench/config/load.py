@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from fda.bench.config.grids import grids
 from fda.bench.config.suite_views import (
     FINETUNED_HERE,
     STREAMING_FAMILIES,
@@ -310,6 +311,7 @@ def _suite_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
     out += _init_problems(s)
     out += _baseline_problems(s)
     out += _fda_problems(s)
+    out += _selection_problems(name, s)
     out += _settings_problems(name, s, build=not tasks)
     if not out:
         out += _source_problems(name, s)
@@ -444,6 +446,48 @@ def _build_error(build: Any, *args: Any, **kwargs: Any) -> str | None:
     except (TypeError, ValueError) as err:
         return str(err)
     return None
+
+
+def _selection_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
+    """``selection``: only a suite with a validation split takes it; each grid belongs to a
+    configured baseline, and each of its hyperparameters exists and takes every listed value (the
+    method's dataclass decides, with the method's other configured values)."""
+    declared = grids(s)
+    if not declared:
+        return []
+    try:
+        from fda.bench.suites import suite_no_validation
+
+        why = suite_no_validation(name)
+    except (ImportError, ValueError):  # a suite that is not implemented (yet)
+        why = None
+    if why:
+        return [Problem(("selection",), f"suite '{name}' has no validation split to select on: {why}; "
+                                        "remove `selection` for this suite")]
+    registry = _baseline_registry()
+    out: list[Problem] = []
+    for method, grid in declared.items():
+        if method not in s["methods"]:
+            out.append(Problem(("selection", "grids", method), f"'{method}' has a grid but is not under methods "
+                                                               f"(configured methods: {', '.join(s['methods'])})"))
+            continue
+        if registry is None or method not in registry:
+            continue
+        from baselines.registry import build_hparams  # type: ignore[import-not-found]
+
+        spec = registry[method]
+        valid = _dataclass_fields(getattr(spec, "hparams", None)) or []
+        fixed = dict(s["methods"].get(method) or {})
+        for key, values in grid.items():
+            if key not in valid:
+                out.append(Problem(("selection", "grids", method, key),
+                                   f"unknown hyperparameter {key!r} of '{method}'; allowed: {', '.join(valid)}"))
+                continue
+            for v in values:
+                err = _build_error(build_hparams, spec, {**fixed, key: v})
+                if err:
+                    out.append(Problem(("selection", "grids", method, key), f"{v!r}: {err}"))
+    return out
 
 
 def _fda_problems(s: Mapping[str, Any]) -> list[Problem]:

@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from fda.bench.config.grids import grids, method_points
 from fda.bench.config.suite_views import anchor_source, effective_suite, expert_seeds
 from fda.bench.config.vocabulary import (
     ANCHOR_INITS,
@@ -44,6 +45,7 @@ __all__ = [
     "cell_slice",
     "cells",
     "check_cell",
+    "check_point",
     "check_wildcards",
     "config_hash",
     "configured_values",
@@ -54,6 +56,8 @@ __all__ = [
     "fda_granularity",
     "fda_hparams",
     "merge_slice",
+    "selection_slice",
+    "validated_methods",
     "suite_wildcard_values",
     "wildcard_problems",
 ]
@@ -140,9 +144,29 @@ def eval_slice(config: Mapping[str, Any], suite: str) -> dict[str, Any]:
     return {"eval_limit": s["eval_limit"], "tasks": s["tasks"]}
 
 
-def cell_slice(config: Mapping[str, Any], suite: str, method: str, init: str | None = None) -> dict[str, Any]:
-    """Everything a result cell depends on (its ``config_hash``)."""
+def validated_methods(section: Mapping[str, Any]) -> list[str]:
+    """The methods of a suite section (smoke applied) that have a validated row: a declared grid
+    (``selection.grids``) and an entry under ``methods``, in grid order."""
+    return [m for m in grids(section) if m in section["methods"]]
+
+
+def selection_slice(config: Mapping[str, Any], suite: str, method: str) -> dict[str, Any]:
+    """What a select job (and the validated row it leads to) depends on: the fixed merge's slice,
+    the grid's points in declared order (the tie rule reads the order) and the evaluation settings."""
     s = effective_suite(config, suite)
+    return {**merge_slice(config, suite, method), "points": method_points(s, method),
+            "eval": eval_slice(config, suite), "split": "validation"}
+
+
+def cell_slice(config: Mapping[str, Any], suite: str, method: str, init: str | None = None,
+               protocol: str = "fixed") -> dict[str, Any]:
+    """Everything a result cell depends on (its ``config_hash``); ``protocol`` ``validated``: the
+    validated cell of a baseline (its grid too)."""
+    s = effective_suite(config, suite)
+    if protocol != "fixed":
+        return {"eval": eval_slice(config, suite), "experts": expert_slice(config, suite),
+                "expert_seeds": expert_seeds(s), "method": selection_slice(config, suite, method),
+                "protocol": protocol}
     out: dict[str, Any] = {"eval": eval_slice(config, suite), "experts": expert_slice(config, suite),
                            "expert_seeds": expert_seeds(s)}
     if method == "fda":
@@ -164,6 +188,7 @@ def cells(config: Mapping[str, Any]) -> list[str]:
     for suite in config["suites"]:
         s = effective_suite(config, suite)
         out += [f"results/{suite}_{m}.csv" for m in s["methods"]]
+        out += [f"results/{suite}_{m}_validated.csv" for m in validated_methods(s)]
         if s.get("fda"):
             out += [f"results/{suite}_{init}_fda.csv" for init in s["fda"]["inits"]]
     return out
@@ -172,12 +197,14 @@ def cells(config: Mapping[str, Any]) -> list[str]:
 # -------------------------------------------------------------------------------- wildcards
 
 #: the wildcards of the workflow's file names whose values the config lists per suite
-CONFIGURED_WILDCARDS = ("method", "baseline", "reference", "init", "anchorinit", "task", "eseed", "seed", "block")
+CONFIGURED_WILDCARDS = ("method", "baseline", "selected", "reference", "init", "anchorinit", "task", "eseed", "seed",
+                        "block")
 
 
 def suite_wildcard_values(config: Mapping[str, Any], suite: str) -> dict[str, list[str]]:
     """The values each wildcard may take in ``suite``'s file names, as the config (smoke applied)
-    lists them: ``method`` its methods, ``baseline`` its baselines, ``reference`` ``individual``
+    lists them: ``method`` its methods, ``baseline`` its baselines, ``selected`` the baselines with a
+    selection grid (``validated_methods``), ``reference`` ``individual``
     (every cell's ``normalized`` needs it) and ``pretrained`` if listed, ``init`` / ``anchorinit``
     its FDA inits and anchor inits, ``task`` its tasks, ``eseed`` its expert seeds, ``seed`` its
     FDA seeds, ``block`` its blocks."""
@@ -186,6 +213,7 @@ def suite_wildcard_values(config: Mapping[str, Any], suite: str) -> dict[str, li
     return {
         "method": list(s["methods"]),
         "baseline": [m for m in s["methods"] if m in BASELINE_METHODS],
+        "selected": validated_methods(s),
         "reference": [m for m in REFERENCE_METHODS if m in s["methods"] or m == "individual"],
         "init": list(fda.get("inits", [])),
         "anchorinit": list(fda.get("anchor_inits", [])),
@@ -229,6 +257,14 @@ def check_wildcards(config: Mapping[str, Any], wildcards: Mapping[str, str]) -> 
     problems = wildcard_problems(config, wildcards)
     if problems:
         raise ConfigError("not part of this config: " + "; ".join(problems))
+
+
+def check_point(config: Mapping[str, Any], suite: str, method: str, point: int | str) -> None:
+    """``ConfigError`` when ``point`` is not a grid point of ``method``'s selection grid in ``suite``."""
+    n = len(method_points(effective_suite(config, suite), method))
+    if not 0 <= int(point) < n:
+        raise ConfigError(f"grid point {point} is not configured for '{method}' in suite '{suite}' "
+                          f"(its selection grid has points 0..{n - 1}{_smoke_note(config, suite)})")
 
 
 def check_cell(config: Mapping[str, Any], path: str, wildcards: Mapping[str, str]) -> None:

@@ -14,6 +14,10 @@ Files are NumPy ``.npz`` archives (no pickles: loaded with ``allow_pickle=False`
 
 Files written before expert seeds name five fields (``"ta|||0|tech|predictions"``): they read as
 expert seed 0.
+
+A row of another protocol than ``fixed`` (the config's values; docs/selection.md) names it after the
+task: ``"ta|||0|0|tech|validated|predictions"``. Fixed rows keep the names above, so their files are
+byte-identical to those written before protocols, and every name without one reads as ``fixed``.
 """
 
 from __future__ import annotations
@@ -28,12 +32,27 @@ import numpy as np
 
 from fda.io.atomic import atomic_path
 
-#: (method, init, anchor_init, expert_seed, seed, task)
-OutcomeKey = tuple[str, str, str, int, int, str]
+#: (method, init, anchor_init, expert_seed, seed, task, protocol); a key without the protocol (six
+#: parts, as before protocols existed) is a ``fixed`` row's (:func:`full_key`)
+OutcomeKey = tuple[str, str, str, int, int, str, str]
 #: the position of the task in an :data:`OutcomeKey`
 TASK = 5
+#: the position of the protocol in an :data:`OutcomeKey`
+PROTOCOL = 6
+#: the protocol of keys and files that name none
+FIXED = "fixed"
 _FIELDS = ("predictions", "references", "metric")
 _SEP = "|"
+
+
+def full_key(key: tuple) -> OutcomeKey:
+    """``key`` with its protocol: a six-part key (from before protocols) is a ``fixed`` row's."""
+    if len(key) == 6:
+        return (*key, FIXED)  # type: ignore[return-value]
+    if len(key) != 7:
+        raise OutcomeError(f"outcome key {key!r} must have 6 or 7 parts (method, init, anchor_init, expert_seed, "
+                           "seed, task[, protocol])")
+    return tuple(key)  # type: ignore[return-value]
 
 
 class OutcomeError(ValueError):
@@ -118,28 +137,31 @@ METRICS = {"accuracy": _accuracy, "pass@1": _accuracy, "f1macro": _f1macro,
 DECOMPOSABLE = {"accuracy", "pass@1"}
 
 
-def _name(key: OutcomeKey, field: str) -> str:
-    method, init, anchor_init, expert_seed, seed, task = key
-    for part in (method, init, anchor_init, task):
+def _name(key: tuple, field: str) -> str:
+    method, init, anchor_init, expert_seed, seed, task, protocol = full_key(key)
+    for part in (method, init, anchor_init, task, protocol):
         if _SEP in part:
             raise OutcomeError(f"name {part!r} contains {_SEP!r}")
-    return _SEP.join([method, init, anchor_init, str(int(expert_seed)), str(int(seed)), task, field])
+    extra = [] if protocol == FIXED else [protocol]  # fixed rows: the names of before protocols
+    return _SEP.join([method, init, anchor_init, str(int(expert_seed)), str(int(seed)), task, *extra, field])
 
 
 def _parse_name(name: str) -> tuple[OutcomeKey, str] | None:
     """``(key, field)`` of an entry name; a five-field name from before expert seeds is expert
-    seed 0. None when the name is not an outcome entry."""
+    seed 0, a name without a protocol is ``fixed``. None when the name is not an outcome entry."""
     fields = name.split(_SEP)
     if len(fields) == 6:  # written before expert seeds: method|init|anchor_init|seed|task|field
         fields = [*fields[:3], "0", *fields[3:]]
-    if len(fields) != 7 or fields[6] not in _FIELDS or not all(f.lstrip("-").isdigit() for f in fields[3:5]):
+    if len(fields) == 7:  # no protocol: fixed
+        fields = [*fields[:6], FIXED, fields[6]]
+    if len(fields) != 8 or fields[7] not in _FIELDS or not all(f.lstrip("-").isdigit() for f in fields[3:5]):
         return None
-    method, init, anchor_init, expert_seed, seed, task, field = fields
-    return (method, init, anchor_init, int(expert_seed), int(seed), task), field
+    method, init, anchor_init, expert_seed, seed, task, protocol, field = fields
+    return (method, init, anchor_init, int(expert_seed), int(seed), task, protocol), field
 
 
 def write_outcomes(outcomes: Mapping[OutcomeKey, Outcome], path: str | os.PathLike) -> Path:
-    """Write ``outcomes`` to ``path`` (.npz, compressed, atomic)."""
+    """Write ``outcomes`` to ``path`` (.npz, compressed, atomic); keys of six parts are ``fixed`` rows'."""
     arrays: dict[str, np.ndarray] = {}
     for key, o in outcomes.items():
         arrays[_name(key, "predictions")] = o.predictions
@@ -177,7 +199,7 @@ def read_outcomes(path: str | os.PathLike) -> dict[OutcomeKey, Outcome]:
 
 
 def merge_outcomes(paths: Iterable[str | os.PathLike]) -> dict[OutcomeKey, Outcome]:
-    """All outcomes of several files; a key stored twice is an error."""
+    """All outcomes of several files (seven-part keys); a key stored twice is an error."""
     out: dict[OutcomeKey, Outcome] = {}
     for p in paths:
         for key, o in read_outcomes(p).items():
@@ -188,14 +210,14 @@ def merge_outcomes(paths: Iterable[str | os.PathLike]) -> dict[OutcomeKey, Outco
 
 
 def pop_outcomes(rows: list[dict], *, method: str, init: str = "", anchor_init: str = "",
-                 seed: int = 0, expert_seed: int = 0) -> dict[OutcomeKey, Outcome]:
+                 seed: int = 0, expert_seed: int = 0, protocol: str = FIXED) -> dict[OutcomeKey, Outcome]:
     """Take the ``"outcome"`` entries out of evaluation ``rows`` (in place), keyed by what was
-    evaluated and each row's task."""
+    evaluated, under which protocol, and each row's task."""
     out: dict[OutcomeKey, Outcome] = {}
     for r in rows:
         o = r.pop("outcome", None)
         if o is not None:
-            out[(method, init, anchor_init, int(expert_seed), int(seed), str(r["task"]))] = o
+            out[(method, init, anchor_init, int(expert_seed), int(seed), str(r["task"]), protocol)] = o
     return out
 
 

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fda.bench.eval.outcomes import Outcome, OutcomeError, OutcomeKey
+from fda.bench.eval.outcomes import FIXED, Outcome, OutcomeError, OutcomeKey, full_key
 
-#: (method, init, anchor_init): one table row
-RowKey = tuple[str, str, str]
+#: (method, init, anchor_init, protocol): one table row; a three-part key is the ``fixed`` row's
+#: (:func:`row_key`)
+RowKey = tuple[str, str, str, str]
 #: one row's outcomes: ``{expert_seed: {fda_seed: {task: outcome}}}``
 Runs = Mapping[int, Mapping[int, Mapping[str, Outcome]]]
 AVG = "Avg"
@@ -64,11 +65,17 @@ class SeedCount:
         return f"{self.expert}×{self.fda}"
 
 
+def row_key(key: tuple) -> RowKey:
+    """A table row's key with its protocol (three parts: the ``fixed`` row)."""
+    return (*key, FIXED) if len(key) == 3 else tuple(key)  # type: ignore[return-value]
+
+
 def by_row(outcomes: Mapping[OutcomeKey, Outcome]) -> dict[RowKey, dict[int, dict[int, dict[str, Outcome]]]]:
-    """``{(method, init, anchor_init): {expert_seed: {seed: {task: outcome}}}}``."""
+    """``{(method, init, anchor_init, protocol): {expert_seed: {seed: {task: outcome}}}}``."""
     rows: dict[RowKey, dict[int, dict[int, dict[str, Outcome]]]] = {}
-    for (method, init, anchor_init, expert_seed, seed, task), o in outcomes.items():
-        runs = rows.setdefault((method, init, anchor_init), {})
+    for key, o in outcomes.items():
+        method, init, anchor_init, expert_seed, seed, task, protocol = full_key(key)
+        runs = rows.setdefault((method, init, anchor_init, protocol), {})
         runs.setdefault(int(expert_seed), {}).setdefault(int(seed), {})[task] = o
     return rows
 
@@ -84,7 +91,8 @@ def make_draws(outcomes: Mapping[OutcomeKey, Outcome], tasks: Sequence[str], n_b
     expert seed, the same test-set and FDA-seed draws as before expert seeds existed).
     Raises :class:`OutcomeError` if two evaluations of a task saw different numbers of examples."""
     sizes: dict[str, int] = {}
-    for (method, init, anchor, e, s, task), o in outcomes.items():
+    for key, o in outcomes.items():
+        method, init, anchor, e, s, task, _protocol = full_key(key)
         n = len(o.predictions)
         if sizes.setdefault(task, n) != n:
             raise OutcomeError(f"task {task!r}: {method} {init} {anchor} expert seed {e} seed {s} has {n} test examples, "
@@ -154,33 +162,34 @@ def interval(samples: np.ndarray, level: float = LEVEL) -> Interval:
 
 
 def row_intervals(outcomes: Mapping[OutcomeKey, Outcome], tasks: Sequence[str], *, n_boot: int = 1000,
-                  seed: int = 0, normalize_by: RowKey | None = ("individual", "", "")) -> "RowIntervals":
+                  seed: int = 0, normalize_by: tuple | None = ("individual", "", "")) -> "RowIntervals":
     """Every row's replicates under one plan (see the module docstring)."""
     draws = make_draws(outcomes, tasks, n_boot, seed)
     rows = by_row(outcomes)
     reps = {key: replicates(runs, tasks, draws) for key, runs in rows.items()}
-    return RowIntervals(reps, {key: seed_count(runs) for key, runs in rows.items()}, tasks, normalize_by)
+    return RowIntervals(reps, {key: seed_count(runs) for key, runs in rows.items()}, tasks,
+                        row_key(normalize_by) if normalize_by else None)
 
 
 @dataclass
 class RowIntervals:
     """Bootstrap replicates of every row: ``reps[row][column]`` [B]; ``n_seeds[row]``: its expert
-    and FDA seeds."""
+    and FDA seeds. Rows are :data:`RowKey`s; the methods also take three-part keys (fixed rows)."""
 
     reps: dict[RowKey, dict[str, np.ndarray]]
     n_seeds: dict[RowKey, SeedCount]
     tasks: Sequence[str]
     normalize_by: RowKey | None = None
 
-    def of(self, row: RowKey, column: str) -> Interval | None:
-        r = self.reps.get(row, {})
+    def of(self, row: tuple, column: str) -> Interval | None:
+        r = self.reps.get(row_key(row), {})
         return interval(r[column]) if column in r else None
 
-    def normalized(self, row: RowKey, column: str) -> Interval | None:
+    def normalized(self, row: tuple, column: str) -> Interval | None:
         """Interval of the row's value divided by the reference row's (per task, same draws, so the
         same expert seeds); Avg: the mean over tasks of those ratios."""
-        ref = self.reps.get(self.normalize_by) if self.normalize_by else None
-        r = self.reps.get(row, {})
+        ref = self.reps.get(row_key(self.normalize_by)) if self.normalize_by else None
+        r = self.reps.get(row_key(row), {})
         if ref is None:
             return None
         cols = list(self.tasks) if column == AVG else [column]
@@ -191,10 +200,10 @@ class RowIntervals:
         ratios = ratios[np.isfinite(ratios)]
         return interval(ratios) if len(ratios) else None
 
-    def paired_difference(self, row: RowKey, baseline: RowKey, column: str) -> Interval | None:
+    def paired_difference(self, row: tuple, baseline: tuple, column: str) -> Interval | None:
         """Interval of (row minus baseline) on ``column``, paired by test example and by the expert
         seed (and FDA seed) draws."""
-        a, b = self.reps.get(row, {}), self.reps.get(baseline, {})
+        a, b = self.reps.get(row_key(row), {}), self.reps.get(row_key(baseline), {})
         if column not in a or column not in b:
             return None
         return interval(a[column] - b[column])

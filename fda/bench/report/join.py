@@ -110,9 +110,12 @@ def join_jobs(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
 
 
 def cell_outcome_keys(cell: pd.DataFrame) -> set[OutcomeKey]:
-    """The (method, init, anchor init, expert seed, seed, task) keys of a cell's rows."""
+    """The (method, init, anchor init, expert seed, seed, task, protocol) keys of a cell's rows (a
+    frame without ``protocol``: fixed rows)."""
+    protocol = cell["protocol"] if "protocol" in cell.columns else pd.Series("fixed", index=cell.index)
     columns = ["method", "init", "anchor_init", "expert_seed", "seed", "task"]
-    return {(m, i, a, int(e), int(s), t) for m, i, a, e, s, t in cell[columns].itertuples(index=False)}
+    return {(m, i, a, int(e), int(s), t, p or "fixed")
+            for (m, i, a, e, s, t), p in zip(cell[columns].itertuples(index=False), protocol)}
 
 
 def check_outcome_keys(cell: pd.DataFrame, outcomes: Mapping[OutcomeKey, Outcome], where: str) -> None:

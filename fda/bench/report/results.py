@@ -2,6 +2,12 @@
 metric). ``expert_seed`` is the experts' fine-tuning seed (0 for hub or local experts), ``seed`` the
 FDA seed (the data seed on other rows).
 
+``protocol`` says how a row's hyperparameters were set (docs/selection.md): ``fixed`` (the config's
+values; cells and raw files from before the column read so) or ``validated`` (chosen on the
+validation split from a declared grid); ``hparams`` holds a validated row's chosen values (JSON,
+empty on fixed rows). Raw evaluation files also say which ``split`` they scored: only test rows
+enter a cell.
+
 A cell is written from raw evaluation rows plus the individual experts' rows (for ``normalized``)
 and provenance: the experts' source, where FDA rows' anchors come from (``anchor_source``:
 ``constructed`` here or the authors' ``official`` release; empty for other rows), the q/k/v layout,
@@ -22,14 +28,19 @@ import pandas as pd
 from fda.io.atomic import atomic_path
 
 #: columns of a raw evaluation file (what ``fda-bench evaluate`` writes)
-RAW_COLUMNS = ["method", "init", "anchor_init", "expert_seed", "seed", "task", "metric", "headline", "value"]
+RAW_COLUMNS = ["method", "init", "anchor_init", "protocol", "hparams", "split", "expert_seed", "seed", "task", "metric",
+               "headline", "value"]
 
 #: columns of a result cell, in order
 CELL_COLUMNS = [
-    "suite", "method", "init", "anchor_init", "expert_seed", "seed", "task", "metric", "headline",
+    "suite", "method", "init", "anchor_init", "protocol", "hparams", "expert_seed", "seed", "task", "metric", "headline",
     "value", "normalized", "expert_source", "anchor_source", "qkv_layout", "config_hash", "fda_bench_version",
 ]
-SORT_KEYS = ["suite", "method", "init", "anchor_init", "expert_seed", "seed", "task", "metric"]
+SORT_KEYS = ["suite", "method", "init", "anchor_init", "protocol", "expert_seed", "seed", "task", "metric"]
+#: what a file without the column holds: every row before protocols was fixed, every raw file scored test
+COLUMN_DEFAULTS = {"protocol": "fixed", "hparams": "", "split": "test"}
+#: the only split whose rows enter a cell
+CELL_SPLIT = "test"
 FLOAT_FORMAT = "%.10g"
 
 
@@ -38,9 +49,11 @@ class CellError(ValueError):
 
 
 def raw_frame(rows: Sequence[Mapping[str, Any]], *, method: str, init: str = "", anchor_init: str = "",
-              seed: int = 0, expert_seed: int = 0) -> pd.DataFrame:
+              seed: int = 0, expert_seed: int = 0, protocol: str = "fixed", hparams: str = "",
+              split: str = "test") -> pd.DataFrame:
     """Raw rows (``{"task", "metric", "value"}`` from ``Suite.evaluate``) tagged with what was
-    evaluated. Per task, the first metric the suite returned is the headline metric."""
+    evaluated, under which protocol (``hparams``: a validated row's chosen values, JSON) and on
+    which split. Per task, the first metric the suite returned is the headline metric."""
     records = []
     seen: set[str] = set()
     for r in rows:
@@ -49,18 +62,23 @@ def raw_frame(rows: Sequence[Mapping[str, Any]], *, method: str, init: str = "",
             raise CellError(f"evaluation row {dict(r)} lacks {sorted(missing)}")
         headline = r["task"] not in seen
         seen.add(r["task"])
-        records.append({"method": method, "init": init, "anchor_init": anchor_init,
-                        "expert_seed": int(expert_seed), "seed": int(seed),
+        records.append({"method": method, "init": init, "anchor_init": anchor_init, "protocol": protocol,
+                        "hparams": hparams, "split": split, "expert_seed": int(expert_seed), "seed": int(seed),
                         "task": str(r["task"]), "metric": str(r["metric"]), "headline": headline,
                         "value": float(r["value"])})
     return pd.DataFrame.from_records(records, columns=RAW_COLUMNS)
 
 
 def read_raw(path: str | os.PathLike) -> pd.DataFrame:
-    """A raw evaluation file (:data:`RAW_COLUMNS`); one written before expert seeds has expert seed 0."""
-    df = pd.read_csv(path, keep_default_na=False, dtype={"init": str, "anchor_init": str})
+    """A raw evaluation file (:data:`RAW_COLUMNS`); one written before expert seeds has expert seed 0,
+    one written before protocols is a fixed row's evaluation of the test split."""
+    df = pd.read_csv(path, keep_default_na=False, dtype={"init": str, "anchor_init": str, "protocol": str,
+                                                         "hparams": str, "split": str})
     if "expert_seed" not in df.columns:
         df["expert_seed"] = 0
+    for col, default in COLUMN_DEFAULTS.items():
+        if col not in df.columns:
+            df[col] = default
     missing = set(RAW_COLUMNS) - set(df.columns)
     if missing:
         raise CellError(f"{path}: not a raw evaluation file (missing columns {sorted(missing)})")
@@ -112,6 +130,13 @@ def build_cell(raw: Iterable[pd.DataFrame], individual: pd.DataFrame, *, suite: 
     if not frames:
         raise CellError("no evaluation rows to build a cell from")
     df = pd.concat(frames, ignore_index=True)
+    for col, default in COLUMN_DEFAULTS.items():
+        df[col] = df[col].fillna(default).astype(str) if col in df.columns else default
+    held_out = sorted(set(df["split"]) - {CELL_SPLIT})
+    if held_out:
+        raise CellError(f"evaluation rows of the {', '.join(held_out)} split cannot enter a result cell: cells hold "
+                        f"{CELL_SPLIT} numbers only (validation scores are for selection, docs/selection.md)")
+    df = df.drop(columns="split")
     df.insert(0, "suite", suite)
     for col in ("init", "anchor_init"):
         df[col] = df[col].fillna("").astype(str)
@@ -140,12 +165,15 @@ def write_cell(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 def read_cells(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """All rows of the given cells in one frame (empty strings stay empty, not NaN). Cells written
     before a column existed read with its old meaning: ``anchor_source`` constructed (FDA rows),
-    ``expert_seed`` 0."""
+    ``expert_seed`` 0, ``protocol`` fixed (``hparams`` empty)."""
     frames = []
     for p in paths:
         df = pd.read_csv(p, keep_default_na=False, na_values={"value": [""], "normalized": ["", "nan", "NaN"]},
                          dtype={"init": str, "anchor_init": str, "qkv_layout": str, "config_hash": str,
-                                "fda_bench_version": str, "anchor_source": str})
+                                "fda_bench_version": str, "anchor_source": str, "protocol": str, "hparams": str})
+        for col in ("protocol", "hparams"):  # a cell from before protocols: fixed rows
+            if col not in df.columns:
+                df[col] = COLUMN_DEFAULTS[col]
         if "anchor_source" not in df.columns:  # a cell from before the column: its anchors were built here
             df["anchor_source"] = df["method"].map(lambda m: "constructed" if m == "fda" else "")
         if "expert_seed" not in df.columns:  # a cell from before expert seeds: one expert seed, 0
