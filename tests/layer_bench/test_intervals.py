@@ -39,10 +39,10 @@ def test_outcomes_round_trip_and_refuse_bad_files(tmp_path):
          ("fda", "ta", "gauss", 0, 2, "arts"): Outcome(np.array([0.5, 1.5, 2.0]), np.array([0.4, 1.0, 2.2]), "corr")}
     path = write_outcomes(o, tmp_path / "x.npz")
     back = read_outcomes(path)
-    assert set(back) == set(o)
+    assert set(back) == {(*k, "fixed") for k in o}  # keys without a protocol are fixed rows'
     for k in o:
-        np.testing.assert_array_equal(back[k].predictions, o[k].predictions)
-        assert back[k].metric == o[k].metric
+        np.testing.assert_array_equal(back[(*k, "fixed")].predictions, o[k].predictions)
+        assert back[(*k, "fixed")].metric == o[k].metric
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(OutcomeError, match="bad.npz"):
         read_outcomes(tmp_path / "bad.npz")
@@ -73,7 +73,7 @@ def test_evaluation_outcomes_are_popped_from_rows_and_required_per_task(tmp_path
     rows = [{"task": "a", "metric": "accuracy", "value": 0.5, "outcome": _outcome(_correct(0.5, 0, 10))},
             {"task": "a", "metric": "f1macro", "value": 0.4}, {"task": "b", "metric": "accuracy", "value": 0.1}]
     got = pop_outcomes(rows, method="ta", seed=3)
-    assert list(got) == [("ta", "", "", 0, 3, "a")] and all("outcome" not in r for r in rows)
+    assert list(got) == [("ta", "", "", 0, 3, "a", "fixed")] and all("outcome" not in r for r in rows)
     with pytest.raises(OutcomeError, match=r"\['b'\]"):
         write_evaluation_outcomes(got, ["a", "b"], tmp_path / "o.npz", "minitext")
     assert not (tmp_path / "o.npz").exists()
@@ -183,10 +183,10 @@ def test_outcome_files_from_before_expert_seeds_read_as_expert_seed_0(tmp_path):
            "fda|ta|gauss|2|tech|metric": np.array("accuracy")}
     np.savez(tmp_path / "old.npz", **old)
     back = read_outcomes(tmp_path / "old.npz")
-    assert list(back) == [("fda", "ta", "gauss", 0, 2, "tech")]
-    np.testing.assert_array_equal(back[("fda", "ta", "gauss", 0, 2, "tech")].predictions, o.predictions)
+    assert list(back) == [("fda", "ta", "gauss", 0, 2, "tech", "fixed")]
+    np.testing.assert_array_equal(back[("fda", "ta", "gauss", 0, 2, "tech", "fixed")].predictions, o.predictions)
     new = write_outcomes({("fda", "ta", "gauss", 3, 2, "tech"): o}, tmp_path / "new.npz")
-    assert list(read_outcomes(new)) == [("fda", "ta", "gauss", 3, 2, "tech")]
+    assert list(read_outcomes(new)) == [("fda", "ta", "gauss", 3, 2, "tech", "fixed")]
 
 
 def test_rows_of_several_expert_seeds_are_resampled_together():

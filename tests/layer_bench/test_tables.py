@@ -93,7 +93,7 @@ def test_duplicate_rows_are_an_error():
 def test_table_rows_order_avg_and_delta():
     t = tables.build_table(_cells(), "minitext", TASKS)
     assert list(t["row"]) == ["Pretrained", "Individual", "TA", "FDA (Pretrained, Weight)", "FDA (TA, Gauss)"]
-    assert list(t.columns) == ["method", "init", "anchor_init", "row", "a", "b", "Avg", "Δ"]
+    assert list(t.columns) == ["method", "init", "anchor_init", "protocol", "row", "a", "b", "Avg", "Δ"]
     row = t.set_index("row")
     assert row.loc["TA", "Avg"] == pytest.approx(0.45)
     assert row.loc["FDA (TA, Gauss)", "Avg"] == pytest.approx(0.55)

@@ -13,6 +13,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+import fda.bench.config.grids as cfg_grids
 import fda.bench.config.load as cfg_load
 import fda.bench.config.naming as cfg_names
 import fda.bench.config.suite_views as cfg_views
@@ -82,6 +83,8 @@ wildcard_constraints:
     suite=_alt(SUITES),
     method=_alt(CONFIGURED["method"]),
     baseline=_alt(CONFIGURED["baseline"]),
+    selected=_alt(CONFIGURED["selected"]),
+    point=r"[0-9]+",
     reference=_alt(cfg_names.REFERENCE_METHODS),
     init=_alt(CONFIGURED["init"]),
     anchorinit=_alt(CONFIGURED["anchorinit"]),
@@ -110,6 +113,13 @@ EVAL_BASELINE = "work/{suite}/eseed{eseed}/eval/{baseline}.csv"
 EVAL_FDA = "work/{suite}/eseed{eseed}/eval/fda/seed{seed}/{init}-{anchorinit}.csv"
 CELL = "results/{suite}_{method}.csv"
 CELL_FDA = "results/{suite}_{init}_fda.csv"
+# the validated protocol (workflow/rules/select.smk, docs/selection.md): per grid point a merge and a
+# validation evaluation, one choice per (suite, expert seed, method), the chosen model on test
+GRID_MERGED = "work/{suite}/eseed{eseed}/select/{selected}/point{point}.safetensors"
+EVAL_GRID = "work/{suite}/eseed{eseed}/select/{selected}/point{point}-validation.csv"
+CHOICE = "work/{suite}/eseed{eseed}/select/{selected}/choice.json"
+EVAL_VALIDATED = "work/{suite}/eseed{eseed}/eval/validated/{selected}.csv"
+CELL_VALIDATED = "results/{suite}_{method}_validated.csv"
 
 
 def npz(csv_pattern):
@@ -250,6 +260,10 @@ def p_qkv_layout(wildcards):
 
 def p_cell_hash(wildcards):
     return cfg_names.config_hash(cfg_names.cell_slice(config, wildcards.suite, wildcards.method))
+
+
+def p_cell_validated_hash(wildcards):
+    return cfg_names.config_hash(cfg_names.cell_slice(config, wildcards.suite, wildcards.method, protocol="validated"))
 
 
 def p_cell_fda_hash(wildcards):
@@ -404,6 +418,83 @@ def construction_logs(wildcards):
         for b in blocks_of(wildcards.suite)
         for t in s["tasks"]
     ]
+
+
+def _hparam_defaults(method):
+    """The method's dataclass defaults (baselines.METHODS[m].hparams), for finding the fixed point."""
+    import dataclasses
+
+    import baselines
+
+    cls = baselines.method_spec(method).hparams
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def grid_points_of(suite, method):
+    return cfg_grids.method_points(S(suite), method)
+
+
+def grid_model(suite, eseed, method, point):
+    """The model of one grid point: the fixed merge itself when the point's values are the fixed
+    ones (no second merge), else its own grid merge."""
+    if cfg_grids.fixed_point(S(suite), method, _hparam_defaults(method)) == int(point):
+        return MERGED.format(suite=suite, eseed=eseed, baseline=method)
+    return GRID_MERGED.format(suite=suite, eseed=eseed, selected=method, point=point)
+
+
+def configured_point(wildcards):
+    """No files: refuses a grid point the method's selection grid does not have."""
+    try:
+        cfg_names.check_point(config, wildcards.suite, wildcards.selected, wildcards.point)
+    except cfg_load.ConfigError as err:
+        raise WorkflowError(str(err)) from None
+    return []
+
+
+def point_model(wildcards):
+    return grid_model(wildcards.suite, wildcards.eseed, wildcards.selected, wildcards.point)
+
+
+def grid_models(wildcards):
+    """Every grid point's model of the job's (suite, expert seed, method), in grid order."""
+    n = len(grid_points_of(wildcards.suite, wildcards.selected))
+    return [grid_model(wildcards.suite, wildcards.eseed, wildcards.selected, i) for i in range(n)]
+
+
+def grid_evals(wildcards):
+    """Every grid point's validation rows, in grid order."""
+    n = len(grid_points_of(wildcards.suite, wildcards.selected))
+    return [EVAL_GRID.format(suite=wildcards.suite, eseed=wildcards.eseed, selected=wildcards.selected, point=i)
+            for i in range(n)]
+
+
+def validated_evals(wildcards):
+    """A validated cell's test evaluations: one per expert seed."""
+    return [EVAL_VALIDATED.format(suite=wildcards.suite, eseed=e, selected=wildcards.method)
+            for e in expert_seeds_of(wildcards.suite)]
+
+
+def p_point_hparams(wildcards):
+    """The method's configured hyperparameters with the grid point's values over them."""
+    return cfg_names.canonical_json(cfg_grids.point_hparams(S(wildcards.suite), wildcards.selected, wildcards.point))
+
+
+def p_selected_hparams(wildcards):
+    return cfg_names.canonical_json(S(wildcards.suite)["methods"].get(wildcards.selected) or {})
+
+
+def p_grid(wildcards):
+    return cfg_names.canonical_json(cfg_grids.grids(S(wildcards.suite))[wildcards.selected])
+
+
+def p_selection_key(wildcards):
+    return cfg_names.canonical_json(cfg_names.selection_slice(config, wildcards.suite, wildcards.selected))
+
+
+def p_point_args(wildcards, input):
+    """`--point SCORES=MODEL` per grid point, in grid order."""
+    pairs = zip(input.scores, grid_models(wildcards))
+    return " ".join(f"--point {shlex.quote(f'{c}={m}')}" for c, m in pairs)
 
 
 def suite_cells(wildcards):

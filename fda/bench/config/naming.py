@@ -273,6 +273,8 @@ def check_cell(config: Mapping[str, Any], path: str, wildcards: Mapping[str, str
     valid = cells(config)
     if path in valid:
         return
+    if path.endswith("_validated.csv") and "method" in wildcards:  # a validated cell needs a selection grid
+        wildcards = {("selected" if k == "method" else k): v for k, v in wildcards.items()}
     why = "; ".join(wildcard_problems(config, wildcards)) or "not a cell of this config"
     raise ConfigError(f"{path} is not a result cell of this config: {why}.\n"
                       "The configured cells (`fda-bench cells CONFIGFILE [--config smoke=true]` lists them):\n  "

@@ -54,6 +54,7 @@ from fda.bench.report.tables import (
     AVG,
     KEY,
     build_table,
+    fixed_only,
     row_label,
     scale_for,
     to_latex,
@@ -291,7 +292,8 @@ TABLE_COLUMNS = {"merge_s": "Merge (s)", "construct_s": "Construction (s)", "ada
 
 def accuracy_by_seed(cells: pd.DataFrame, suite: str, tasks: Sequence[str]) -> pd.DataFrame:
     """Per (method, init, anchor_init, expert_seed, seed), one run: the mean over ``tasks`` of the
-    headline metric (``value``, unscaled); NaN when a task is missing for that run."""
+    headline metric (``value``, unscaled); NaN when a task is missing for that run. Fixed rows only."""
+    cells = fixed_only(cells)
     df = cells[(cells["suite"] == suite) & cells["headline"].astype(bool) & cells["task"].isin(list(tasks))]
     df = df.assign(init=df["init"].fillna("").astype(str), anchor_init=df["anchor_init"].fillna("").astype(str))
     if "expert_seed" not in df.columns:
@@ -308,7 +310,9 @@ def cost_table(rows: pd.DataFrame, cells: pd.DataFrame, suite: str, tasks: Seque
     (``E×K``: E expert seeds × K FDA seeds per expert seed; baselines have one), the mean over the
     row's runs (expert seed, FDA seed) of every :data:`TABLE_COLUMNS` entry, ``wall_s min``/``wall_s
     max`` over runs, and ``Avg`` (the suite table's Avg, unscaled) with ``Avg min``/``Avg max`` over
-    runs. Pretrained and Individual have no method cost and are left out."""
+    runs. Pretrained and Individual have no method cost and are left out. Fixed-protocol rows only
+    (a validated row's grid jobs are not counted yet: docs/selection.md)."""
+    cells = fixed_only(cells)
     keyed = rows.assign(init=rows["init"].fillna(""), anchor_init=rows["anchor_init"].fillna(""))
     if "expert_seed" not in keyed.columns:
         keyed = keyed.assign(expert_seed=0)

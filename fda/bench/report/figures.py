@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from fda.io.atomic import atomic_path  # noqa: E402
 from fda.bench.eval.outcomes import Outcome, OutcomeKey  # noqa: E402
 from fda.bench.report.intervals import RowIntervals, row_intervals  # noqa: E402
-from fda.bench.report.tables import AVG, KEY, build_table, scale_for  # noqa: E402
+from fda.bench.report.tables import AVG, FIXED, ROW_KEY, build_table, init_row, scale_for  # noqa: E402
 
 FORMATS = ("png", "pdf")
 # Fixed metadata so that the same data gives the same bytes (matplotlib stamps dates otherwise).
@@ -55,8 +55,8 @@ def save(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
 def _normalized_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str], absolute: pd.DataFrame) -> pd.DataFrame:
     """The normalised table with exactly the rows of the ``absolute`` one, in its order: a row
     without any normalised value (every expert scored 0, as in tiny smoke runs) stays, as NaN."""
-    table = build_table(cells, suite, tasks, "normalized").set_index(KEY)
-    table = table.reindex(pd.MultiIndex.from_frame(absolute[KEY])).reset_index()
+    table = build_table(cells, suite, tasks, "normalized").set_index(ROW_KEY)
+    table = table.reindex(pd.MultiIndex.from_frame(absolute[ROW_KEY])).reset_index()
     return table.assign(row=absolute["row"].to_numpy())
 
 
@@ -65,7 +65,7 @@ def _bar_errors(table: pd.DataFrame, ints: RowIntervals | None, normalized: bool
     if ints is None:
         return None
     err = np.zeros((2, len(table)))
-    for j, key in enumerate(table[KEY].itertuples(index=False)):
+    for j, key in enumerate(table[ROW_KEY].itertuples(index=False)):
         iv = ints.normalized(tuple(key), AVG) if normalized else ints.of(tuple(key), AVG)
         v = float(table[AVG].iloc[j])
         if iv is not None and np.isfinite(v):
@@ -82,8 +82,10 @@ def method_comparison(cells: pd.DataFrame, suite: str, tasks: Sequence[str],
     scale = scale_for(suite, cells.loc[cells["suite"] == suite, "value"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(absolute) + 1.8), sharey=True)
     y = np.arange(len(absolute))
-    colors = ["#888888" if m in ("pretrained", "individual") else "#1f77b4" if m != "fda" else "#d62728"
-              for m in absolute["method"]]
+    # grey: references; blue: baselines (light: validated protocol); red: FDA
+    colors = ["#888888" if m in ("pretrained", "individual") else "#d62728" if m == "fda"
+              else "#1f77b4" if p == FIXED else "#9ecae1"
+              for m, p in absolute[["method", "protocol"]].itertuples(index=False)]
     for ax, table, factor, title in ((axes[0], absolute, scale, "Avg (absolute)"),
                                      (axes[1], normalized, 100.0, "Avg (normalised, % of individual)")):
         vals = table[AVG].to_numpy(dtype=float) * factor
@@ -110,9 +112,9 @@ def task_heatmap(cells: pd.DataFrame, suite: str, tasks: Sequence[str],
     data = table[cols].to_numpy(dtype=float) * 100.0
     marks = np.full(data.shape, "", dtype=object)
     if ints is not None:
-        for i, (m, init, a) in enumerate(table[KEY].itertuples(index=False)):
+        for i, (m, init, a, p) in enumerate(table[ROW_KEY].itertuples(index=False)):
             for j, c in enumerate(cols):
-                d = ints.paired_difference((m, init, a), (init, "", ""), c) if m == "fda" else None
+                d = ints.paired_difference((m, init, a, p), init_row(init, p, ints.reps), c) if m == "fda" else None
                 if d is not None and d.excludes_zero():
                     marks[i, j] = "+" if d.lo > 0 else "−"
     fig, ax = plt.subplots(figsize=(0.9 * len(cols) + 3, 0.4 * len(table) + 1.5))

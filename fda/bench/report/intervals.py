@@ -70,6 +70,20 @@ def row_key(key: tuple) -> RowKey:
     return (*key, FIXED) if len(key) == 3 else tuple(key)  # type: ignore[return-value]
 
 
+class RowMap(dict):
+    """A dict keyed by :data:`RowKey` that also answers three-part keys (fixed rows), as callers
+    written before protocols ask."""
+
+    def __getitem__(self, key):
+        return super().__getitem__(row_key(key))
+
+    def __contains__(self, key) -> bool:
+        return isinstance(key, tuple) and super().__contains__(row_key(key))
+
+    def get(self, key, default=None):
+        return super().get(row_key(key), default) if isinstance(key, tuple) else default
+
+
 def by_row(outcomes: Mapping[OutcomeKey, Outcome]) -> dict[RowKey, dict[int, dict[int, dict[str, Outcome]]]]:
     """``{(method, init, anchor_init, protocol): {expert_seed: {seed: {task: outcome}}}}``."""
     rows: dict[RowKey, dict[int, dict[int, dict[str, Outcome]]]] = {}
@@ -166,8 +180,8 @@ def row_intervals(outcomes: Mapping[OutcomeKey, Outcome], tasks: Sequence[str], 
     """Every row's replicates under one plan (see the module docstring)."""
     draws = make_draws(outcomes, tasks, n_boot, seed)
     rows = by_row(outcomes)
-    reps = {key: replicates(runs, tasks, draws) for key, runs in rows.items()}
-    return RowIntervals(reps, {key: seed_count(runs) for key, runs in rows.items()}, tasks,
+    reps = RowMap({key: replicates(runs, tasks, draws) for key, runs in rows.items()})
+    return RowIntervals(reps, RowMap({key: seed_count(runs) for key, runs in rows.items()}), tasks,
                         row_key(normalize_by) if normalize_by else None)
 
 

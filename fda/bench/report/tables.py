@@ -5,6 +5,11 @@ paper's published numbers beside ours where it has them. Written as CSV, Markdow
 
 Tables use each task's headline metric (the first metric the suite's evaluation returns) and the
 mean over every (expert seed, FDA seed) run of a row.
+
+Rows of both protocols (docs/selection.md) stand side by side: a fixed row keeps its name (the
+paper's: "TA"), its validated row follows it as "TA (validated, α=0.2)" with the values chosen (one
+per expert seed, joined with "/" where they differ); the CSV's ``protocol`` column says which is
+which. Cells without the column are fixed. The paper comparison holds fixed rows only.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from fda.bench.config.vocabulary import ANCHOR_INITS, FDA_INITS, METHODS
 from fda.bench.eval.outcomes import Outcome, OutcomeKey
 from fda.bench.report import published
 from fda.bench.report.intervals import RowIntervals, row_intervals
+from fda.bench.selection import values_label
 from fda.io.atomic import atomic_path
 
 # row order: the vocabulary's (a method added there is placed and labelled here, or the table test fails)
@@ -35,25 +41,37 @@ ANCHOR_SOURCE_LABELS = {"constructed": "", "official": "official anchors"}
 #: suites whose tables (and the paper's) are in percent; the others keep the metric's 0-1 scale
 PERCENT_SUITES = {"minitext", "minivision", "vitb32", "vitb16", "vitl14", "llama13b"}
 KEY = ["method", "init", "anchor_init"]
+#: a table row: KEY and the protocol (fixed or validated)
+ROW_KEY = KEY + ["protocol"]
+FIXED = "fixed"
+PROTOCOL_ORDER = ["fixed", "validated"]
 AVG, DELTA = "Avg", "Δ"
 
 
-def row_label(method: str, init: str = "", anchor_init: str = "", anchor_source: str = "") -> str:
-    """Display name of a table row: 'TA', 'FDA (WUDI, Gauss)', 'FDA (TA, Weight, official anchors)', ..."""
+def row_label(method: str, init: str = "", anchor_init: str = "", anchor_source: str = "",
+              protocol: str = FIXED, chosen: str = "") -> str:
+    """Display name of a table row: 'TA', 'FDA (WUDI, Gauss)', 'FDA (TA, Weight, official anchors)', ...;
+    a validated row adds its protocol and ``chosen`` values: 'TA (validated, α=0.2)'."""
     if method == "fda":
         parts = [INIT_LABELS.get(init, init), ANCHOR_LABELS.get(anchor_init, anchor_init),
                  ANCHOR_SOURCE_LABELS.get(anchor_source, anchor_source)]
+        if protocol != FIXED:
+            parts += [protocol, chosen]
         return f"FDA ({', '.join(p for p in parts if p)})"
-    return METHOD_LABELS.get(method, method)
+    name = METHOD_LABELS.get(method, method)
+    if protocol != FIXED:
+        return f"{name} ({', '.join(p for p in (protocol, chosen) if p)})"
+    return name
 
 
-def _row_order(key: tuple[str, str, str]) -> tuple[int, int, int, str]:
-    method, init, anchor = key
+def _row_order(key: tuple) -> tuple[int, int, int, str, int]:
+    method, init, anchor = key[:3]
+    protocol = _index(PROTOCOL_ORDER, key[3] if len(key) > 3 else FIXED)
     if method == "fda":
-        return (len(BASELINE_ORDER) + 1, _index(INIT_ORDER, init), _index(ANCHOR_ORDER, anchor), "")
+        return (len(BASELINE_ORDER) + 1, _index(INIT_ORDER, init), _index(ANCHOR_ORDER, anchor), "", protocol)
     if method in BASELINE_ORDER:
-        return (BASELINE_ORDER.index(method), 0, 0, "")
-    return (len(BASELINE_ORDER), 0, 0, method)  # paper-only rows (RegMean, ...) after ours
+        return (BASELINE_ORDER.index(method), 0, 0, "", protocol)
+    return (len(BASELINE_ORDER), 0, 0, method, protocol)  # paper-only rows (RegMean, ...) after ours
 
 
 def _index(seq: Sequence[str], item: str) -> int:
@@ -72,13 +90,46 @@ def scale_for(suite: str, values: pd.Series | None = None) -> float:
 # -------------------------------------------------------------------------------- building
 
 
+def with_protocol(cells: pd.DataFrame) -> pd.DataFrame:
+    """``cells`` with ``protocol`` and ``hparams`` columns (frames without them: fixed rows)."""
+    out = cells
+    if "protocol" not in out.columns:
+        out = out.assign(protocol=FIXED)
+    if "hparams" not in out.columns:
+        out = out.assign(hparams="")
+    return out.assign(protocol=out["protocol"].fillna(FIXED).replace("", FIXED).astype(str),
+                      hparams=out["hparams"].fillna("").astype(str))
+
+
+def fixed_only(cells: pd.DataFrame) -> pd.DataFrame:
+    """The fixed-protocol rows of ``cells`` (what the paper comparison and the cost table read)."""
+    cells = with_protocol(cells)
+    return cells[cells["protocol"] == FIXED]
+
+
 def headline(cells: pd.DataFrame, suite: str, column: str = "value") -> pd.DataFrame:
-    """Per (method, init, anchor_init, task): the headline metric's ``column``, mean over the
-    row's runs (every expert seed and FDA seed)."""
+    """Per (method, init, anchor_init, protocol, task): the headline metric's ``column``, mean over
+    the row's runs (every expert seed and FDA seed)."""
+    cells = with_protocol(cells)
     df = cells[(cells["suite"] == suite) & cells["headline"]]
     for c in ("init", "anchor_init"):
         df = df.assign(**{c: df[c].fillna("").astype(str)})
-    return df.groupby(KEY + ["task"], sort=False, dropna=False)[column].mean().reset_index()
+    return df.groupby(ROW_KEY + ["task"], sort=False, dropna=False)[column].mean().reset_index()
+
+
+def chosen_values(cells: pd.DataFrame, suite: str) -> dict[tuple, str]:
+    """Per validated row (ROW_KEY): its chosen values for the label, 'α=0.2' (several expert seeds
+    that chose differently: 'α=0.2/α=0.5', in expert seed order)."""
+    import json
+
+    cells = with_protocol(cells)
+    df = cells[(cells["suite"] == suite) & (cells["protocol"] != FIXED)]
+    out = {}
+    for key, g in df.groupby(ROW_KEY, sort=False):
+        by_seed = g.drop_duplicates("expert_seed").sort_values("expert_seed")["hparams"]
+        labels = [values_label(json.loads(h)) for h in by_seed if h]
+        out[tuple(key)] = "/".join(dict.fromkeys(labels))
+    return out
 
 
 def anchor_sources(cells: pd.DataFrame, suite: str) -> dict[tuple[str, str, str], str]:
@@ -92,27 +143,37 @@ def anchor_sources(cells: pd.DataFrame, suite: str) -> dict[tuple[str, str, str]
 
 def build_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str] | None = None,
                 column: str = "value") -> pd.DataFrame:
-    """The paper-shaped table (unscaled values): index columns method/init/anchor_init/row, then
-    one column per task, ``Avg`` (mean over the tasks) and ``Δ`` (FDA rows: Avg minus the Avg of
-    the init's row; NaN elsewhere or when the init's row is missing)."""
+    """The paper-shaped table (unscaled values): index columns method/init/anchor_init/protocol/row,
+    then one column per task, ``Avg`` (mean over the tasks) and ``Δ`` (FDA rows: Avg minus the Avg
+    of the init's row of the same protocol, else the fixed one; NaN elsewhere or when the init's row
+    is missing)."""
     long = headline(cells, suite, column)
     if tasks is None:
         tasks = list(dict.fromkeys(long["task"]))
-    wide = long.pivot_table(index=KEY, columns="task", values=column, aggfunc="mean", sort=False)
+    wide = long.pivot_table(index=ROW_KEY, columns="task", values=column, aggfunc="mean", sort=False)
     wide = wide.reindex(columns=list(tasks))
     wide[AVG] = wide[list(tasks)].mean(axis=1, skipna=False)
     wide = wide.reset_index()
-    avg_of = {(m, i, a): v for m, i, a, v in wide[KEY + [AVG]].itertuples(index=False)}
+    avg_of = {(m, i, a, p): v for m, i, a, p, v in wide[ROW_KEY + [AVG]].itertuples(index=False)}
     wide[DELTA] = [
-        v - avg_of.get((i, "", ""), math.nan) if m == "fda" else math.nan
-        for m, i, v in wide[["method", "init", AVG]].itertuples(index=False)
+        v - avg_of.get(init_row(i, p, avg_of), math.nan) if m == "fda" else math.nan
+        for m, i, p, v in wide[["method", "init", "protocol", AVG]].itertuples(index=False)
     ]
     sources = anchor_sources(cells, suite)
-    wide.insert(3, "row", [row_label(*k, sources.get(tuple(k), "")) for k in wide[KEY].itertuples(index=False)])
-    order = sorted(range(len(wide)), key=lambda j: _row_order(tuple(wide.loc[j, KEY])))
+    chosen = chosen_values(cells, suite)
+    wide.insert(4, "row", [row_label(*k[:3], sources.get(tuple(k[:3]), ""), k[3], chosen.get(tuple(k), ""))
+                           for k in wide[ROW_KEY].itertuples(index=False)])
+    order = sorted(range(len(wide)), key=lambda j: _row_order(tuple(wide.loc[j, ROW_KEY])))
     out = wide.iloc[order].reset_index(drop=True)
     out.columns.name = None
     return out
+
+
+def init_row(init: str, protocol: str, rows) -> tuple[str, str, str, str]:
+    """The row an FDA row's Δ compares with: its init's row of the same protocol when ``rows`` has
+    it, else the init's fixed row."""
+    same = (init, "", "", protocol)
+    return same if same in rows else (init, "", "", FIXED)
 
 
 def add_intervals(table: pd.DataFrame, ints: RowIntervals, *, normalized: bool = False) -> pd.DataFrame:
@@ -122,17 +183,17 @@ def add_intervals(table: pd.DataFrame, ints: RowIntervals, *, normalized: bool =
     × K FDA seeds per expert seed; empty without outcomes); NaN where a row has no per-example
     outcomes. See :mod:`fda.bench.report.intervals`."""
     out = table.copy()
-    cols = [c for c in table.columns if c not in KEY + ["row", DELTA]]
-    keys = [tuple(k) for k in table[KEY].itertuples(index=False)]
+    cols = [c for c in table.columns if c not in ROW_KEY + ["row", DELTA]]
+    keys = [tuple(k) for k in table[ROW_KEY].itertuples(index=False)]
     for c in cols:
         got = [(ints.normalized(k, c) if normalized else ints.of(k, c)) for k in keys]
         out[f"{c} lo"] = [g.lo if g else math.nan for g in got]
         out[f"{c} hi"] = [g.hi if g else math.nan for g in got]
     deltas = []
-    for m, i, a in keys:
+    for m, i, a, p in keys:
         d = None
         if m == "fda" and not normalized:
-            d = ints.paired_difference((m, i, a), (i, "", ""), AVG)
+            d = ints.paired_difference((m, i, a, p), init_row(i, p, ints.reps), AVG)
         deltas.append(d)
     out[f"{DELTA} lo"] = [d.lo if d else math.nan for d in deltas]
     out[f"{DELTA} hi"] = [d.hi if d else math.nan for d in deltas]
@@ -272,7 +333,7 @@ def render_rows(table: pd.DataFrame, scale: float, decimals: int, *, pair_with_p
                 cells.append(f"{_fmt(r[f'{c} ours'], decimals, signed)} / {_fmt(r[f'{c} paper'], decimals, signed)}")
             body.append(cells)
         return ["Method"] + cols, body
-    cols = [c for c in table.columns if c not in KEY + ["row", "seeds"] and not c.endswith((" lo", " hi", " sig"))]
+    cols = [c for c in table.columns if c not in ROW_KEY + ["row", "seeds"] and not c.endswith((" lo", " hi", " sig"))]
     body = [[r["row"]] + [_with_interval(r, c, scale, decimals) for c in cols] for _, r in table.iterrows()]
     return ["Method"] + cols, body
 
@@ -324,6 +385,20 @@ def table_paths(out_dir: str | os.PathLike, suite: str) -> dict[str, Path]:
     return out
 
 
+def fixed_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The fixed-protocol rows of a built table (the paper's rows are fixed: they compare with these)."""
+    return table[table["protocol"] == FIXED].reset_index(drop=True) if "protocol" in table else table
+
+
+def protocol_note(table: pd.DataFrame) -> str:
+    """The Markdown line that says what a validated row is (empty when the table has none)."""
+    if "protocol" not in table or (table["protocol"] == FIXED).all():
+        return ""
+    return ("Rows without a protocol use the config's values (fixed protocol, the paper's rows); \"(validated, α=…)\" rows "
+            "use the values chosen on the validation split from the suite's declared grid (first best in declared "
+            "order), reported on test (docs/selection.md).\n\n")
+
+
 def interval_note(ints: RowIntervals | None) -> str:
     """The Markdown line that says what '±' and '*' mean in a table (empty without intervals)."""
     if ints is None:
@@ -354,7 +429,8 @@ def write_tables(cells: pd.DataFrame, suite: str, tasks: Sequence[str], out_dir:
     unit = "percent" if suite in PERCENT_SUITES else "metric scale 0-1"
     _write_frame(absolute, paths["absolute.csv"])
     h, b = render_rows(absolute, scale, decimals)
-    _write_text(f"### {suite}: absolute ({unit}; Δ = Avg minus the init's Avg)\n\n" + interval_note(ints) + to_markdown(h, b),
+    _write_text(f"### {suite}: absolute ({unit}; Δ = Avg minus the init's Avg)\n\n" + interval_note(ints)
+                + protocol_note(absolute) + to_markdown(h, b),
                 paths["absolute.md"])
     _write_text(to_latex(h, b, f"{suite}: absolute ({unit})"), paths["absolute.tex"])
 
@@ -363,7 +439,8 @@ def write_tables(cells: pd.DataFrame, suite: str, tasks: Sequence[str], out_dir:
         normalized = add_intervals(normalized, ints, normalized=True)
     _write_frame(normalized, paths["normalized.csv"])
     h, b = render_rows(normalized, 100.0, 2)
-    _write_text(f"### {suite}: normalised (merged / individual expert, percent)\n\n" + interval_note(ints) + to_markdown(h, b),
+    _write_text(f"### {suite}: normalised (merged / individual expert, percent)\n\n" + interval_note(ints)
+                + protocol_note(normalized) + to_markdown(h, b),
                 paths["normalized.md"])
     _write_text(to_latex(h, b, f"{suite}: normalised (percent of the individual expert)"), paths["normalized.tex"])
 
@@ -371,12 +448,12 @@ def write_tables(cells: pd.DataFrame, suite: str, tasks: Sequence[str], out_dir:
     peers = published.peer_rows(suite)
     if paper.empty and peers.empty:
         note = f"No published numbers for {suite} in paper_tables.csv.\n"
-        _write_frame(with_published_elsewhere(compare_with_paper(absolute, paper, tasks, scale), peers).iloc[0:0],
+        _write_frame(with_published_elsewhere(compare_with_paper(fixed_rows(absolute), paper, tasks, scale), peers).iloc[0:0],
                      paths["paper.csv"])
         _write_text(f"### {suite}: ours / paper\n\n{note}", paths["paper.md"])
         _write_text(f"% {note}", paths["paper.tex"])
         return paths
-    both = with_published_elsewhere(compare_with_paper(absolute, paper, tasks, scale), peers)
+    both = with_published_elsewhere(compare_with_paper(fixed_rows(absolute), paper, tasks, scale), peers)
     _write_frame(both, paths["paper.csv"])
     source = published.main_source(paper_rows(suite, paper_csv))
     if suite in published.PAPER_FACTOR:
