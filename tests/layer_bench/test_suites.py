@@ -211,6 +211,36 @@ def test_end_to_end_rows(built):
         assert n_test > 3 and round(rows[0]["value"] * 3) == pytest.approx(rows[0]["value"] * 3)
 
 
+def test_validation_split_scores_the_validation_examples(built):
+    """split="validation" (selection) scores the validation split, which no test number uses: its
+    labels in order, a different count from test; unknown splits are refused."""
+    suite, root = built
+    task = suite.tasks[0]
+    expert = load_state_dict(root / "experts" / task)
+    splits = _splits(root / "data", task)
+    val = suite.evaluate(expert, task, root / "base", root / "data", root / "experts" / task, split="validation")
+    test = suite.evaluate(expert, task, root / "base", root / "data", root / "experts" / task)
+    v, t = val[0]["outcome"], test[0]["outcome"]
+    assert len(v.references) == len(splits["validation"]) != len(t.references) == len(splits["test"])
+    np.testing.assert_array_equal(v.references, np.asarray(splits["validation"]["label"]))
+    assert v.score() == pytest.approx(val[0]["value"])
+    with pytest.raises(ValueError, match="unknown evaluation split 'train'"):
+        suite.evaluate(expert, task, root / "base", root / "data", root / "experts" / task, split="train")
+
+
+@pytest.mark.parametrize("name", ["vitb32", "vitb16", "vitl14", "robertab", "robertal", "llama13b"])
+def test_paper_suites_refuse_selection_naming_why(name):
+    from types import SimpleNamespace
+
+    from fda.bench.suites import suite_no_validation
+    from fda.bench.suites.base import Suite
+
+    why = suite_no_validation(name)
+    assert why and suite_no_validation("minitext") is None and suite_no_validation("minivision") is None
+    with pytest.raises(ValueError, match=f"suite '{name}' has no validation split for selection"):
+        Suite.check_split(SimpleNamespace(name=name, no_validation=why), "validation")
+
+
 def test_fine_tuning_changes_the_encoder(built):
     suite, root = built
     base = load_state_dict(root / "base")
