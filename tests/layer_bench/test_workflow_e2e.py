@@ -29,6 +29,8 @@ from test_workflow import ROOT, parse_jobs, snakemake  # tests/ is on sys.path (
 pytestmark = pytest.mark.slow
 # config.yaml smoke_overrides: (inits, anchor init) per suite
 SMOKE_FDA = {"minitext": (("pretrained", "ta"), "gauss"), "minivision": (("tsvm", "wudi", "isocts"), "weight")}
+# config.yaml smoke_overrides: the one baseline with a selection grid per suite (docs/selection.md)
+SMOKE_VALIDATED = {"minitext": "ta", "minivision": "ties"}
 
 
 # smoke_run: the session's one local smoke run (tests/conftest.py), shared with tests/cluster
@@ -63,6 +65,43 @@ def test_smoke_run_writes_every_cell_table_and_figure(smoke_run):
         assert len(fda_rows) == len(inits) and (fda_rows["flops"] > 0).all()
         assert (fda_rows["wall_s"] > fda_rows["construct_s"]).all() and (fda_rows["construct_s"] > 0).all()
         assert (work / f"results/figures/{suite}-cost.png").stat().st_size > 1000
+
+
+def test_smoke_run_writes_the_validated_cells(smoke_run):
+    """Each suite's validated cell: the choice names every grid point's validation score and takes
+    the first best; its rows are test rows with the chosen values; its outcomes are its own; the
+    table shows it beside the fixed row."""
+    work, _, _ = smoke_run
+    for suite, method in SMOKE_VALIDATED.items():
+        choice = json.loads((work / f"work/{suite}/eseed0/select/{method}/choice.json").read_text())
+        scores = [p["score"] for p in choice["points"]]
+        assert len(scores) == 2 and choice["chosen"]["point"] == scores.index(max(scores))
+        assert choice["tie_rule"] == "first best in declared order" and choice["split"] == "validation"
+        for p in range(2):
+            val = pd.read_csv(work / f"work/{suite}/eseed0/select/{method}/point{p}-validation.csv", keep_default_na=False)
+            assert set(val["split"]) == {"validation"}
+        cell = pd.read_csv(work / f"results/{suite}_{method}_validated.csv", keep_default_na=False)
+        chosen = json.dumps(choice["chosen"]["values"], sort_keys=True, separators=(",", ":"))
+        assert set(cell["protocol"]) == {"validated"} and set(cell["hparams"]) == {chosen}
+        assert set(pd.read_csv(work / f"results/{suite}_{method}.csv", keep_default_na=False)["protocol"]) == {"fixed"}
+        outcomes = read_outcomes(work / f"results/{suite}_{method}_validated.npz")
+        assert {k[6] for k in outcomes} == {"validated"} and {k[TASK] for k in outcomes} == set(_smoke_tasks(suite))
+        table = pd.read_csv(work / f"results/tables/{suite}.csv", keep_default_na=False)
+        rows = table[table["method"] == method]
+        assert list(rows["protocol"]) == ["fixed", "validated"] and rows["row"].iloc[1].startswith(
+            row_label(method) + " (validated, α=")
+        assert rows["Avg lo"].astype(float).notna().all()
+
+
+def test_changing_a_grid_reruns_only_its_selection(smoke_run):
+    work, _, _ = smoke_run
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg["suites"]["minitext"]["smoke_overrides"]["selection"]["grids"]["ta"] = {"alpha": [0.3, 0.7]}
+    changed = work / "changed-grid.yaml"
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))  # sorted keys would reorder methods (the cost plan)
+    rules = Counter(j["rule"] for j in _dry(work, "--configfile", str(changed)))
+    assert rules == Counter({"merge_grid": 1, "evaluate_grid": 1, "select": 1, "evaluate_validated": 1,
+                             "cell_validated": 1, "tables": 1, "figures": 1, "costs": 1, "all": 1})
 
 
 def _smoke_tasks(suite: str) -> list[str]:
