@@ -200,7 +200,7 @@ def test_every_subcommand_has_help():
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {
         "validate-config", "cells", "prepare-data", "prepare-base", "prepare-expert", "merge", "fda-construct",
-        "fda-adapt", "fda-assemble", "import-anchors", "evaluate", "cell", "aggregate", "figures", "construction-figures", "join-runs", "claims", "paper-tables", "costs",
+        "fda-adapt", "fda-assemble", "import-anchors", "evaluate", "select", "cell", "aggregate", "figures", "construction-figures", "join-runs", "claims", "paper-tables", "costs",
         "stream-merge", "convert-bin", "llm-construct", "llm-adapt", "llm-assemble", "llm-eval"}
     assert cli.GPU_COMMANDS <= set(sub.choices)
 
