@@ -132,9 +132,9 @@ rule evaluate_validated:
         key=p_eval_key,
         selection=p_selection_key,
     log:
-        "logs/{suite}/eseed{eseed}/evaluate/validated-{selected}.log",
+        "logs/{suite}/eseed{eseed}/select/{selected}/evaluate-test.log",
     benchmark:
-        "logs/benchmarks/{suite}/eseed{eseed}/evaluate/validated-{selected}.tsv"
+        "logs/benchmarks/{suite}/eseed{eseed}/select/{selected}/evaluate-test.tsv"
     threads: 1
     resources:
         mem_mb=mem("evaluate"),
