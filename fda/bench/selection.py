@@ -10,10 +10,13 @@ writes a *choice file* (JSON) that says what was chosen and why::
      "grid": {"alpha": [0.1, 0.3, 0.5]},
      "points": [{"point": 0, "values": {"alpha": 0.1}, "hparams": {...}, "model": "...", "score": 0.61,
                  "tasks": {"tech": 0.7, ...}}, ...],
-     "chosen": {"point": 1, "values": {"alpha": 0.3}, "hparams": {...}, "model": "...", "score": 0.64}}
+     "chosen": {"point": 1, "values": {"alpha": 0.3}, "hparams": {...}, "model": "...", "score": 0.64},
+     "at_edge": []}
 
 ``values`` are the grid's (what the cell rows record), ``hparams`` everything the point ran with,
-``model`` the file that is then evaluated on test. ``init``/``anchor_init``/``seed`` are empty/0 for
+``model`` the file that is then evaluated on test. ``at_edge`` lists the hyperparameters (of three
+or more values) whose chosen value is the first or last of its list: the optimum may lie outside
+the grid, so widen it. ``init``/``anchor_init``/``seed`` are empty/0 for
 baselines; an FDA selection (adaptation lr and epochs per init, anchor init and seed) fills them and
 uses the same file and the same rule.
 
@@ -86,10 +89,16 @@ def choice_record(*, suite: str, method: str, grid: Mapping[str, Sequence[Any]],
     rows = [{"point": i, "values": dict(points[i]), "hparams": dict(hparams[i]), "model": str(models[i]),
              "score": float(scores[i]), "tasks": dict(task_scores[i])} for i in range(n)]
     chosen = {k: rows[best][k] for k in ("point", "values", "hparams", "model", "score")}
-    return {"format": FORMAT, "suite": suite, "method": method, "init": init, "anchor_init": anchor_init,
+    return {"at_edge": at_edge(grid, points[best]), "format": FORMAT, "suite": suite, "method": method, "init": init, "anchor_init": anchor_init,
             "expert_seed": int(expert_seed), "seed": int(seed), "protocol": "validated", "split": "validation",
             "criterion": CRITERION, "tie_rule": TIE_RULE, "grid": {k: list(v) for k, v in grid.items()},
             "points": rows, "chosen": chosen}
+
+
+def at_edge(grid: Mapping[str, Sequence[Any]], values: Mapping[str, Any]) -> list[str]:
+    """The hyperparameters of ``grid`` with three or more values whose chosen value (``values``) is
+    the first or the last of its list, in grid order."""
+    return [k for k, vs in grid.items() if len(vs) >= 3 and values[k] in (vs[0], vs[-1])]
 
 
 def write_choice(record: Mapping[str, Any], path: str | os.PathLike) -> Path:

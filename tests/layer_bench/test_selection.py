@@ -159,6 +159,7 @@ def test_the_choice_file_records_every_point_the_rule_and_the_chosen_model(tmp_p
     assert rec["chosen"] == {"point": 1, "values": {"alpha": 0.3}, "hparams": {"coverage": "all", "alpha": 0.3},
                              "model": "m1", "score": 0.8}
     assert rec["tie_rule"] == "first best in declared order" and rec["split"] == "validation"
+    assert rec["at_edge"] == [] and _record([0.6, 0.7, 0.9])["at_edge"] == ["alpha"]  # α=0.5: the grid's end
     assert [p["score"] for p in rec["points"]] == [0.6, 0.8, 0.8]
     path = write_choice(rec, tmp_path / "choice.json")
     assert read_choice(path) == json.loads(json.dumps(rec))

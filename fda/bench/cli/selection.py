@@ -36,7 +36,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     chosen = record["chosen"]
     log(f"select {args.suite} {args.method} expert seed {args.expert_seed}: "
         + "; ".join(f"{values_label(p)} -> {s:.4f}" for p, s in zip(points, scores))
-        + f"; chosen {values_label(chosen['values'])} ({record['tie_rule']})")
+        + f"; chosen {values_label(chosen['values'])} ({record['tie_rule']})"
+        + (f"; at the edge of the grid for {', '.join(record['at_edge'])}: consider widening it" if record["at_edge"] else ""))
     return 0
 
 
