@@ -61,7 +61,7 @@ def test_runs_are_counted(tmp_path, capsys):
     runs = {"a": claims.check_claims(_run(+40, 0), TASKS), "b": claims.check_claims(_run(-40, 1), TASKS),
             "c": claims.check_claims(_run(+40, 2), TASKS)}
     counts = claims.count_verdicts(runs)
-    key = ("fda >= init", ("fda", "ta", "gauss"), ("ta", "", ""))
+    key = ("fda >= init", ("fda", "ta", "gauss", "fixed"), ("ta", "", "", "fixed"))  # rows carry their protocol
     assert counts[key] == {claims.HOLDS: 2, claims.CONTRADICTED: 1, claims.UNRESOLVED: 0}
     assert "2/3 (✗ 1)" in claims.render_claims(runs)
 

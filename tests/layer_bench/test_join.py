@@ -28,7 +28,8 @@ def _shifted_run(dst: Path, shift: int, suite: str = "minivision") -> Path:
         cell = results.read_cells([src])
         cell["expert_seed"] += shift
         results.write_cell(cell, dst / src.name)
-        shifted = {(m, i, a, e + shift, s, t): o for (m, i, a, e, s, t), o in read_outcomes(outcomes_path(src)).items()}
+        shifted = {(m, i, a, e + shift, s, t, p): o
+                   for (m, i, a, e, s, t, p), o in read_outcomes(outcomes_path(src)).items()}
         write_outcomes(shifted, outcomes_path(dst / src.name))
     jobs = pd.read_csv(REFERENCE / "costs" / f"{suite}.csv", keep_default_na=False)
     if "expert_seed" not in jobs.columns:

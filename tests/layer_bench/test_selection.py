@@ -292,3 +292,14 @@ def test_an_unconfigured_validated_cell_stops_before_any_job(tmp_path):
                      cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert "selected 'ties' is not configured for suite 'minitext'" in proc.stdout + proc.stderr
+
+
+def test_claims_compare_fda_with_each_protocols_baseline():
+    from fda.bench.report import claims
+
+    rows = [("pretrained", "", ""), ("ta", "", ""), ("ta", "", "", "validated"), ("fda", "pretrained", "gauss"),
+            ("fda", "ta", "gauss")]
+    got = claims.pairs(rows)
+    assert ("fda(pretrained) >= ta", ("fda", "pretrained", "gauss", "fixed"), ("ta", "", "", "fixed")) in got
+    assert ("fda(pretrained) >= ta (validated)", ("fda", "pretrained", "gauss", "fixed"), ("ta", "", "", "validated")) in got
+    assert ("fda >= init", ("fda", "ta", "gauss", "fixed"), ("ta", "", "", "fixed")) in got  # its own init: fixed

@@ -9,6 +9,11 @@ example, expert seed and FDA seed draws: :mod:`fda.bench.report.intervals`):
   "FDA alone beats the task-vector baseline";
 - ``fda(pretrained) >= tsvm`` (beyond the paper's claims, shown for context): against TSV-M.
 
+Rows are (method, init, anchor init, protocol) (docs/selection.md). An FDA row is compared with
+its init's row of the same protocol (the fixed one when there is none); FDA from the pretrained
+model is compared with every protocol's TA and TSV-M rows, a validated baseline's claim named
+``... >= ta (validated)``: a baseline whose λ was chosen on validation data is the stronger one.
+
 A comparison **holds** when its 95% interval lies above 0, is **contradicted** when it lies below
 0, and is **unresolved** otherwise. Across several runs (other task subsets, data or expert seeds),
 :func:`count_verdicts` says in how many each comparison held.
@@ -22,10 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from fda.bench.eval.outcomes import Outcome, OutcomeKey
-from fda.bench.report.intervals import AVG, RowKey, by_row, row_intervals
+from fda.bench.report.intervals import AVG, RowKey, by_row, row_intervals, row_key
 
-PRETRAINED: RowKey = ("pretrained", "", "")
-#: (claim, the baseline row FDA-from-pretrained is compared with)
+FIXED = "fixed"
+PRETRAINED: RowKey = ("pretrained", "", "", FIXED)
+#: (claim, the baseline FDA-from-pretrained is compared with: method, init, anchor init; every protocol)
 AGAINST_BASELINES = (("fda(pretrained) >= ta", ("ta", "", "")), ("fda(pretrained) >= tsvm", ("tsvm", "", "")))
 HOLDS, CONTRADICTED, UNRESOLVED = "holds", "contradicted", "unresolved"
 
@@ -55,14 +61,20 @@ def _avg(runs: Mapping[int, Mapping[int, Mapping[str, Outcome]]], tasks: Sequenc
 
 def pairs(rows: Iterable[RowKey]) -> list[tuple[str, RowKey, RowKey]]:
     """The (claim, row, baseline) comparisons that the rows present allow."""
-    present = set(rows)
+    present = {row_key(r) for r in rows}
     out = []
     for row in sorted(r for r in present if r[0] == "fda"):
-        init = PRETRAINED if row[1] == "pretrained" else (row[1], "", "")
+        if row[1] == "pretrained":
+            init = PRETRAINED
+        else:
+            same = (row[1], "", "", row[3])
+            init = same if same in present else (row[1], "", "", FIXED)
         if init in present:
             out.append(("fda >= init", row, init))
     for row in sorted(r for r in present if r[0] == "fda" and r[1] == "pretrained"):
-        out += [(claim, row, base) for claim, base in AGAINST_BASELINES if base in present]
+        for claim, base in AGAINST_BASELINES:
+            for b in sorted(r for r in present if r[:3] == base):
+                out.append((claim if b[3] == FIXED else f"{claim} ({b[3]})", row, b))
     return out
 
 
@@ -89,10 +101,17 @@ def count_verdicts(runs: Mapping[str, Sequence[Comparison]]) -> dict[tuple[str, 
     return counts
 
 
+def _label(row: tuple) -> str:
+    from fda.bench.report.tables import row_label
+
+    row = row_key(row)
+    return row_label(*row[:3], protocol=row[3])
+
+
 def render_claims(runs: Mapping[str, Sequence[Comparison]], scale: float = 100.0) -> str:
     """A Markdown table: one line per comparison, one column per run (Δ and its interval, marked
     ✓ holds / ✗ contradicted / ~ unresolved) and the count of runs in which it held."""
-    from fda.bench.report.tables import row_label, to_markdown
+    from fda.bench.report.tables import to_markdown
 
     labels = list(runs)
     mark = {HOLDS: "✓", CONTRADICTED: "✗", UNRESOLVED: "~"}
@@ -108,6 +127,6 @@ def render_claims(runs: Mapping[str, Sequence[Comparison]], scale: float = 100.0
             cells.append(f"{scale * c.diff:+.1f} [{scale * c.lo:+.1f}, {scale * c.hi:+.1f}] {mark[c.verdict]}" if c else "")
         tally = counts[key]
         n = sum(tally.values())
-        body.append([claim, f"{row_label(*row)} − {row_label(*base)}", *cells,
+        body.append([claim, f"{_label(row)} − {_label(base)}", *cells,
                      f"{tally[HOLDS]}/{n} (✗ {tally[CONTRADICTED]})"])
     return to_markdown(["claim", "comparison", *labels, "holds in"], body)
