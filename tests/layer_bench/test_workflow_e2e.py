@@ -6,7 +6,9 @@ merge, construct and evaluate for real). Run with ``pytest -m slow tests/layer_b
 - deleting one cell and rerunning rebuilds only that cell (and what is derived from it), with
   byte-identical contents;
 - changing one hyperparameter reruns only the jobs that read it;
-- a rerun of a coarse FDA adaptation job reuses every cached block.
+- a rerun of a coarse FDA adaptation job reuses every cached block;
+- the validated cells (docs/selection.md) record their choice and stand beside the fixed rows, and
+  editing a grid reruns only its selection.
 """
 
 from __future__ import annotations
