@@ -484,3 +484,21 @@ def test_costs_command_end_to_end_loads_no_model_stack(run_dir):
     table = pd.read_csv(root / f"results/tables/{SUITE}-cost.csv")
     assert (table["Avg lo"] <= table["Avg"] + 1e-9).all() and (table["Avg"] <= table["Avg hi"] + 1e-9).all()
     assert " ±" in (root / f"results/tables/{SUITE}-cost.md").read_text()
+
+
+def test_the_cost_table_counts_fixed_rows_only(tmp_path):
+    """A validated cell beside the fixed ones (docs/selection.md) leaves the cost table as it was:
+    its grid jobs are not attributed yet, so it has no row, and TA's Avg stays the fixed row's."""
+    plan = cost_jobs.CostPlan(baselines=("ta", "wudi"), methods=("pretrained", "individual", "ta", "wudi"), seeds=(0, 1),
+                              expert_seeds=(0, 1), inits=("pretrained", "ta"), anchor_inits=("gauss",), blocks=2,
+                              tasks=tuple(TASKS))
+    _write_run(tmp_path, plan, 0)
+    _write_run(tmp_path, plan, 1, extra=1000.0)
+    rows = cost.row_costs(_jobs((tmp_path, plan)))
+    fixed = cost.cost_table(rows, _cells(), SUITE, TASKS)
+    individual = results.raw_frame([{"task": t, "metric": "accuracy", "value": 0.9} for t in TASKS], method="individual")
+    raw = results.raw_frame([{"task": t, "metric": "accuracy", "value": 0.99} for t in TASKS], method="ta",
+                            protocol="validated", hparams='{"alpha":0.5}')
+    validated = results.build_cell([raw], individual, suite=SUITE, expert_source="x", config_hash="h", version="0")
+    both = cost.cost_table(rows, pd.concat([_cells(), validated], ignore_index=True), SUITE, TASKS)
+    pd.testing.assert_frame_equal(both, fixed)
