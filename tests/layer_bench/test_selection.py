@@ -86,6 +86,11 @@ def test_a_grid_needs_its_method_and_a_suite_with_a_validation_split():
     assert "GLUE's validation split is this suite's test split" in text
 
 
+def test_a_bad_fixed_value_is_reported_once_under_methods_not_again_per_grid_value():
+    text = _errors(_with(lambda c: c["suites"]["minivision"]["methods"]["ties"].__setitem__("topk", 0)))
+    assert "suites.minivision.methods.ties.topk" in text and "selection" not in text
+
+
 def test_smoke_overrides_drop_grids_with_null_and_report_their_own_errors():
     cfg = validate_config({**DEFAULT, "smoke": True})
     from fda.bench.config.suite_views import effective_suite

@@ -478,6 +478,8 @@ def _selection_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
         spec = registry[method]
         valid = _dataclass_fields(getattr(spec, "hparams", None)) or []
         fixed = dict(s["methods"].get(method) or {})
+        if _build_error(build_hparams, spec, fixed):
+            continue  # reported once, under methods
         for key, values in grid.items():
             if key not in valid:
                 out.append(Problem(("selection", "grids", method, key),
