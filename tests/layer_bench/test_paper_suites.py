@@ -362,6 +362,32 @@ def test_robertab_merge_and_evaluate_with_recipe(glue_world, tmp_path):
     assert len(suite.predict(pre, "rte", base, data, experts["rte"], limit=5)[0]) == 5
 
 
+def test_glue_selection_split_is_the_recipes_heldout_slice(glue_world, tmp_path):
+    """With every expert fine-tuned here, split="validation" scores the recipe's held-out slice of
+    train (which the experts never trained on), not GLUE's validation split (our test split); with a
+    fetched expert it is refused, naming why (docs/selection.md)."""
+    import datasets
+
+    settings = {"base": str(glue_world["base"]), "tasks": ["rte"], "datasets": {"rte": str(glue_world["data"]["rte"])},
+                "device": "cpu", "progress": False, "max_length": 32, "batch_size": 8, "epochs": 1, "train_batch_size": 8,
+                "max_train_samples": 16, "max_val_samples": 3}
+    suite = RobertaBaseSuite(settings)
+    assert suite.expert_spec("rte") == "recipe:finetune" and suite.selection_unavailable() is None
+    base, data, experts = _run_suite(suite, tmp_path / "work", ["rte"])
+    state = load_state_dict(experts["rte"])
+    val = suite.evaluate(state, "rte", base, data, experts["rte"], split="validation")[0]["outcome"]
+    test = suite.evaluate(state, "rte", base, data, experts["rte"])[0]["outcome"]
+    train = datasets.load_from_disk(str(glue_world["data"]["rte"]))["train"]
+    held_out = suite.heldout_indices(len(train))
+    assert len(val.references) == len(held_out) == 3 and len(test.references) == 16
+    np.testing.assert_array_equal(val.references, np.asarray(train["label"])[held_out])
+    prov = json.loads((experts["rte"] / "provenance.json").read_text())
+    assert prov["recipe"]["heldout_examples"] == 3  # the slice the recipe held out is the one selection scores
+    fetched = RobertaBaseSuite({**settings, "experts": {"rte": str(glue_world["experts"]["rte"])}})
+    with pytest.raises(ValueError, match="experts of rte are fetched"):
+        fetched.evaluate(state, "rte", base, data, experts["rte"], split="validation")
+
+
 def test_glue_expert_wrong_num_labels_and_settings(glue_world, tmp_path):
     wrong = build_glue_expert(glue_world["base"], tmp_path / "three", 3, num_labels=3)
     suite = RobertaBaseSuite({"base": str(glue_world["base"]), "tasks": ["rte"], "experts": {"rte": str(wrong)},

@@ -81,9 +81,17 @@ def test_a_grid_needs_its_method_and_a_suite_with_a_validation_split():
     paper = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
     paper["suites"] = {"robertab": paper["suites"]["robertab"]}
     paper["suites"]["robertab"]["selection"] = {"grids": {"ta": {"alpha": [0.2, 0.3]}}}
-    text = _errors(paper)
+    text = _errors(paper)  # the paper's experts are fetched from the hub
     assert "suites.robertab.selection: suite 'robertab' has no validation split to select on" in text
-    assert "GLUE's validation split is this suite's test split" in text
+    assert "GLUE's validation split is this suite's test split" in text and "are fetched" in text
+    recipe = copy.deepcopy(paper)  # experts fine-tuned here: the recipe's held-out slice of train
+    section = recipe["suites"]["robertab"]
+    section.update(expert_source="finetuned-here", experts={t: {"recipe": "suite-default"} for t in section["tasks"]})
+    assert "results/robertab_ta_validated.csv" in cells(validate_config(recipe))
+    clip = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    clip["suites"] = {"vitb32": clip["suites"]["vitb32"]}
+    clip["suites"]["vitb32"]["selection"] = {"grids": {"ta": {"alpha": [0.2, 0.3]}}}
+    assert "suites.vitb32.selection: suite 'vitb32' has no validation split to select on" in _errors(clip)
 
 
 def test_a_bad_fixed_value_is_reported_once_under_methods_not_again_per_grid_value():

@@ -449,18 +449,14 @@ def _build_error(build: Any, *args: Any, **kwargs: Any) -> str | None:
 
 
 def _selection_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
-    """``selection``: only a suite with a validation split takes it; each grid belongs to a
+    """``selection``: only a suite with a selection split takes it (as configured: GLUE with experts
+    fine-tuned here); each grid belongs to a
     configured baseline, and each of its hyperparameters exists and takes every listed value (the
     method's dataclass decides, with the method's other configured values)."""
     declared = grids(s)
     if not declared:
         return []
-    try:
-        from fda.bench.suites import suite_no_validation
-
-        why = suite_no_validation(name)
-    except (ImportError, ValueError):  # a suite that is not implemented (yet)
-        why = None
+    why = _selection_unavailable(name, s)
     if why:
         return [Problem(("selection",), f"suite '{name}' has no validation split to select on: {why}; "
                                         "remove `selection` for this suite")]
@@ -490,6 +486,26 @@ def _selection_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
                 if err:
                     out.append(Problem(("selection", "grids", method, key), f"{v!r}: {err}"))
     return out
+
+
+def _selection_unavailable(name: str, s: Mapping[str, Any]) -> str | None:
+    """Why suite ``name`` as configured in ``s`` has no selection split (None: it has one). A suite
+    that takes sources is built from them (GLUE: only experts fine-tuned here give one); a suite that
+    cannot be built is left to the source checks."""
+    try:
+        from fda.bench.suites import get_suite, suite_no_validation
+    except ImportError:
+        return None
+    if not suite_takes_sources(name):
+        try:
+            return suite_no_validation(name)
+        except ValueError:  # a suite that is not implemented (yet)
+            return None
+    try:
+        suite = get_suite(name, suite_settings_for({"smoke": False, "suites": {name: s}}, name))
+    except (ConfigError, ValueError):  # reported by _source_problems
+        return None
+    return suite.selection_unavailable()
 
 
 def _fda_problems(s: Mapping[str, Any]) -> list[Problem]:

@@ -105,11 +105,18 @@ class Suite(abc.ABC):
         ``split`` (``test``, or ``validation`` for selection: see :meth:`check_split`). Returns rows
         ``{"task", "metric", "value"}``; the first row is the headline metric."""
 
+    def selection_unavailable(self) -> str | None:
+        """Why this suite, as configured, has no selection split (None: it has one). The class's
+        ``no_validation`` unless a suite's settings decide (GLUE: only experts fine-tuned here)."""
+        return self.no_validation
+
     def check_split(self, split: str) -> str:
         """``split`` when the suite can score it; ``ValueError`` naming the suite and why otherwise
-        (an unknown split, or ``validation`` on a suite without a selection split: ``no_validation``)."""
+        (an unknown split, or ``validation`` on a suite without a selection split:
+        :meth:`selection_unavailable`)."""
         if split not in EVAL_SPLITS:
             raise ValueError(f"suite '{self.name}': unknown evaluation split {split!r}; allowed: {', '.join(EVAL_SPLITS)}")
-        if split == "validation" and self.no_validation:
-            raise ValueError(f"suite '{self.name}' has no validation split for selection: {self.no_validation}")
+        why = self.selection_unavailable() if split == "validation" else None
+        if why:
+            raise ValueError(f"suite '{self.name}' has no validation split for selection: {why}")
         return split

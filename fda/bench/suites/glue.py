@@ -100,8 +100,9 @@ class GlueSuite(Suite):
     """Shared implementation of ``robertab`` / ``robertal``."""
 
     family = "roberta"
-    no_validation = ("GLUE's validation split is this suite's test split (as in the paper) and no held-out slice "
-                     "of the train split is carved out yet (docs/selection.md)")
+    #: GLUE's validation split is this suite's test split (as in the paper); its selection split is
+    #: the recipe's held-out slice of train (selection_unavailable), for experts fine-tuned here only
+    no_validation = None
     model_key: str = "robertab"
 
     def __init__(self, settings: dict[str, Any] | GlueSettings | None = None):
@@ -218,6 +219,25 @@ class GlueSuite(Suite):
             save_state_dict(head, tmp / "head.safetensors", metadata={"task": task, "num_labels": str(n_out), "kind": "roberta-classifier"})
             write_json_atomic({**self.provenance(), **info}, tmp / "provenance.json")
 
+    def selection_unavailable(self) -> str | None:
+        """None when every task's expert is fine-tuned here (``recipe:finetune``): the selection split
+        is then the recipe's held-out slice of train (:meth:`heldout_indices`), which the experts
+        never trained on. A fetched expert may have trained on any part of GLUE's train split."""
+        fetched = [t for t in self.tasks if self._source_kind(t) != "finetune"]
+        if not fetched:
+            return None
+        return (f"GLUE's validation split is this suite's test split (as in the paper), and the experts of "
+                f"{', '.join(fetched)} are fetched, so no slice of the train split is known to be held out from "
+                "them; only experts fine-tuned here (recipe:finetune) give a selection split (docs/selection.md)")
+
+    def heldout_indices(self, n: int) -> np.ndarray:
+        """Indices into a train split of ``n`` rows that the recipe holds out (permutation seed 0,
+        the last ``val_fraction``, capped at ``max_val_samples``): its best-epoch choice and, for
+        selection, ``evaluate(split="validation")`` score them."""
+        perm = np.random.RandomState(0).permutation(n)
+        va_idx = perm[int((1 - self.cfg.val_fraction) * n):]
+        return va_idx[: self.cfg.max_val_samples] if self.cfg.max_val_samples is not None else va_idx
+
     def _check_sha(self, path: Path, label: str) -> None:
         verify_source_sha256(path, self.cfg.sha256.get(label))
 
@@ -238,11 +258,9 @@ class GlueSuite(Suite):
         train = self._split(data_dir, task, "train")
         perm = np.random.RandomState(0).permutation(len(train))
         n_train = int((1 - c.val_fraction) * len(train))
-        tr_idx, va_idx = perm[:n_train], perm[n_train:]
+        tr_idx, va_idx = perm[:n_train], self.heldout_indices(len(train))
         if c.max_train_samples is not None:
             tr_idx = tr_idx[: c.max_train_samples]
-        if c.max_val_samples is not None:
-            va_idx = va_idx[: c.max_val_samples]
         if len(tr_idx) == 0 or len(va_idx) == 0:
             raise ValueError(f"{task}: recipe needs training and held-out examples (got {len(tr_idx)} / {len(va_idx)})")
         tr, va = train.select(tr_idx.tolist()), train.select(va_idx.tolist())
@@ -299,18 +317,20 @@ class GlueSuite(Suite):
     def evaluate(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, expert_dir: Path,
                  *, limit: int | None = None, split: str = "test") -> list[Row]:
         """GLUE metrics of ``encoder_state`` with ``expert_dir/head.safetensors`` on GLUE's validation
-        split, which is this suite's *test* split (``split``: test only, see ``no_validation``); the
-        headline row carries the per-example ``outcome``."""
-        self.check_split(split)
-        preds, labels = self.predict(encoder_state, task, base_dir, data_dir, expert_dir, limit=limit)
+        split, which is this suite's *test* split; ``split="validation"``: the recipe's held-out slice of
+        train, when every expert is fine-tuned here (:meth:`selection_unavailable`). The headline row
+        carries the per-example ``outcome``."""
+        preds, labels = self.predict(encoder_state, task, base_dir, data_dir, expert_dir, limit=limit, split=split)
         rows = metric_rows(task, preds, labels)
         rows[0]["outcome"] = Outcome(np.asarray(preds), np.asarray(labels), rows[0]["metric"])  # headline: recomputable
         return rows
 
     def predict(self, encoder_state: StateDict, task: str, base_dir: Path, data_dir: Path, head_dir: Path,
-                *, limit: int | None = None) -> tuple[list, list]:
-        """Predictions (class ids; floats for stsb) and labels on ``task``'s validation split with
-        the head in ``head_dir``."""
+                *, limit: int | None = None, split: str = "test") -> tuple[list, list]:
+        """Predictions (class ids; floats for stsb) and labels on ``task``'s GLUE validation split
+        (our test split; ``split="validation"``: the recipe's held-out slice of train) with the head
+        in ``head_dir``."""
+        split = self.check_split(split)
         from transformers import AutoTokenizer  # noqa: PLC0415
 
         self._check_task(task)
@@ -318,7 +338,11 @@ class GlueSuite(Suite):
         model = build_classifier(base_dir, encoder_state, load_state_dict(Path(head_dir) / "head.safetensors"), where=f"{self.name}/{task}")
         model.to(device)
         tok = AutoTokenizer.from_pretrained(str(base_dir))
-        ds = self._split(data_dir, task, "eval")
+        if split == "validation":
+            train = self._split(data_dir, task, "train")
+            ds = train.select(self.heldout_indices(len(train)).tolist())
+        else:
+            ds = self._split(data_dir, task, "eval")
         limit = limit if limit is not None else self.cfg.limit
         if limit is not None:
             ds = ds.select(range(min(limit, len(ds))))
