@@ -316,3 +316,16 @@ def test_claims_compare_fda_with_each_protocols_baseline():
     assert ("fda(pretrained) >= ta", ("fda", "pretrained", "gauss", "fixed"), ("ta", "", "", "fixed")) in got
     assert ("fda(pretrained) >= ta (validated)", ("fda", "pretrained", "gauss", "fixed"), ("ta", "", "", "validated")) in got
     assert ("fda >= init", ("fda", "ta", "gauss", "fixed"), ("ta", "", "", "fixed")) in got  # its own init: fixed
+
+
+def test_a_glue_suite_with_experts_fine_tuned_here_selects_through_the_same_rules(tmp_path):
+    from test_workflow import dry_run
+
+    paper = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    section = paper["suites"]["robertab"]
+    section.update(expert_source="finetuned-here", experts={t: {"recipe": "suite-default"} for t in section["tasks"]},
+                   selection={"grids": {"ta": {"alpha": [0.2, 0.3, 0.5]}}})
+    config = tmp_path / "glue.yaml"
+    config.write_text(yaml.safe_dump({**paper, "suites": {"robertab": section}}, sort_keys=False))
+    rules = Counter(j["rule"] for j in dry_run(tmp_path, "results/robertab_ta_validated.csv", "--configfile", str(config)))
+    assert rules["merge_grid"] == 2 and rules["evaluate_grid"] == 3 and rules["cell_validated"] == 1
