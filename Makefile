@@ -57,9 +57,9 @@ run-seeds: packages-run $(STAMP)
 VARIANTS ?= v1 v2 v3
 CLAIMS_BASE ?= results/reference-seeds
 robustness: packages-run $(STAMP)
-	for v in $(VARIANTS); do mkdir -p runs/robustness/$$v && $(OFFLINE) $(VENV)/bin/snakemake --snakefile $(CURDIR)/Snakefile \
+	for v in $(VARIANTS); do mkdir -p runs/robustness/$$v && $(OFFLINE) $(VENV)/bin/snakemake --snakefile Snakefile \
 	  --directory runs/robustness/$$v --cores $(CORES) all \
-	  --configfile $(CURDIR)/config/config.yaml $(CURDIR)/config/robustness/$$v.yaml || exit 1; done
+	  --configfile config/config.yaml config/robustness/$$v.yaml || exit 1; done
 	mkdir -p results/robustness
 	$(VENV)/bin/fda-bench claims $(CLAIMS_BASE) $(foreach v,$(VARIANTS),runs/robustness/$(v)/results) \
 	  --suite minitext minivision --out results/robustness/claims.md

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fda.io.atomic import atomic_dir
+
+if TYPE_CHECKING:  # imported lazily where used: only jobs that write datasets pay for it
+    import datasets
 
 SPLITS = ("train", "validation", "test")
 
