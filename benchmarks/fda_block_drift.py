@@ -109,7 +109,14 @@ def main() -> int:
             "(1: reproduces it, 0: no closer than the init, <0: further); moved: |f_fda - f_init| / |f_init - f_expert|.\n\n"
             "| task | block | gap closed (anchors) | moved (anchors) | gap closed (real) | moved (real) |\n|---|---:|---:|---:|---:|---:|\n")
     body = "".join(f"| {t} | {b} | {ga:+.3f} | {ma:.3f} | {gr:+.3f} | {mr:.3f} |\n" for t, b, ga, ma, gr, mr in rows)
-    text = head + body
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    blocks_seen = sorted({b for _, b, *_ in rows})
+    per_block = ", ".join(f"block {b} {mean([gr for _, bb, _, _, gr, _ in rows if bb == b]):+.2f}" for b in blocks_seen)
+    foot = (f"\nMean over tasks and blocks: gap closed {mean([r[2] for r in rows]):+.2f} on the anchors, "
+            f"{mean([r[4] for r in rows]):+.2f} on real inputs (moved {mean([r[5] for r in rows]):.2f}); "
+            f"{sum(r[4] < 0 for r in rows)} of {len(rows)} (task, block) pairs end further from the expert on real "
+            f"inputs than the init. Real inputs per block: {per_block}.\n")
+    text = head + body + foot
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")
