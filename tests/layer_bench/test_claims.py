@@ -75,3 +75,12 @@ def test_claims_command_reads_a_runs_outcomes(tmp_path, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "| one | two |" in out.out and "FDA (TA, Gauss) − TA" in out.out and "1/2 (✗ 1)" in out.out
+
+
+def test_claims_and_tables_give_the_same_interval_whatever_the_column_order():
+    from fda.bench.report.intervals import AVG, row_intervals
+
+    outs = _run(+40)
+    a = row_intervals(outs, ["x", "y"]).paired_difference(("fda", "ta", "gauss"), ("ta", "", ""), AVG)
+    b = row_intervals(outs, ["y", "x"]).paired_difference(("fda", "ta", "gauss"), ("ta", "", ""), AVG)
+    assert (a.lo, a.hi) == (b.lo, b.hi)

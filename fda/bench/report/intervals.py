@@ -114,7 +114,9 @@ def make_draws(outcomes: Mapping[OutcomeKey, Outcome], tasks: Sequence[str], n_b
                                "(same eval_limit and data seed)")
     rng = np.random.default_rng(seed)
     # int32 indices: half the memory of the default int64 (GLUE's validation sets: ~60k examples x B)
-    examples = {t: rng.integers(0, sizes[t], size=(n_boot, sizes[t]), dtype=np.int32) for t in tasks if t in sizes}
+    # drawn in sorted task order, so the draws depend on the task set, not on the column order:
+    # a table and `fda-bench claims` over the same outcomes give the same intervals
+    examples = {t: rng.integers(0, sizes[t], size=(n_boot, sizes[t]), dtype=np.int32) for t in sorted(tasks) if t in sizes}
     counts = [seed_count(runs) for runs in by_row(outcomes).values()]
     e_max = max([c.expert for c in counts], default=1)
     k_max = max([c.fda for c in counts], default=1)
