@@ -311,6 +311,8 @@ def _adapt_block(model, pretrained, experts, block, anchors, init, init_state, c
     _require_experts(all_experts)
     if check:
         _check_anchors(adapter, block, anchors, all_experts, names)
+        if heldout is not None:  # the same checks: one set per expert, canonical shape, finite
+            _check_anchors(adapter, block, heldout, all_experts, names)
     dev = _device(cfg)
     if init_state is pretrained and init != "pretrained":
         # callers pass the pretrained state as "no merged init": fine for TA (θ0 + λ Σ τ_i is

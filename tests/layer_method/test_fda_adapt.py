@@ -154,9 +154,12 @@ def test_snapshot_epochs_outside_the_run_are_refused():
     for bad in ([4], [-1], [1, 1]):
         with pytest.raises(ValueError, match="snapshot epochs"):
             fda.adapt_block(model, pre, experts, 0, [torch.randn(4, 3, 32)], "pretrained", None, cfg, snapshot_epochs=bad)
-    with pytest.raises(ValueError, match="held-out anchor sets"):
+    with pytest.raises(ValueError, match="anchor"):
         fda.adapt_block(model, pre, experts, 0, [torch.randn(4, 3, 32)], "pretrained", None, cfg,
                         heldout_anchors=[torch.randn(2, 3, 32)] * 2)
+    with pytest.raises(ValueError, match="NaN|non-finite"):
+        fda.adapt_block(model, pre, experts, 0, [torch.randn(4, 3, 32)], "pretrained", None, cfg,
+                        heldout_anchors=[torch.full((2, 3, 32), float("nan"))])
 
 
 def test_merged_init_other_than_ta_needs_its_state():
