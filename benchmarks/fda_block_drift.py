@@ -53,10 +53,8 @@ def gap_closed(adapter, block: int, x: torch.Tensor, fda: dict, init: dict, expe
     return 1.0 - float(((y_fda - y_exp) ** 2).sum()) / gap, math.sqrt(float(((y_fda - y_init) ** 2).sum()) / gap)
 
 
-def block_inputs(model, state: dict[str, torch.Tensor], images: torch.Tensor) -> list[torch.Tensor]:
-    """Hidden states entering each encoder layer [n, T, d] when ``state`` reads ``images``."""
-    model.load_state_dict(state, strict=False)
-    model.eval()
+def block_inputs(model, images: torch.Tensor) -> list[torch.Tensor]:
+    """Hidden states entering each encoder layer [n, T, d] when ``model`` (eval mode) reads ``images``."""
     with torch.no_grad():
         hidden = model(pixel_values=_to_pixels(images), output_hidden_states=True).hidden_states
     return list(hidden[:-1])  # hidden[b]: the input of layer b (after the pre-layernorm)
@@ -91,12 +89,14 @@ def main() -> int:
     tasks = suite.tasks
     blocks = range(adapter.num_blocks)
 
+    model.load_state_dict(fda_state, strict=False)  # the FDA model produces the real block inputs
+    model.eval()
     rows = []
     for task in tasks:
         expert = load_state_dict(eseed / "experts" / task)
         ds = load_split(work / "data", task, args.split).select(range(args.limit))
         images = torch.from_numpy(np.stack(ds.with_format("numpy")["image"]).astype(np.uint8))
-        real = block_inputs(model, fda_state, images)
+        real = block_inputs(model, images)
         for b in blocks:
             p_fda, p_init, p_exp = (block_params(adapter, s, b) for s in (fda_state, init, expert))
             anchors = load_anchors(run / "anchors" / args.anchor_init / f"block{b}" / f"{task}.safetensors")[0].float()

@@ -110,3 +110,15 @@ def test_cost_files_from_before_expert_seeds_read_as_expert_seed_0(tmp_path):
     assert sorted(joined["expert_seed"]) == [0, 1]
     with pytest.raises(join.JoinError, match="in more than one run"):
         join.join_jobs([old, old])
+
+
+def test_a_join_that_fails_half_way_leaves_no_partial_output(runs, tmp_path, capsys):
+    a, b = runs
+    path = outcomes_path(b / "minivision_ta_fda.csv")  # the last cell in name order: the others join first
+    outs = read_outcomes(path)
+    key = next(iter(outs))
+    outs[key] = Outcome(outs[key].predictions, np.roll(outs[key].references, 1), outs[key].metric)
+    write_outcomes(outs, path)
+    assert main(["join-runs", str(a), str(b), "--out", str(tmp_path / "j"), "--suite", "minivision"]) == 2
+    assert "other test references" in capsys.readouterr().err
+    assert not (tmp_path / "j").exists() and not list(tmp_path.glob(".j.*"))

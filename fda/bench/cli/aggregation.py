@@ -89,41 +89,44 @@ def cmd_join_runs(args: argparse.Namespace) -> int:
     from fda.bench.report.join import check_outcome_keys, join_cells, join_jobs, join_outcomes
     from fda.bench.report.results import write_cell
     from fda.bench.report.tables import write_tables
+    from fda.io.atomic import atomic_dir
 
     runs = [Path(r) for r in args.runs]
     out = Path(args.out)
     if out.resolve() in {r.resolve() for r in runs}:
         raise UsageError(f"--out {out} is one of the runs: write the join to a new directory")
     config = load_config([args.config])
-    for suite in args.suite or list(config["suites"]):
-        names = [sorted(p.name for p in run.glob(f"{suite}_*.csv")) for run in runs]
-        if not names[0]:
-            raise UsageError(f"{runs[0]} holds no cells of suite {suite!r} ({suite}_*.csv)")
-        for run, have in zip(runs[1:], names[1:]):
-            if have != names[0]:
-                raise UsageError(f"{run} and {runs[0]} hold different cells of {suite}: "
-                                 f"{sorted(set(have) ^ set(names[0]))}; join runs of one configuration")
-        tasks = suite_views.result_tasks(config, suite)
-        cells, outcomes = [], {}
-        for name in names[0]:
-            cell = join_cells([run / name for run in runs])
-            joined = join_outcomes(outcomes_path(run / name) for run in runs)
-            check_outcome_keys(cell, joined, name)
-            write_cell(cell, out / name)
-            write_outcomes(joined, outcomes_path(out / name))
-            cells.append(cell)
-            outcomes.update(joined)
-        frame = pd.concat(cells, ignore_index=True)
-        paths = list(write_tables(frame, suite, tasks, out / "tables", outcomes=outcomes).values())
-        paths += write_cell_figures(frame, suite, tasks, out / "figures", outcomes)
-        job_files = [run / "costs" / f"{suite}.csv" for run in runs]
-        if all(p.is_file() for p in job_files):
-            jobs = join_jobs(job_files)
-            write_frame(jobs, out / "costs" / f"{suite}.csv")
-            paths += write_costs(jobs, frame, suite, tasks, outcomes, out / "tables", out / "figures")[0]
-        else:
-            log(f"{suite}: no cost table (per-job costs missing in {[str(p) for p in job_files if not p.is_file()]})")
-        log(f"{suite}: joined {len(names[0])} cells of {len(runs)} runs into {out}; wrote {len(paths)} table and figure files")
+    # everything goes to a temporary sibling first: a run that fails half-way leaves no partial join
+    with atomic_dir(out) as tmp:
+        for suite in args.suite or list(config["suites"]):
+            names = [sorted(p.name for p in run.glob(f"{suite}_*.csv")) for run in runs]
+            if not names[0]:
+                raise UsageError(f"{runs[0]} holds no cells of suite {suite!r} ({suite}_*.csv)")
+            for run, have in zip(runs[1:], names[1:]):
+                if have != names[0]:
+                    raise UsageError(f"{run} and {runs[0]} hold different cells of {suite}: "
+                                     f"{sorted(set(have) ^ set(names[0]))}; join runs of one configuration")
+            tasks = suite_views.result_tasks(config, suite)
+            cells, outcomes = [], {}
+            for name in names[0]:
+                cell = join_cells([run / name for run in runs])
+                joined = join_outcomes(outcomes_path(run / name) for run in runs)
+                check_outcome_keys(cell, joined, name)
+                write_cell(cell, tmp / name)
+                write_outcomes(joined, outcomes_path(tmp / name))
+                cells.append(cell)
+                outcomes.update(joined)
+            frame = pd.concat(cells, ignore_index=True)
+            paths = list(write_tables(frame, suite, tasks, tmp / "tables", outcomes=outcomes).values())
+            paths += write_cell_figures(frame, suite, tasks, tmp / "figures", outcomes)
+            job_files = [run / "costs" / f"{suite}.csv" for run in runs]
+            if all(p.is_file() for p in job_files):
+                jobs = join_jobs(job_files)
+                write_frame(jobs, tmp / "costs" / f"{suite}.csv")
+                paths += write_costs(jobs, frame, suite, tasks, outcomes, tmp / "tables", tmp / "figures")[0]
+            else:
+                log(f"{suite}: no cost table (per-job costs missing in {[str(p) for p in job_files if not p.is_file()]})")
+            log(f"{suite}: joined {len(names[0])} cells of {len(runs)} runs into {out}; wrote {len(paths)} table and figure files")
     return 0
 
 
