@@ -84,3 +84,9 @@ def test_claims_and_tables_give_the_same_interval_whatever_the_column_order():
     a = row_intervals(outs, ["x", "y"]).paired_difference(("fda", "ta", "gauss"), ("ta", "", ""), AVG)
     b = row_intervals(outs, ["y", "x"]).paired_difference(("fda", "ta", "gauss"), ("ta", "", ""), AVG)
     assert (a.lo, a.hi) == (b.lo, b.hi)
+
+
+def test_claims_command_names_a_run_without_outcomes(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["claims", str(tmp_path / "empty"), "--suite", "minitext"]) == 2
+    assert "holds no per-example outcomes of minitext" in capsys.readouterr().err
