@@ -16,6 +16,7 @@ include: "workflow/rules/fda.smk"
 include: "workflow/rules/official_anchors.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/select.smk"
+include: "workflow/rules/fda_select.smk"
 include: "workflow/rules/llm.smk"
 include: "workflow/rules/aggregate.smk"
 

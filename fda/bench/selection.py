@@ -125,7 +125,7 @@ def values_json(values: Mapping[str, Any]) -> str:
 
 
 #: short names of hyperparameters in table labels
-SYMBOLS = {"alpha": "α"}
+SYMBOLS = {"alpha": "α", "adapt_lr_scale": "lr×", "adapt_epochs": "epochs"}
 
 
 def values_label(values: Mapping[str, Any]) -> str:

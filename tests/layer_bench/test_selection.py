@@ -192,8 +192,8 @@ def test_evaluate_choice_takes_the_chosen_model_and_refuses_another_methods_choi
     with pytest.raises(UsageError, match="not of"):
         chosen_model(argparse.Namespace(**{**vars(args), "method": "ties"}))
     with pytest.raises(UsageError, match="not both"):
-        chosen_model(argparse.Namespace(**{**vars(args), "model": "x.safetensors"}))
-    assert chosen_model(argparse.Namespace(**{**vars(args), "choice": None, "model": "x"})) == ("x", "fixed", "")
+        chosen_model(argparse.Namespace(**{**vars(args), "model": ["x.safetensors"]}))
+    assert chosen_model(argparse.Namespace(**{**vars(args), "choice": None, "model": ["x"]})) == ("x", "fixed", "")
 
 
 # ------------------------------------------------------------------------------------ cells, outcomes, tables

@@ -13,6 +13,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+import fda.bench.config.fda_selection as cfg_fda_sel
 import fda.bench.config.grids as cfg_grids
 import fda.bench.config.load as cfg_load
 import fda.bench.config.naming as cfg_names
@@ -85,6 +86,7 @@ wildcard_constraints:
     baseline=_alt(CONFIGURED["baseline"]),
     selected=_alt(CONFIGURED["selected"]),
     point=r"[0-9]+",
+    scale=r"[0-9]+",
     reference=_alt(cfg_names.REFERENCE_METHODS),
     init=_alt(CONFIGURED["init"]),
     anchorinit=_alt(CONFIGURED["anchorinit"]),
@@ -120,6 +122,16 @@ EVAL_GRID = "work/{suite}/eseed{eseed}/select/{selected}/point{point}-validation
 CHOICE = "work/{suite}/eseed{eseed}/select/{selected}/choice.json"
 EVAL_VALIDATED = "work/{suite}/eseed{eseed}/eval/validated/{selected}.csv"
 CELL_VALIDATED = "results/{suite}_{method}_validated.csv"
+# FDA's validated protocol (workflow/rules/fda_select.smk): per lr scale one adaptation run whose
+# snapshot models (epochs{E}.safetensors) are the grid's epochs, one validation evaluation of every
+# point, one choice, the chosen model on test, per (expert seed, FDA seed, init, anchor init)
+FDA_SELECT = "work/{suite}/eseed{eseed}/fda/seed{seed}/select/{init}-{anchorinit}"
+FDA_GRID_RUN = FDA_SELECT + "/scale{scale}"
+FDA_GRID_MODEL = FDA_GRID_RUN + "/epochs{epochs}.safetensors"
+FDA_EVAL_GRID = FDA_SELECT + "/point{point}-validation.csv"
+FDA_CHOICE = FDA_SELECT + "/choice.json"
+EVAL_FDA_VALIDATED = "work/{suite}/eseed{eseed}/eval/fda-validated/seed{seed}/{init}-{anchorinit}.csv"
+CELL_FDA_VALIDATED = "results/{suite}_{init}_fda_validated.csv"
 
 
 def npz(csv_pattern):
@@ -483,8 +495,14 @@ def p_selected_hparams(wildcards):
     return cfg_names.canonical_json(S(wildcards.suite)["methods"].get(wildcards.selected) or {})
 
 
+def grid_json(grid):
+    """A grid as the select job reads it: JSON in *declared* key order (the order of its points and
+    of the tie rule; canonical_json would sort the keys and so reorder a multi-key grid's points)."""
+    return json.dumps(grid, separators=(",", ":"))
+
+
 def p_grid(wildcards):
-    return cfg_names.canonical_json(cfg_grids.grids(S(wildcards.suite))[wildcards.selected])
+    return grid_json(cfg_grids.grids(S(wildcards.suite))[wildcards.selected])
 
 
 def p_selection_key(wildcards):
@@ -495,6 +513,123 @@ def p_point_args(wildcards, input):
     """`--point SCORES=MODEL` per grid point, in grid order."""
     pairs = zip(input.scores, grid_models(wildcards))
     return " ".join(f"--point {shlex.quote(f'{c}={m}')}" for c, m in pairs)
+
+
+# ---------------------------------------------------------------- FDA's validated protocol
+
+
+def configured_fda_selection(wildcards):
+    """No files: refuses an (init, anchor init) without a validated FDA row (fda.selection)."""
+    try:
+        cfg_names.check_wildcards(config, {"suite": wildcards.suite, "vinit": wildcards.init,
+                                           "vanchorinit": wildcards.anchorinit})
+    except cfg_load.ConfigError as err:
+        raise WorkflowError(str(err)) from None
+    return []
+
+
+def fda_fixed_adaptation(wildcards):
+    """``(hparams, adapt_lr, adapt_epochs)`` of the init's fixed FDA row: its FDAConfig overrides and
+    the learning rate and epochs they resolve to."""
+    s = S(wildcards.suite)
+    hparams = cfg_names.fda_hparams(s, wildcards.init)
+    return (hparams, *cfg_fda_sel.resolved_adaptation(s, hparams, wildcards.init))
+
+
+def fda_run_epochs(wildcards):
+    """Per lr scale index: the epochs its grid run snapshots."""
+    return cfg_fda_sel.run_epochs(S(wildcards.suite), fda_fixed_adaptation(wildcards)[2])
+
+
+def fda_point_models(wildcards):
+    """Every FDA grid point's model of the job's (expert seed, seed, init, anchor init), in grid
+    order: a snapshot of its lr scale's run, or the fixed FDA model for the fixed point."""
+    s = S(wildcards.suite)
+    epochs = fda_fixed_adaptation(wildcards)[2]
+    keys = dict(suite=wildcards.suite, eseed=wildcards.eseed, seed=wildcards.seed, init=wildcards.init,
+                anchorinit=wildcards.anchorinit)
+    out = []
+    for values in cfg_fda_sel.fda_points(s):
+        run = cfg_fda_sel.point_run(s, values, epochs)
+        out.append(FDA_MERGED.format(**keys) if run is None else FDA_GRID_MODEL.format(**keys, scale=run[0], epochs=run[1]))
+    return out
+
+
+def fda_grid_runs(wildcards):
+    """The grid run directories the job's point models lie in."""
+    keys = dict(suite=wildcards.suite, eseed=wildcards.eseed, seed=wildcards.seed, init=wildcards.init,
+                anchorinit=wildcards.anchorinit)
+    return [FDA_GRID_RUN.format(**keys, scale=k) for k in fda_run_epochs(wildcards)]
+
+
+def fda_point_inputs(wildcards):
+    """What the point models need: the grid runs (directories) and the fixed FDA model if it is a point."""
+    fixed = FDA_MERGED.format(suite=wildcards.suite, eseed=wildcards.eseed, seed=wildcards.seed, init=wildcards.init,
+                              anchorinit=wildcards.anchorinit)
+    return fda_grid_runs(wildcards) + [m for m in fda_point_models(wildcards) if m == fixed]
+
+
+def p_fda_grid_run(wildcards):
+    """The grid run's FDAConfig overrides (the scaled lr, the largest epoch it snapshots) and
+    `--snapshot-epochs`; a scale index with no run is refused."""
+    hparams, lr, _ = fda_fixed_adaptation(wildcards)
+    runs = fda_run_epochs(wildcards)
+    scale = int(wildcards.scale)
+    if scale not in runs:
+        raise WorkflowError(f"lr scale {scale} of suite '{wildcards.suite}' needs no grid run for init "
+                            f"'{wildcards.init}' (runs: {sorted(runs)})")
+    epochs = runs[scale]
+    point = {"adapt_lr_scale": cfg_fda_sel.scales(S(wildcards.suite))[scale]}
+    fda = {**hparams, **cfg_fda_sel.point_overrides(point, lr, epochs[-1])}
+    return f"--fda {shlex.quote(cfg_names.canonical_json(fda))} --snapshot-epochs {' '.join(map(str, epochs))}"
+
+
+def fda_grid_evals(wildcards):
+    """Every FDA grid point's validation rows, in grid order."""
+    n = len(cfg_fda_sel.fda_points(S(wildcards.suite)))
+    keys = dict(suite=wildcards.suite, eseed=wildcards.eseed, seed=wildcards.seed, init=wildcards.init,
+                anchorinit=wildcards.anchorinit)
+    return [FDA_EVAL_GRID.format(**keys, point=i) for i in range(n)]
+
+
+def p_fda_grid_eval_args(wildcards):
+    """`--model MODEL --out CSV` per grid point, in grid order (one process scores them all)."""
+    pairs = zip(fda_point_models(wildcards), fda_grid_evals(wildcards))
+    return " ".join(f"--model {shlex.quote(m)} --out {shlex.quote(o)}" for m, o in pairs)
+
+
+def p_fda_grid(wildcards):
+    return grid_json(cfg_fda_sel.fda_grid(S(wildcards.suite)))
+
+
+def p_fda_resolved(wildcards):
+    """The init's FDA overrides with the lr and epochs they resolve to (what adapt_lr_scale multiplies)."""
+    hparams, lr, epochs = fda_fixed_adaptation(wildcards)
+    return cfg_names.canonical_json({**hparams, "adapt_lr": lr, "adapt_epochs": epochs})
+
+
+def p_fda_point_args(wildcards, input):
+    """`--point SCORES=MODEL` per FDA grid point, in grid order."""
+    pairs = zip(input.scores, fda_point_models(wildcards))
+    return " ".join(f"--point {shlex.quote(f'{c}={m}')}" for c, m in pairs)
+
+
+def p_fda_selection_key(wildcards):
+    return cfg_names.canonical_json(cfg_names.fda_selection_slice(config, wildcards.suite, wildcards.init,
+                                                                  wildcards.anchorinit, wildcards.seed))
+
+
+def fda_validated_evals(wildcards):
+    """A validated FDA cell's test evaluations: every validated anchor init, expert seed and FDA seed."""
+    s = S(wildcards.suite)
+    return [EVAL_FDA_VALIDATED.format(suite=wildcards.suite, eseed=e, seed=seed, init=wildcards.init, anchorinit=ai)
+            for ai in cfg_fda_sel.validated_anchor_inits(s)
+            for e in cfg_views.expert_seeds(s)
+            for seed in s["seeds"]]
+
+
+def p_cell_fda_validated_hash(wildcards):
+    return cfg_names.config_hash(cfg_names.cell_slice(config, wildcards.suite, "fda", wildcards.init, protocol="validated"))
 
 
 def suite_cells(wildcards):

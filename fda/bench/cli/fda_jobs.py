@@ -90,38 +90,67 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
     import fda as F
     from fda.io.checkpoints import load_state_dict, read_metadata, save_state_dict, write_json_atomic
 
+    cfg = fda_config(args, args.init)
+    snaps = snapshot_epochs(args, cfg)  # before any model is read
     model, pre, tasks, experts = _block_job_inputs(args)
     init_state = load_state_dict(args.init_model) if args.init_model else pre
-    cfg = fda_config(args, args.init)
     blocks_dir, anchors_dir = Path(args.blocks_dir), Path(args.anchors_dir)
     anchor_files = {b: [anchors_dir / f"block{b}" / f"{t}.safetensors" for t in tasks] for b in args.block}
     # the experts too: adaptation matches their block outputs, not only the anchors built from them
     models = [Path(args.base)] + [d for _, d in args.expert] + ([Path(args.init_model)] if args.init_model else [])
     keys = {b: inputs_key(anchor_files[b] + models, {"fda": args.fda, "init": args.init, "seed": args.seed, "tasks": tasks})
             for b in args.block}
-    cached = {b for b in args.block if (p := blocks_dir / f"block{b}.safetensors").is_file() and read_metadata(p).get("cache_key") == keys[b]}
+    # per block, the files it writes and their cache keys: the adapted block, or one per snapshot epoch
+    outputs = {b: ({blocks_dir / f"epochs{e}" / f"block{b}.safetensors": json.dumps({"key": keys[b], "epoch": e})
+                    for e in snaps} if snaps else {blocks_dir / f"block{b}.safetensors": keys[b]})
+               for b in args.block}
+    cached = {b for b, files in outputs.items()
+              if all(p.is_file() and read_metadata(p).get("cache_key") == k for p, k in files.items())}
     progress = JobProgress(f"fda-adapt {args.suite} seed{args.seed} {args.init} {args.anchor_init}",
                            [b for b in args.block if b not in cached], open_progress_fd(args.progress_fd))
     for block in args.block:
-        path, key = blocks_dir / f"block{block}.safetensors", keys[block]
         if block in cached:
-            log(f"block {block}: cached ({path})")  # a killed coarse job resumes here
+            log(f"block {block}: cached ({', '.join(map(str, outputs[block]))})")  # a killed coarse job resumes here
             continue
         anchors = [F.load_anchors(f)[0] for f in anchor_files[block]]
         check_anchor_shapes(model, cfg, anchor_files[block], anchors)
-        log(f"adapt block {block} from {args.init} on {args.anchor_init} anchors")
-        result = F.adapt_block(model, pre, experts, block, anchors, args.init, init_state, cfg, on_step=progress.step(block))
+        log(f"adapt block {block} from {args.init} on {args.anchor_init} anchors"
+            + (f", keeping epochs {snaps}" if snaps else ""))
+        result = F.adapt_block(model, pre, experts, block, anchors, args.init, init_state, cfg, on_step=progress.step(block),
+                               snapshot_epochs=snaps)
+        states = [result.snapshots[e] for e in snaps] if snaps else [result.params]
         # The old block goes first and the new one last, after its log: a block on disk always has
         # the log of the run that wrote it (a kill in between leaves no block, which is redone).
-        path.unlink(missing_ok=True)
-        write_json_atomic({"block": block, "init": args.init, "anchor_init": args.anchor_init, "cache_key": key,
-                           "log": to_list(getattr(result, "log", None))}, blocks_dir / f"block{block}.json")
-        save_state_dict(result.params, path, {"cache_key": key, "block": str(block), "init": args.init,
-                                              "anchor_init": args.anchor_init, "seed": str(args.seed)})
+        for path in outputs[block]:
+            path.unlink(missing_ok=True)
+        write_json_atomic({"block": block, "init": args.init, "anchor_init": args.anchor_init, "cache_key": keys[block],
+                           "snapshot_epochs": snaps, "log": to_list(getattr(result, "log", None))},
+                          blocks_dir / f"block{block}.json")
+        for (path, key), state in zip(outputs[block].items(), states, strict=True):
+            save_state_dict(state, path, {"cache_key": key, "block": str(block), "init": args.init,
+                                          "anchor_init": args.anchor_init, "seed": str(args.seed)})
         progress.finished(block)
     if args.assemble:
         _assemble(args, model, pre, init_state, cfg)
+    for e in snaps:  # one model per snapshot epoch: the run of e epochs
+        _assemble(args, model, pre, init_state, cfg, blocks_dir / f"epochs{e}", Path(args.snapshot_dir) / f"epochs{e}.safetensors")
     return 0
+
+
+def snapshot_epochs(args: argparse.Namespace, cfg) -> list[int]:
+    """``--snapshot-epochs`` checked (ascending; each in 1..adapt_epochs, with ``--snapshot-dir``
+    and without ``--assemble``), or [] without it."""
+    snaps = sorted(set(args.snapshot_epochs or []))
+    if not snaps:
+        return []
+    if not args.snapshot_dir:
+        raise UsageError("--snapshot-epochs needs --snapshot-dir (where the model of each epoch is written)")
+    if args.assemble:
+        raise UsageError("--snapshot-epochs writes one model per epoch to --snapshot-dir; drop --assemble")
+    if snaps[0] < 1 or snaps[-1] > cfg.adapt_epochs:
+        raise UsageError(f"--snapshot-epochs {snaps}: each must lie in 1..{cfg.adapt_epochs} (adapt_epochs); "
+                         "raise adapt_epochs to the largest")
+    return snaps
 
 
 def check_anchor_shapes(model, cfg, files: list[Path], anchors: list) -> None:
@@ -140,17 +169,20 @@ def check_anchor_shapes(model, cfg, files: list[Path], anchors: list) -> None:
                              "anchors of this model")
 
 
-def _assemble(args: argparse.Namespace, model, pre, init_state, cfg) -> None:
+def _assemble(args: argparse.Namespace, model, pre, init_state, cfg, blocks_dir: Path | None = None,
+              out: str | Path | None = None) -> None:
+    """Assemble the ``n_blocks`` adapted blocks of ``blocks_dir`` (default ``--blocks-dir``) into
+    the merged model ``out`` (default ``--assemble``)."""
     import fda as F
     from fda.io.checkpoints import load_state_dict, save_state_dict
 
-    blocks_dir = Path(args.blocks_dir)
+    blocks_dir = Path(blocks_dir or args.blocks_dir)
     adapted: dict[str, Any] = {}  # every adapted block's tensors, by state-dict key
     for b in range(args.n_blocks):
         adapted.update(load_state_dict(blocks_dir / f"block{b}.safetensors"))
     merged = F.assemble(pre, init_state, adapted, model, cfg)
-    save_state_dict(merged, args.assemble, {"method": "fda", "init": args.init, "anchor_init": args.anchor_init,
-                                            "seed": str(args.seed), "fda": json.dumps(args.fda, sort_keys=True)})
+    save_state_dict(merged, out or args.assemble, {"method": "fda", "init": args.init, "anchor_init": args.anchor_init,
+                                                   "seed": str(args.seed), "fda": json.dumps(args.fda, sort_keys=True)})
 
 
 def cmd_fda_assemble(args: argparse.Namespace) -> int:
@@ -182,6 +214,10 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--block", type=int, action="append", required=True)
     sp.add_argument("--blocks-dir", required=True, help="writes BLOCKS_DIR/block{b}.safetensors and .json")
     sp.add_argument("--assemble", help="then assemble all n-blocks blocks into this merged file")
+    sp.add_argument("--snapshot-epochs", type=int, nargs="+", metavar="E",
+                    help="keep each block after these epochs too (an epoch grid from one run; validated protocol): "
+                         "blocks in BLOCKS_DIR/epochs{E}/, one model per epoch in --snapshot-dir")
+    sp.add_argument("--snapshot-dir", help="with --snapshot-epochs: writes SNAPSHOT_DIR/epochs{E}.safetensors")
     sp.add_argument("--progress-fd", type=int, metavar="FD", help=PROGRESS_HELP)
 
     sp = add("fda-assemble", cmd_fda_assemble, "assemble adapted blocks into the merged encoder")

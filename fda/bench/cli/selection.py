@@ -16,7 +16,7 @@ def point_file(text: str) -> tuple[str, str]:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from fda.bench.config.grids import grid_points
+    from fda.bench.config.grids import apply_values, grid_points
     from fda.bench.report.results import read_raw
     from fda.bench.selection import choice_record, point_score, values_label, write_choice
 
@@ -29,7 +29,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         scores.append(score)
         per_task.append(tasks)
     record = choice_record(suite=args.suite, method=args.method, grid=args.grid, points=points,
-                           hparams=[{**args.hparams, **p} for p in points], models=[m for _, m in args.point],
+                           hparams=[apply_values(args.hparams, p) for p in points], models=[m for _, m in args.point],
                            scores=scores, task_scores=per_task, init=args.init, anchor_init=args.anchor_init,
                            expert_seed=args.expert_seed, seed=args.seed)
     write_choice(record, args.out)
@@ -52,7 +52,8 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--expert-seed", type=int, default=0)
     sp.add_argument("--tasks", nargs="+", required=True, help="the tasks whose mean headline score is maximised")
     sp.add_argument("--grid", type=json_arg, required=True, help='the grid as JSON, e.g. \'{"alpha": [0.1, 0.3]}\'')
-    sp.add_argument("--hparams", type=json_arg, default={}, help="the method's configured hyperparameters (JSON)")
+    sp.add_argument("--hparams", type=json_arg, default={}, help="the method's configured hyperparameters (JSON; FDA: the init's "
+                                                                     "resolved adapt_lr, which adapt_lr_scale multiplies)")
     sp.add_argument("--point", type=point_file, action="append", required=True, metavar="SCORES_CSV=MODEL",
                     help="per grid point, in grid order: its raw validation rows and its model")
     sp.add_argument("--out", required=True)

@@ -47,6 +47,26 @@ def method_points(section: Mapping[str, Any], method: str) -> list[dict[str, Any
     return grid_points(grid) if grid else []
 
 
+#: grid keys that scale a configured hyperparameter instead of replacing it (FDA's lr: one grid for
+#: inits whose learning rates differ; fda.bench.config.fda_selection)
+SCALING_KEYS = {"adapt_lr_scale": "adapt_lr"}
+
+
+def apply_values(hparams: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``hparams`` with a grid point's ``values`` over them; a scaling key (:data:`SCALING_KEYS`)
+    multiplies the hyperparameter it names, which ``hparams`` must hold."""
+    out = dict(hparams)
+    for key, v in values.items():
+        if key in SCALING_KEYS:
+            target = SCALING_KEYS[key]
+            if target not in hparams:
+                raise KeyError(f"grid key {key!r} scales {target!r}, which the hyperparameters {dict(hparams)} do not hold")
+            out[target] = hparams[target] * v
+        else:
+            out[key] = v
+    return out
+
+
 def point_hparams(section: Mapping[str, Any], method: str, point: int) -> dict[str, Any]:
     """The hyperparameters a grid point merges with: ``methods.METHOD`` with the point's values over them."""
     return {**(section["methods"].get(method) or {}), **method_points(section, method)[int(point)]}

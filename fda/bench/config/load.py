@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -312,6 +313,7 @@ def _suite_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
     out += _baseline_problems(s)
     out += _fda_problems(s)
     out += _selection_problems(name, s)
+    out += _fda_selection_problems(name, s)
     out += _settings_problems(name, s, build=not tasks)
     if not out:
         out += _source_problems(name, s)
@@ -485,6 +487,41 @@ def _selection_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
                 err = _build_error(build_hparams, spec, {**fixed, key: v})
                 if err:
                     out.append(Problem(("selection", "grids", method, key), f"{v!r}: {err}"))
+    return out
+
+
+def _fda_selection_problems(name: str, s: Mapping[str, Any]) -> list[Problem]:
+    """``fda.selection``: a suite with a validation split; its inits and anchor inits among the
+    suite's FDA ones; every scaled learning rate one that ``FDAConfig`` accepts for each init."""
+    fda = s.get("fda") or {}
+    sel = fda.get("selection")
+    if not sel:
+        return []
+    path = ("fda", "selection")
+    why = _selection_unavailable(name, s)
+    if why:
+        return [Problem(path, f"suite '{name}' has no validation split to select on: {why}; remove fda.selection")]
+    out: list[Problem] = []
+    for key, configured in (("inits", fda.get("inits", [])), ("anchor_inits", fda.get("anchor_inits", []))):
+        extra = [v for v in sel.get(key) or [] if v not in configured]
+        if extra:
+            out.append(Problem(path + (key,), f"{extra} not among fda.{key} ({', '.join(configured)}): "
+                                              "a validated row needs its fixed FDA row's anchors and init"))
+    if out:
+        return out
+    from fda.bench.config.fda_selection import fda_selection, resolved_adaptation
+    from fda.bench.config.suite_views import fda_hparams
+
+    resolved = fda_selection(s)
+    for init in resolved["inits"] if resolved else []:
+        try:
+            lr, _ = resolved_adaptation(s, fda_hparams(s, init), init)
+        except (TypeError, ValueError):
+            continue  # reported under fda.hparams / fda.per_init
+        for scale in resolved["grid"].get("adapt_lr_scale", []):
+            if not math.isfinite(lr * scale):
+                out.append(Problem(path + ("grid", "adapt_lr_scale"), f"{scale!r} x adapt_lr {lr!r} of init '{init}' "
+                                                                      "is not a finite learning rate; use a smaller scale"))
     return out
 
 

@@ -17,8 +17,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from fda.bench.config.fda_selection import fda_points, validated_anchor_inits, validated_inits
 from fda.bench.config.grids import grids, method_points
-from fda.bench.config.suite_views import anchor_source, effective_suite, expert_seeds
+from fda.bench.config.suite_views import ADAPT_FIELDS, anchor_source, effective_suite, expert_seeds, fda_hparams
 from fda.bench.config.vocabulary import (
     ANCHOR_INITS,
     BASELINE_METHODS,
@@ -55,28 +56,13 @@ __all__ = [
     "expert_slice",
     "fda_granularity",
     "fda_hparams",
+    "fda_selection_slice",
     "merge_slice",
     "selection_slice",
     "validated_methods",
     "suite_wildcard_values",
     "wildcard_problems",
 ]
-
-
-#: FDAConfig fields that only adaptation reads (construction jobs neither get nor depend on them)
-ADAPT_FIELDS = frozenset({"adapt_epochs", "adapt_lr", "adapt_batch", "adapt_loss", "ta_lambda", "train_mode", "non_block"})
-
-
-def fda_hparams(section: Mapping[str, Any], init: str | None = None) -> dict[str, Any]:
-    """FDAConfig overrides. Without ``init`` (construction): the suite's ``fda.hparams`` minus the
-    adaptation-only fields, so editing those does not rebuild the anchors. With ``init``
-    (adaptation): all of ``fda.hparams`` plus ``fda.per_init[init]``."""
-    fda = section["fda"]
-    out = dict(fda.get("hparams", {}))
-    if init is None:
-        return {k: v for k, v in out.items() if k not in ADAPT_FIELDS}
-    out.update(fda.get("per_init", {}).get(init, {}))
-    return out
 
 
 def fda_granularity(config: Mapping[str, Any], stage: str) -> str:
@@ -158,11 +144,25 @@ def selection_slice(config: Mapping[str, Any], suite: str, method: str) -> dict[
             "eval": eval_slice(config, suite), "split": "validation"}
 
 
+def fda_selection_slice(config: Mapping[str, Any], suite: str, init: str, anchor_init: str, seed: int) -> dict[str, Any]:
+    """What an FDA select job (and the validated row it leads to) depends on: the fixed adaptation's
+    slice, the grid's points in declared order and the evaluation settings."""
+    s = effective_suite(config, suite)
+    return {**adapt_slice(config, suite, init, anchor_init, seed), "points": fda_points(s),
+            "eval": eval_slice(config, suite), "split": "validation"}
+
+
 def cell_slice(config: Mapping[str, Any], suite: str, method: str, init: str | None = None,
                protocol: str = "fixed") -> dict[str, Any]:
     """Everything a result cell depends on (its ``config_hash``); ``protocol`` ``validated``: the
     validated cell of a baseline (its grid too)."""
     s = effective_suite(config, suite)
+    if protocol != "fixed" and method == "fda":
+        assert init is not None
+        return {"eval": eval_slice(config, suite), "experts": expert_slice(config, suite),
+                "expert_seeds": expert_seeds(s), "method": f"{init}-fda", "protocol": protocol,
+                "fda": {ai: {seed: fda_selection_slice(config, suite, init, ai, seed) for seed in s["seeds"]}
+                        for ai in validated_anchor_inits(s)}}
     if protocol != "fixed":
         return {"eval": eval_slice(config, suite), "experts": expert_slice(config, suite),
                 "expert_seeds": expert_seeds(s), "method": selection_slice(config, suite, method),
@@ -191,6 +191,7 @@ def cells(config: Mapping[str, Any]) -> list[str]:
         out += [f"results/{suite}_{m}_validated.csv" for m in validated_methods(s)]
         if s.get("fda"):
             out += [f"results/{suite}_{init}_fda.csv" for init in s["fda"]["inits"]]
+            out += [f"results/{suite}_{init}_fda_validated.csv" for init in validated_inits(s)]
     return out
 
 
@@ -198,13 +199,14 @@ def cells(config: Mapping[str, Any]) -> list[str]:
 
 #: the wildcards of the workflow's file names whose values the config lists per suite
 CONFIGURED_WILDCARDS = ("method", "baseline", "selected", "reference", "init", "anchorinit", "task", "eseed", "seed",
-                        "block")
+                        "block", "vinit", "vanchorinit")
 
 
 def suite_wildcard_values(config: Mapping[str, Any], suite: str) -> dict[str, list[str]]:
     """The values each wildcard may take in ``suite``'s file names, as the config (smoke applied)
     lists them: ``method`` its methods, ``baseline`` its baselines, ``selected`` the baselines with a
-    selection grid (``validated_methods``), ``reference`` ``individual``
+    selection grid (``validated_methods``), ``vinit`` / ``vanchorinit`` the FDA inits and anchor
+    inits with a validated row (``fda.selection``), ``reference`` ``individual``
     (every cell's ``normalized`` needs it) and ``pretrained`` if listed, ``init`` / ``anchorinit``
     its FDA inits and anchor inits, ``task`` its tasks, ``eseed`` its expert seeds, ``seed`` its
     FDA seeds, ``block`` its blocks."""
@@ -221,6 +223,8 @@ def suite_wildcard_values(config: Mapping[str, Any], suite: str) -> dict[str, li
         "eseed": [str(x) for x in expert_seeds(s)],
         "seed": [str(x) for x in s["seeds"]],
         "block": [str(b) for b in range(fda["n_blocks"])] if fda else [],
+        "vinit": validated_inits(s),
+        "vanchorinit": validated_anchor_inits(s),
     }
 
 
@@ -273,8 +277,9 @@ def check_cell(config: Mapping[str, Any], path: str, wildcards: Mapping[str, str
     valid = cells(config)
     if path in valid:
         return
-    if path.endswith("_validated.csv") and "method" in wildcards:  # a validated cell needs a selection grid
-        wildcards = {("selected" if k == "method" else k): v for k, v in wildcards.items()}
+    if path.endswith("_validated.csv"):  # a validated cell needs a selection grid
+        renamed = {"method": "selected", "init": "vinit"}
+        wildcards = {renamed.get(k, k): v for k, v in wildcards.items()}
     why = "; ".join(wildcard_problems(config, wildcards)) or "not a cell of this config"
     raise ConfigError(f"{path} is not a result cell of this config: {why}.\n"
                       "The configured cells (`fda-bench cells CONFIGFILE [--config smoke=true]` lists them):\n  "

@@ -286,3 +286,19 @@ def official_anchor_options(config: Mapping[str, Any], suite: str) -> dict[str, 
     spec = checkpoint_spec({k: entry[k] for k in RELEASE_KEYS if k in entry}, where)
     return {"spec": spec, "family": s["family"], "tasks": list(s["tasks"]), "n_blocks": s["fda"]["n_blocks"],
             "runs": dict(entry.get("runs", {})), "task_dirs": dict(entry.get("tasks", {}))}
+
+
+#: FDAConfig fields that only adaptation reads (construction jobs neither get nor depend on them)
+ADAPT_FIELDS = frozenset({"adapt_epochs", "adapt_lr", "adapt_batch", "adapt_loss", "ta_lambda", "train_mode", "non_block"})
+
+
+def fda_hparams(section: Mapping[str, Any], init: str | None = None) -> dict[str, Any]:
+    """FDAConfig overrides. Without ``init`` (construction): the suite's ``fda.hparams`` minus the
+    adaptation-only fields, so editing those does not rebuild the anchors. With ``init``
+    (adaptation): all of ``fda.hparams`` plus ``fda.per_init[init]``."""
+    fda = section["fda"]
+    out = dict(fda.get("hparams", {}))
+    if init is None:
+        return {k: v for k, v in out.items() if k not in ADAPT_FIELDS}
+    out.update(fda.get("per_init", {}).get(init, {}))
+    return out

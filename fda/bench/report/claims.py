@@ -9,8 +9,8 @@ example, expert seed and FDA seed draws: :mod:`fda.bench.report.intervals`):
   "FDA alone beats the task-vector baseline";
 - ``fda(pretrained) >= tsvm`` (beyond the paper's claims, shown for context): against TSV-M.
 
-Rows are (method, init, anchor init, protocol) (docs/selection.md). An FDA row is compared with
-its init's row of the same protocol (the fixed one when there is none); FDA from the pretrained
+Rows are (method, init, anchor init, protocol) (docs/selection.md). An FDA row of either protocol
+is compared with its init's fixed row (the model it started from); FDA from the pretrained
 model is compared with every protocol's TA and TSV-M rows, a validated baseline's claim named
 ``... >= ta (validated)``: a baseline whose λ was chosen on validation data is the stronger one.
 
@@ -64,11 +64,8 @@ def pairs(rows: Iterable[RowKey]) -> list[tuple[str, RowKey, RowKey]]:
     present = {row_key(r) for r in rows}
     out = []
     for row in sorted(r for r in present if r[0] == "fda"):
-        if row[1] == "pretrained":
-            init = PRETRAINED
-        else:
-            same = (row[1], "", "", row[3])
-            init = same if same in present else (row[1], "", "", FIXED)
+        # a validated FDA row starts from its init's fixed merge too (tables.init_row)
+        init = PRETRAINED if row[1] == "pretrained" else (row[1], "", "", FIXED)
         if init in present:
             out.append(("fda >= init", row, init))
     for row in sorted(r for r in present if r[0] == "fda" and r[1] == "pretrained"):

@@ -114,7 +114,7 @@ def task_heatmap(cells: pd.DataFrame, suite: str, tasks: Sequence[str],
     if ints is not None:
         for i, (m, init, a, p) in enumerate(table[ROW_KEY].itertuples(index=False)):
             for j, c in enumerate(cols):
-                d = ints.paired_difference((m, init, a, p), init_row(init, p, ints.reps), c) if m == "fda" else None
+                d = ints.paired_difference((m, init, a, p), init_row(init), c) if m == "fda" else None
                 if d is not None and d.excludes_zero():
                     marks[i, j] = "+" if d.lo > 0 else "−"
     fig, ax = plt.subplots(figsize=(0.9 * len(cols) + 3, 0.4 * len(table) + 1.5))

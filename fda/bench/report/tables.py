@@ -118,15 +118,16 @@ def headline(cells: pd.DataFrame, suite: str, column: str = "value") -> pd.DataF
 
 
 def chosen_values(cells: pd.DataFrame, suite: str) -> dict[tuple, str]:
-    """Per validated row (ROW_KEY): its chosen values for the label, 'α=0.2' (several expert seeds
-    that chose differently: 'α=0.2/α=0.5', in expert seed order)."""
+    """Per validated row (ROW_KEY): its chosen values for the label, 'α=0.2' (runs - expert seeds,
+    FDA seeds - that chose differently: 'α=0.2/α=0.5', in seed order, each once)."""
     import json
 
     cells = with_protocol(cells)
     df = cells[(cells["suite"] == suite) & (cells["protocol"] != FIXED)]
     out = {}
     for key, g in df.groupby(ROW_KEY, sort=False):
-        by_seed = g.drop_duplicates("expert_seed").sort_values("expert_seed")["hparams"]
+        runs = [c for c in ("expert_seed", "seed") if c in g.columns]
+        by_seed = g.drop_duplicates(runs).sort_values(runs)["hparams"]
         labels = [values_label(json.loads(h)) for h in by_seed if h]
         out[tuple(key)] = "/".join(dict.fromkeys(labels))
     return out
@@ -156,8 +157,8 @@ def build_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str] | None = N
     wide = wide.reset_index()
     avg_of = {(m, i, a, p): v for m, i, a, p, v in wide[ROW_KEY + [AVG]].itertuples(index=False)}
     wide[DELTA] = [
-        v - avg_of.get(init_row(i, p, avg_of), math.nan) if m == "fda" else math.nan
-        for m, i, p, v in wide[["method", "init", "protocol", AVG]].itertuples(index=False)
+        v - avg_of.get(init_row(i), math.nan) if m == "fda" else math.nan
+        for m, i, v in wide[["method", "init", AVG]].itertuples(index=False)
     ]
     sources = anchor_sources(cells, suite)
     chosen = chosen_values(cells, suite)
@@ -169,11 +170,11 @@ def build_table(cells: pd.DataFrame, suite: str, tasks: Sequence[str] | None = N
     return out
 
 
-def init_row(init: str, protocol: str, rows) -> tuple[str, str, str, str]:
-    """The row an FDA row's Δ compares with: its init's row of the same protocol when ``rows`` has
-    it, else the init's fixed row."""
-    same = (init, "", "", protocol)
-    return same if same in rows else (init, "", "", FIXED)
+def init_row(init: str) -> tuple[str, str, str, str]:
+    """The row an FDA row's Δ compares with: its init's fixed row, whatever the FDA row's protocol.
+    A validated FDA row starts from the same model as the fixed one (the init's fixed merge;
+    fda.bench.config.fda_selection), so that row is its init."""
+    return (init, "", "", FIXED)
 
 
 def add_intervals(table: pd.DataFrame, ints: RowIntervals, *, normalized: bool = False) -> pd.DataFrame:
@@ -193,7 +194,7 @@ def add_intervals(table: pd.DataFrame, ints: RowIntervals, *, normalized: bool =
     for m, i, a, p in keys:
         d = None
         if m == "fda" and not normalized:
-            d = ints.paired_difference((m, i, a, p), init_row(i, p, ints.reps), AVG)
+            d = ints.paired_difference((m, i, a, p), init_row(i), AVG)
         deltas.append(d)
     out[f"{DELTA} lo"] = [d.lo if d else math.nan for d in deltas]
     out[f"{DELTA} hi"] = [d.hi if d else math.nan for d in deltas]
