@@ -48,8 +48,9 @@ def test_default_config_has_every_method_and_fda_variant():
         # time (config.yaml says how much) and covered by the smoke run
         assert section["fda"]["inits"] == ["pretrained", "ta", "tsvm", "wudi"]
         assert section["fda"]["anchor_inits"] == ["gauss", "weight"]  # the paper's two; taskspan is an option
-    # 9 method cells, 4 FDA cells and 4 validated cells (ta, ties, isoc, isocts: docs/selection.md) per suite
-    assert len(cfg_names.cells(config)) == 2 * (9 + 4 + 4)
+    # 9 method cells, 4 FDA cells, 4 validated baseline cells (ta, ties, isoc, isocts: docs/selection.md)
+    # and 2 validated FDA cells (pretrained, ta: the default run's time budget) per suite
+    assert len(cfg_names.cells(config)) == 2 * (9 + 4 + 4 + 2)
     smoke = cfg_load.load_config([DEFAULT], ["smoke=true"])
     smoke_inits = {i for s in smoke["suites"] for i in cfg_names.suite_wildcard_values(smoke, s)["init"]}
     assert smoke_inits >= {"pretrained", "ta", "tsvm", "wudi"} and smoke_inits & {"isoc", "isocts"}
