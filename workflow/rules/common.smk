@@ -125,11 +125,10 @@ CELL_VALIDATED = "results/{suite}_{method}_validated.csv"
 # FDA's validated protocol (workflow/rules/fda_select.smk): per lr scale one adaptation run whose
 # snapshot models (epochs{E}.safetensors) are the grid's epochs, one validation evaluation of every
 # point, one choice, the chosen model on test, per (expert seed, FDA seed, init, anchor init)
-FDA_SELECT = "work/{suite}/eseed{eseed}/fda/seed{seed}/select/{init}-{anchorinit}"
-FDA_GRID_RUN = FDA_SELECT + "/scale{scale}"
-FDA_GRID_MODEL = FDA_GRID_RUN + "/epochs{epochs}.safetensors"
-FDA_EVAL_GRID = FDA_SELECT + "/point{point}-validation.csv"
-FDA_CHOICE = FDA_SELECT + "/choice.json"
+FDA_GRID_RUN = "work/{suite}/eseed{eseed}/fda/seed{seed}/select/{init}-{anchorinit}/scale{scale}"
+FDA_GRID_MODEL = "work/{suite}/eseed{eseed}/fda/seed{seed}/select/{init}-{anchorinit}/scale{scale}/epochs{epochs}.safetensors"
+FDA_EVAL_GRID = "work/{suite}/eseed{eseed}/fda/seed{seed}/select/{init}-{anchorinit}/point{point}-validation.csv"
+FDA_CHOICE = "work/{suite}/eseed{eseed}/fda/seed{seed}/select/{init}-{anchorinit}/choice.json"
 EVAL_FDA_VALIDATED = "work/{suite}/eseed{eseed}/eval/fda-validated/seed{seed}/{init}-{anchorinit}.csv"
 CELL_FDA_VALIDATED = "results/{suite}_{init}_fda_validated.csv"
 
