@@ -147,7 +147,7 @@ def _rule_files(kind: str) -> dict[str, str]:
 
 
 SAMPLE = {"suite": "vitb16", "baseline": "wudi", "reference": "individual", "method": "ta", "eseed": "2", "seed": "1",
-          "anchorinit": "gauss", "init": "tsvm", "block": "3", "task": "STS-B", "selected": "ties", "point": "2"}
+          "anchorinit": "gauss", "init": "tsvm", "block": "3", "task": "STS-B", "selected": "ties", "point": "2", "scale": "0"}
 
 
 def test_benchmark_names_of_every_rule_parse_to_their_job():
