@@ -527,6 +527,11 @@ def configured_fda_selection(wildcards):
     return []
 
 
+def _fda_run_keys(wildcards):
+    """The wildcards that name one FDA run: (suite, expert seed, seed, init, anchor init)."""
+    return {k: getattr(wildcards, k) for k in ("suite", "eseed", "seed", "init", "anchorinit")}
+
+
 def fda_fixed_adaptation(wildcards):
     """``(hparams, adapt_lr, adapt_epochs)`` of the init's fixed FDA row: its FDAConfig overrides and
     the learning rate and epochs they resolve to."""
@@ -545,8 +550,7 @@ def fda_point_models(wildcards):
     order: a snapshot of its lr scale's run, or the fixed FDA model for the fixed point."""
     s = S(wildcards.suite)
     epochs = fda_fixed_adaptation(wildcards)[2]
-    keys = dict(suite=wildcards.suite, eseed=wildcards.eseed, seed=wildcards.seed, init=wildcards.init,
-                anchorinit=wildcards.anchorinit)
+    keys = _fda_run_keys(wildcards)
     out = []
     for values in cfg_fda_sel.fda_points(s):
         run = cfg_fda_sel.point_run(s, values, epochs)
@@ -556,15 +560,13 @@ def fda_point_models(wildcards):
 
 def fda_grid_runs(wildcards):
     """The grid run directories the job's point models lie in."""
-    keys = dict(suite=wildcards.suite, eseed=wildcards.eseed, seed=wildcards.seed, init=wildcards.init,
-                anchorinit=wildcards.anchorinit)
+    keys = _fda_run_keys(wildcards)
     return [FDA_GRID_RUN.format(**keys, scale=k) for k in fda_run_epochs(wildcards)]
 
 
 def fda_point_inputs(wildcards):
     """What the point models need: the grid runs (directories) and the fixed FDA model if it is a point."""
-    fixed = FDA_MERGED.format(suite=wildcards.suite, eseed=wildcards.eseed, seed=wildcards.seed, init=wildcards.init,
-                              anchorinit=wildcards.anchorinit)
+    fixed = FDA_MERGED.format(**_fda_run_keys(wildcards))
     return fda_grid_runs(wildcards) + [m for m in fda_point_models(wildcards) if m == fixed]
 
 
@@ -586,8 +588,7 @@ def p_fda_grid_run(wildcards):
 def fda_grid_evals(wildcards):
     """Every FDA grid point's validation rows, in grid order."""
     n = len(cfg_fda_sel.fda_points(S(wildcards.suite)))
-    keys = dict(suite=wildcards.suite, eseed=wildcards.eseed, seed=wildcards.seed, init=wildcards.init,
-                anchorinit=wildcards.anchorinit)
+    keys = _fda_run_keys(wildcards)
     return [FDA_EVAL_GRID.format(**keys, point=i) for i in range(n)]
 
 
