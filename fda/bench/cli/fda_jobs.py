@@ -106,8 +106,10 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
                for b in args.block}
     cached = {b for b, files in outputs.items()
               if all(p.is_file() and read_metadata(p).get("cache_key") == k for p, k in files.items())}
-    progress = JobProgress(f"fda-adapt {args.suite} seed{args.seed} {args.init} {args.anchor_init}",
-                           [b for b in args.block if b not in cached], open_progress_fd(args.progress_fd))
+    label = f"fda-adapt {args.suite} seed{args.seed} {args.init} {args.anchor_init}"
+    if snaps:  # a grid run of the validated protocol: told apart from the fixed run on the console
+        label += f" (grid: lr {cfg.adapt_lr:g}, epochs {','.join(map(str, snaps))})"
+    progress = JobProgress(label, [b for b in args.block if b not in cached], open_progress_fd(args.progress_fd))
     for block in args.block:
         if block in cached:
             log(f"block {block}: cached ({', '.join(map(str, outputs[block]))})")  # a killed coarse job resumes here
