@@ -125,6 +125,9 @@ def test_a_snapshot_model_is_the_shorter_run_and_is_cached(tiny_clip, capsys):
                     "--assemble", str(tiny_clip / "one.safetensors")))
     snap, one = load_state_dict(tiny_clip / "grid" / "epochs1.safetensors"), load_state_dict(tiny_clip / "one.safetensors")
     assert snap.keys() == one.keys() and all(torch.equal(snap[k], one[k]) for k in snap)
+    from fda.io.checkpoints import read_metadata
+
+    assert json.loads(read_metadata(tiny_clip / "grid" / "epochs1.safetensors")["fda"])["adapt_epochs"] == 1
     three = load_state_dict(tiny_clip / "grid" / "epochs3.safetensors")
     assert any(not torch.equal(three[k], one[k]) for k in one)  # two more epochs moved it
     capsys.readouterr()

@@ -135,7 +135,7 @@ def cmd_fda_adapt(args: argparse.Namespace) -> int:
     if args.assemble:
         _assemble(args, model, pre, init_state, cfg)
     for e in snaps:  # one model per snapshot epoch: the run of e epochs
-        _assemble(args, model, pre, init_state, cfg, blocks_dir / f"epochs{e}", Path(args.snapshot_dir) / f"epochs{e}.safetensors")
+        _assemble(args, model, pre, init_state, cfg, blocks_dir / f"epochs{e}", Path(args.snapshot_dir) / f"epochs{e}.safetensors", e)
     return 0
 
 
@@ -172,9 +172,10 @@ def check_anchor_shapes(model, cfg, files: list[Path], anchors: list) -> None:
 
 
 def _assemble(args: argparse.Namespace, model, pre, init_state, cfg, blocks_dir: Path | None = None,
-              out: str | Path | None = None) -> None:
+              out: str | Path | None = None, epochs: int | None = None) -> None:
     """Assemble the ``n_blocks`` adapted blocks of ``blocks_dir`` (default ``--blocks-dir``) into
-    the merged model ``out`` (default ``--assemble``)."""
+    the merged model ``out`` (default ``--assemble``); ``epochs``: a snapshot's, recorded in its
+    metadata in place of the run's."""
     import fda as F
     from fda.io.checkpoints import load_state_dict, save_state_dict
 
@@ -183,8 +184,9 @@ def _assemble(args: argparse.Namespace, model, pre, init_state, cfg, blocks_dir:
     for b in range(args.n_blocks):
         adapted.update(load_state_dict(blocks_dir / f"block{b}.safetensors"))
     merged = F.assemble(pre, init_state, adapted, model, cfg)
+    fda = {**args.fda, "adapt_epochs": epochs} if epochs is not None else args.fda
     save_state_dict(merged, out or args.assemble, {"method": "fda", "init": args.init, "anchor_init": args.anchor_init,
-                                                   "seed": str(args.seed), "fda": json.dumps(args.fda, sort_keys=True)})
+                                                   "seed": str(args.seed), "fda": json.dumps(fda, sort_keys=True)})
 
 
 def cmd_fda_assemble(args: argparse.Namespace) -> int:
