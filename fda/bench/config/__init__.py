@@ -8,6 +8,8 @@
   (``suite_settings_for``), which suites stream (``is_streaming``) and what their jobs read.
 - ``load``: loading config files and ``KEY=VALUE`` overrides, schema validation with readable
   errors, the semantic checks (``load_config``, ``validate_config``).
+- ``grids`` / ``fda_selection``: the validated protocol's grids (baselines' ``selection.grids``;
+  FDA's ``fda.selection``: its points and the adaptation run each lr scale needs).
 - ``naming``: what the Snakefile and the CLI name things by: the vocabulary again, the config
   slices each kind of job depends on and their hashes (``config_hash``), the result cells
   (``cells``).
@@ -16,6 +18,7 @@ Dependency order (an arrow points at the importer; no cycles)::
 
     vocabulary  <-  suite_views  <-  load
                                  <-  naming
+    vocabulary  <-  grids  <-  fda_selection  <-  naming
 
 ``load`` and ``naming`` also read ``vocabulary`` directly and do not import each other.
 Import the submodule you need; this file imports none of them.
