@@ -6,15 +6,12 @@ validated FDA row in tables and claims (its Δ is against the fixed init), and t
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from fda.bench.cli.common import UsageError
 from fda.bench.config import fda_selection as fs
@@ -25,21 +22,8 @@ from fda.bench.config.suite_views import effective_suite
 from fda.bench.config.vocabulary import ConfigError
 from fda.bench.report import claims, results, tables
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-
-
-def _with(mutate) -> dict:
-    cfg = copy.deepcopy(DEFAULT)
-    mutate(cfg)
-    return cfg
-
-
-def _errors(cfg: dict) -> str:
-    with pytest.raises(ConfigError) as err:
-        validate_config(cfg)
-    return str(err.value)
-
+# the default config and its mutate-and-validate helpers (tests/layer_bench is on sys.path: pytest prepend mode)
+from test_selection import DEFAULT, _errors, _with
 
 # ------------------------------------------------------------------------------------ config
 
