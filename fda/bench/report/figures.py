@@ -82,9 +82,9 @@ def method_comparison(cells: pd.DataFrame, suite: str, tasks: Sequence[str],
     scale = scale_for(suite, cells.loc[cells["suite"] == suite, "value"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(absolute) + 1.8), sharey=True)
     y = np.arange(len(absolute))
-    # grey: references; blue: baselines (light: validated protocol); red: FDA
-    colors = ["#888888" if m in ("pretrained", "individual") else "#d62728" if m == "fda"
-              else "#1f77b4" if p == FIXED else "#9ecae1"
+    # grey: references; blue: baselines; red: FDA (light: the validated protocol)
+    palette = {"baseline": ("#1f77b4", "#9ecae1"), "fda": ("#d62728", "#fc9272")}
+    colors = ["#888888" if m in ("pretrained", "individual") else palette["fda" if m == "fda" else "baseline"][p != FIXED]
               for m, p in absolute[["method", "protocol"]].itertuples(index=False)]
     for ax, table, factor, title in ((axes[0], absolute, scale, "Avg (absolute)"),
                                      (axes[1], normalized, 100.0, "Avg (normalised, % of individual)")):
