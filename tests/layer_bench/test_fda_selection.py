@@ -152,11 +152,11 @@ def _cell(method, values, init="", protocol="fixed", hparams="", seed=0):
 def test_a_validated_fda_row_is_compared_with_its_fixed_init():
     df = pd.concat([_cell("ta", [0.5, 0.7]), _cell("ta", [0.9, 0.9], protocol="validated", hparams='{"alpha":0.5}'),
                     _cell("fda", [0.6, 0.8], "ta"),
-                    _cell("fda", [0.7, 0.7], "ta", "validated", '{"adapt_lr_scale":0.1,"adapt_epochs":15}'),
-                    _cell("fda", [0.7, 0.7], "ta", "validated", '{"adapt_lr_scale":1.0,"adapt_epochs":15}', seed=1)],
+                    _cell("fda", [0.7, 0.7], "ta", "validated", '{"adapt_epochs":15,"adapt_lr_scale":0.1}'),
+                    _cell("fda", [0.7, 0.7], "ta", "validated", '{"adapt_epochs":15,"adapt_lr_scale":1.0}', seed=1)],
                    ignore_index=True)
     t = tables.build_table(df, "minitext", TASKS).set_index("row")
-    label = "FDA (TA, Gauss, validated, lr×=0.1, epochs=15/lr×=1, epochs=15)"  # FDA seeds that chose differently
+    label = "FDA (TA, Gauss, validated, epochs=15, lr×=0.1/epochs=15, lr×=1)"  # FDA seeds that chose differently
     assert t.loc[label, "Δ"] == pytest.approx(0.7 - 0.6)  # against TA (fixed), the model it started from
     assert t.loc["FDA (TA, Gauss)", "Δ"] == pytest.approx(0.1)
     rows = [("ta", "", ""), ("ta", "", "", "validated"), ("fda", "ta", "gauss"), ("fda", "ta", "gauss", "validated")]

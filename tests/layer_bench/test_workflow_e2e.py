@@ -115,7 +115,7 @@ def test_smoke_run_writes_the_validated_fda_cell(smoke_run):
     table = pd.read_csv(work / "results/tables/minitext.csv", keep_default_na=False)
     rows = table[(table["method"] == "fda") & (table["init"] == "ta")].set_index("protocol")
     ta = table[(table["method"] == "ta") & (table["protocol"] == "fixed")]["Avg"].astype(float).item()
-    assert rows.loc["validated", "row"].startswith("FDA (TA, Gauss, validated, lr×=")
+    assert rows.loc["validated", "row"].startswith("FDA (TA, Gauss, validated, epochs=")
     assert float(rows.loc["validated", "Δ"]) == pytest.approx(float(rows.loc["validated", "Avg"]) - ta)
     assert re.search(r"^fda-adapt minitext seed0 ta gauss \(grid: lr 0\.001, epochs 1,3\): block \d+ \(\d+/6\) done", console, re.M)
 
