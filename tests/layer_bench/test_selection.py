@@ -105,8 +105,8 @@ def test_smoke_overrides_drop_grids_with_null_and_report_their_own_errors():
 
     assert list(grids.grids(effective_suite(cfg, "minitext"))) == ["ta"]
     assert [c for c in cells(cfg) if c.endswith("_validated.csv")] == [
-        "results/minitext_ta_validated.csv", "results/minitext_ta_fda_validated.csv",
-        "results/minivision_ties_validated.csv"]  # the smoke run's FDA selection: minitext, TA init
+        "results/minitext_ta_validated.csv", "results/minivision_ties_validated.csv",
+        "results/minivision_tsvm_fda_validated.csv"]  # the smoke run's FDA selection: minivision, TSV-M init
     text = _errors(_with(lambda c: c["suites"]["minitext"]["smoke_overrides"]["selection"]["grids"].__setitem__(
         "ta", {"alpha": ["big"]})))
     assert "suites.minitext.smoke_overrides.selection.grids.ta.alpha" in text

@@ -96,28 +96,30 @@ def test_smoke_run_writes_the_validated_cells(smoke_run):
 
 
 def test_smoke_run_writes_the_validated_fda_cell(smoke_run):
-    """minitext's validated FDA cell (TA init, gauss): 4 points (lr x {0.1, 1} x epochs {1, 3}) from 2
-    grid runs and the fixed model, the first best chosen, its rows and table row labelled with it,
-    its Δ against the fixed TA row; the grid runs report progress under their own label."""
+    """minivision's validated FDA cell (TSV-M init, weight anchors): 4 points (lr x {0.1, 1} x epochs
+    {1, 3}) from 2 grid runs and the fixed model, the first best chosen, its rows and table row
+    labelled with it, its Δ against the fixed TSV-M row; the grid runs report progress under their
+    own label."""
     work, _, console = smoke_run
-    sel = work / "work/minitext/eseed0/fda/seed0/select/ta-gauss"
+    sel = work / "work/minivision/eseed0/fda/seed0/select/tsvm-weight"
     choice = json.loads((sel / "choice.json").read_text())
     assert [p["values"] for p in choice["points"]] == [{"adapt_epochs": e, "adapt_lr_scale": s}
                                                        for s in (0.1, 1.0) for e in (1, 3)]
-    assert [p["model"] for p in choice["points"]][-1] == "work/minitext/eseed0/fda/seed0/ta-gauss/merged.safetensors"
+    assert [p["model"] for p in choice["points"]][-1] == "work/minivision/eseed0/fda/seed0/tsvm-weight/merged.safetensors"
     models = {k: sorted(p.name for p in (sel / f"scale{k}").glob("*.safetensors")) for k in (0, 1)}
     assert models == {0: ["epochs1.safetensors", "epochs3.safetensors"], 1: ["epochs1.safetensors"]}  # 1x 3: the fixed run
     scores = [p["score"] for p in choice["points"]]
-    assert choice["chosen"]["point"] == scores.index(max(scores)) and choice["init"] == "ta" and choice["seed"] == 0
-    cell = pd.read_csv(work / "results/minitext_ta_fda_validated.csv", keep_default_na=False)
+    assert choice["chosen"]["point"] == scores.index(max(scores)) and choice["init"] == "tsvm" and choice["seed"] == 0
+    cell = pd.read_csv(work / "results/minivision_tsvm_fda_validated.csv", keep_default_na=False)
     chosen = json.dumps(choice["chosen"]["values"], sort_keys=True, separators=(",", ":"))
-    assert set(cell["protocol"]) == {"validated"} and set(cell["hparams"]) == {chosen} and set(cell["init"]) == {"ta"}
-    table = pd.read_csv(work / "results/tables/minitext.csv", keep_default_na=False)
-    rows = table[(table["method"] == "fda") & (table["init"] == "ta")].set_index("protocol")
-    ta = table[(table["method"] == "ta") & (table["protocol"] == "fixed")]["Avg"].astype(float).item()
-    assert rows.loc["validated", "row"].startswith("FDA (TA, Gauss, validated, epochs=")
-    assert float(rows.loc["validated", "Δ"]) == pytest.approx(float(rows.loc["validated", "Avg"]) - ta)
-    assert re.search(r"^fda-adapt minitext seed0 ta gauss \(grid: lr 0\.001, epochs 1,3\): block \d+ \(\d+/6\) done", console, re.M)
+    assert set(cell["protocol"]) == {"validated"} and set(cell["hparams"]) == {chosen} and set(cell["init"]) == {"tsvm"}
+    table = pd.read_csv(work / "results/tables/minivision.csv", keep_default_na=False)
+    rows = table[(table["method"] == "fda") & (table["init"] == "tsvm")].set_index("protocol")
+    tsvm = table[(table["method"] == "tsvm") & (table["protocol"] == "fixed")]["Avg"].astype(float).item()
+    assert rows.loc["validated", "row"].startswith("FDA (TSV-M, Weight, validated, epochs=")
+    assert float(rows.loc["validated", "Δ"]) == pytest.approx(float(rows.loc["validated", "Avg"]) - tsvm)
+    assert re.search(r"^fda-adapt minivision seed0 tsvm weight \(grid: lr 0\.001, epochs 1,3\): block \d+ \(\d+/2\) done",
+                     console, re.M)
 
 
 def test_changing_a_grid_reruns_only_its_selection(smoke_run):
