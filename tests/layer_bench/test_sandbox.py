@@ -530,11 +530,17 @@ def test_harness_survives_a_killed_run(tmp_path):
     """The harness's own thread being interrupted mid-run (KeyboardInterrupt) leaves no sandbox behind."""
     mem = _unique_memory_mb()
     task = CodeTask("import time\ndef add(a, b):\n    time.sleep(60)\n", ADD_TESTS)
+    # Python's own SIGINT handler for the test: in the full suite an earlier in-process test can
+    # leave another one installed, and then the interrupt never arrives as KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.7, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_task(task, timeout=30, memory_mb=mem)
-    timer.cancel()
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            run_task(task, timeout=30, memory_mb=mem)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert _marked(_marker(mem)) == []
 
 
