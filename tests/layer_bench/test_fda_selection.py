@@ -178,3 +178,16 @@ def test_one_validated_fda_cell_builds_only_what_it_needs(tmp_path):
                              "evaluate_fda_validated": 1, "cell_fda_validated": 1})
     assert {j["wildcards"]["scale"] for j in jobs if j["rule"] == "fda_adapt_grid"} == {"0", "1"}
     assert {j["wildcards"]["anchorinit"] for j in jobs if j["rule"] == "select_fda"} == {"gauss"}
+
+
+def test_select_without_the_lr_a_scale_multiplies_says_so(tmp_path, capsys):
+    from fda.bench import cli
+
+    raw = results.raw_frame([{"task": "a", "metric": "accuracy", "value": 0.5}], method="fda", split="validation")
+    results.write_csv(raw, tmp_path / "p0.csv")
+    argv = ["select", "--suite", "minivision", "--method", "fda", "--init", "ta", "--tasks", "a",
+            "--grid", '{"adapt_lr_scale": [0.1]}', "--point", f"{tmp_path / 'p0.csv'}=m0", "--out", str(tmp_path / "c.json")]
+    assert cli.main(argv + ["--hparams", '{"adapt_epochs": 50}']) != 0
+    assert "scales 'adapt_lr'" in capsys.readouterr().err and not (tmp_path / "c.json").exists()
+    assert cli.main(argv + ["--hparams", '{"adapt_lr": 0.01}']) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["chosen"]["hparams"]["adapt_lr"] == pytest.approx(1e-3)

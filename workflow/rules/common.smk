@@ -580,8 +580,8 @@ def p_fda_grid_run(wildcards):
         raise WorkflowError(f"lr scale {scale} of suite '{wildcards.suite}' needs no grid run for init "
                             f"'{wildcards.init}' (runs: {sorted(runs)})")
     epochs = runs[scale]
-    point = {"adapt_lr_scale": cfg_fda_sel.scales(S(wildcards.suite))[scale]}
-    fda = {**hparams, **cfg_fda_sel.point_overrides(point, lr, epochs[-1])}
+    point = {"adapt_lr_scale": cfg_fda_sel.scales(S(wildcards.suite))[scale], "adapt_epochs": epochs[-1]}
+    fda = cfg_grids.apply_values({**hparams, "adapt_lr": lr}, point)  # the same rule select records
     return f"--fda {shlex.quote(cfg_names.canonical_json(fda))} --snapshot-epochs {' '.join(map(str, epochs))}"
 
 

@@ -28,8 +28,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         score, tasks = point_score(read_raw(csv), args.tasks, where=f"{csv} ({values_label(values)})")
         scores.append(score)
         per_task.append(tasks)
+    try:
+        hparams = [apply_values(args.hparams, p) for p in points]
+    except KeyError as err:  # e.g. adapt_lr_scale without the init's adapt_lr in --hparams
+        raise UsageError(f"--hparams: {err.args[0]}; pass the resolved value in --hparams") from err
     record = choice_record(suite=args.suite, method=args.method, grid=args.grid, points=points,
-                           hparams=[apply_values(args.hparams, p) for p in points], models=[m for _, m in args.point],
+                           hparams=hparams, models=[m for _, m in args.point],
                            scores=scores, task_scores=per_task, init=args.init, anchor_init=args.anchor_init,
                            expert_seed=args.expert_seed, seed=args.seed)
     write_choice(record, args.out)

@@ -72,12 +72,6 @@ def resolved_adaptation(section: Mapping[str, Any], hparams: Mapping[str, Any], 
     return float(cfg.adapt_lr), int(cfg.adapt_epochs)
 
 
-def point_overrides(values: Mapping[str, Any], adapt_lr: float, adapt_epochs: int) -> dict[str, Any]:
-    """The FDAConfig fields a grid point sets: ``adapt_lr`` = scale x the init's lr, ``adapt_epochs``."""
-    return {"adapt_lr": adapt_lr * float(values.get("adapt_lr_scale", 1.0)),
-            "adapt_epochs": int(values.get("adapt_epochs", adapt_epochs))}
-
-
 def is_fixed(values: Mapping[str, Any], adapt_epochs: int) -> bool:
     """Whether a point's values are the fixed protocol's (scale 1, the configured epochs)."""
     return float(values.get("adapt_lr_scale", 1.0)) == 1.0 and int(values.get("adapt_epochs", adapt_epochs)) == adapt_epochs
