@@ -2,7 +2,7 @@
 
 Every rule writes ``logs/benchmarks/{suite}/...tsv`` (wall seconds ``s``, peak RSS ``max_rss``
 in MB). This sums them per suite and stage (data, base, experts, merges, FDA construction, FDA
-adaptation, evaluation, aggregation); the run's wall time is less than the sum because
+adaptation, evaluation, the validated protocols' selection jobs, aggregation); the run's wall time is less than the sum because
 ``--cores N`` runs N jobs at once. Markdown to stdout::
 
     python benchmarks/job_times.py logs/benchmarks
@@ -16,8 +16,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-#: first matching path fragment -> stage name (order matters: "fda/" before "evaluate/")
+#: first matching path fragment -> stage name (order matters: "/select/" before "/adapt-" and "merge/")
 STAGES = [
+    # the validated protocols (docs/selection.md): grid merges and FDA grid runs, validation scoring,
+    # the choice, the chosen model's test evaluation (its cell job counts with the cells)
+    ("/select/", "selection (validated rows)"),  # listed after evaluation
     ("prepare_data", "data"),
     ("prepare_base", "base model"),
     ("prepare_expert/", "experts (fine-tuning)"),
@@ -59,7 +62,8 @@ def summarise(root: Path) -> dict[tuple[str, str], list[float]]:
 def markdown(summary: dict[tuple[str, str], list[float]]) -> str:
     lines = ["| suite | stage | jobs | job seconds | max peak RSS (MB) |", "|---|---|---:|---:|---:|"]
     totals: dict[str, float] = defaultdict(float)
-    order = [name for _, name in STAGES] + ["cells, tables, figures"]
+    names = [name for _, name in STAGES]
+    order = names[1:] + names[:1] + ["cells, tables, figures"]  # the selection after evaluation
     for (suite, stage), (jobs, secs, rss) in sorted(summary.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
         lines.append(f"| {suite} | {stage} | {int(jobs)} | {secs:.0f} | {rss:.0f} |")
         totals[suite] += secs

@@ -30,12 +30,15 @@ def test_job_times_sums_by_suite_and_stage(tmp_path):
     _tsv(tmp_path / "mt/fda/seed0/construct-gauss.tsv", 7.0, 50)
     _tsv(tmp_path / "mt/construction-figures-gauss.tsv", 1.0, 20)  # a figure job, not construction
     _tsv(tmp_path / "mt/fda/seed0/adapt-ta-gauss.tsv", 3.0, 40)
+    _tsv(tmp_path / "mt/eseed0/fda/seed0/select/ta-gauss/adapt-scale1.tsv", 4.0, 60)  # a grid run, not the fixed one
+    _tsv(tmp_path / "mt/eseed0/select/ta/merge-point2.tsv", 2.0, 30)
     got = job_times.summarise(tmp_path)
     assert got[("mt", "experts (fine-tuning)")] == [2, 15.0, 300.0]
     assert got[("mt", "FDA construction")] == [1, 7.0, 50.0]
     assert got[("mt", "FDA adaptation")] == [1, 3.0, 40.0]
+    assert got[("mt", "selection (validated rows)")] == [2, 6.0, 60.0]
     assert got[("mt", "cells, tables, figures")] == [1, 1.0, 20.0]
-    assert "**26**" in job_times.markdown(got)
+    assert "**32**" in job_times.markdown(got)
 
 
 def _result(losses: list[float], mean_cos: list[float]) -> ConstructResult:

@@ -51,7 +51,7 @@ def test_default_config_declares_grids_that_hold_the_fixed_value():
     cfg = validate_config(DEFAULT)
     for suite in ("minitext", "minivision"):
         s = cfg["suites"][suite]
-        assert set(grids.grids(s)) == {"ta", "ties", "isoc", "isocts"}
+        assert set(grids.grids(s)) == {"ta", "ties"}  # Iso-C/CTS: config/selection-iso.yaml (time)
         for method in grids.grids(s):
             assert grids.fixed_point(s, method) is not None, (suite, method)  # its merge is reused
     assert "results/minitext_ta_validated.csv" in cells(cfg)

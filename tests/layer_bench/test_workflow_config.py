@@ -48,9 +48,9 @@ def test_default_config_has_every_method_and_fda_variant():
         # time (config.yaml says how much) and covered by the smoke run
         assert section["fda"]["inits"] == ["pretrained", "ta", "tsvm", "wudi"]
         assert section["fda"]["anchor_inits"] == ["gauss", "weight"]  # the paper's two; taskspan is an option
-    # 9 method cells, 4 FDA cells, 4 validated baseline cells (ta, ties, isoc, isocts: docs/selection.md)
-    # and 2 validated FDA cells (pretrained, ta: the default run's time budget) per suite
-    assert len(cfg_names.cells(config)) == 2 * (9 + 4 + 4 + 2)
+    # 9 method cells, 4 FDA cells, 2 validated baseline cells (ta, ties: docs/selection.md) and 2
+    # validated FDA cells (pretrained, ta), per suite: the default run's time budget
+    assert len(cfg_names.cells(config)) == 2 * (9 + 4 + 2 + 2)
     smoke = cfg_load.load_config([DEFAULT], ["smoke=true"])
     smoke_inits = {i for s in smoke["suites"] for i in cfg_names.suite_wildcard_values(smoke, s)["init"]}
     assert smoke_inits >= {"pretrained", "ta", "tsvm", "wudi"} and smoke_inits & {"isoc", "isocts"}
@@ -407,6 +407,23 @@ def test_beyond_the_paper_construction_options_are_config_words():
     assert cfg_names.fda_hparams(section)["construct_optimizer"] == "lbfgs"
     fda_cfg["hparams"]["construct_optimizer"] = "bfgs"
     assert "adamw, lbfgs" in _error(cfg)
+
+
+def test_selection_overlays_are_valid_and_add_the_validated_cells_they_declare():
+    """config/fda-selection.yaml and config/selection-iso.yaml (docs/selection.md): each valid over
+    the default config, and each adds validated cells to the default's, keeping all of them."""
+    default = cfg_load.load_config([ROOT / "config" / "config.yaml"])
+    base = set(cfg_names.cells(default))
+    added = {}
+    for name in ("fda-selection.yaml", "selection-iso.yaml"):
+        cells = set(cfg_names.cells(cfg_load.load_config([ROOT / "config" / "config.yaml", ROOT / "config" / name])))
+        assert base < cells, name
+        added[name] = cells - base
+    assert added["selection-iso.yaml"] == {f"results/{s}_{m}_validated.csv" for s in ("minitext", "minivision")
+                                           for m in ("isoc", "isocts")}
+    # every FDA init gets a validated cell (the default: pretrained and TA only)
+    assert added["fda-selection.yaml"] == {f"results/{s}_{i}_fda_validated.csv" for s in ("minitext", "minivision")
+                                           for i in ("tsvm", "wudi")}
 
 
 def test_robustness_variants_move_task_subsets_and_data_seeds():
