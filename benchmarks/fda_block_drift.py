@@ -17,6 +17,10 @@ Reads a finished run's work directory (minivision: no padding, so block inputs a
 
     python benchmarks/fda_block_drift.py --work work/minivision --eseed 0 --seed 0 \\
         --init ta --anchor-init gauss --split validation --out benchmarks/results/drift.md
+
+``--model`` reads another FDA model of the same (init, anchor init, seeds) instead of the fixed
+one, e.g. a snapshot of the validated protocol's grid (``.../select/{init}-{anchor init}/
+scale{k}/epochs{E}.safetensors``), so the drift can be compared across learning rates and epochs.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ def main() -> int:
     ap.add_argument("--anchor-init", required=True)
     ap.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     ap.add_argument("--limit", type=int, default=200, help="examples per task")
+    ap.add_argument("--model", help="the FDA model to read (default: the run's fixed model, {init}-{anchor init}/merged.safetensors)")
+    ap.add_argument("--label", default="", help="what --model is, for the table's heading (e.g. 'lr x0.1, 50 epochs')")
     ap.add_argument("--out", help="Markdown table (default: stdout)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -85,7 +91,7 @@ def main() -> int:
         eseed = work
     init = pre if args.init == "pretrained" else load_state_dict(eseed / "merged" / f"{args.init}.safetensors")
     run = eseed / "fda" / f"seed{args.seed}"
-    fda_state = load_state_dict(run / f"{args.init}-{args.anchor_init}" / "merged.safetensors")
+    fda_state = load_state_dict(args.model or run / f"{args.init}-{args.anchor_init}" / "merged.safetensors")
     tasks = suite.tasks
     blocks = range(adapter.num_blocks)
 
@@ -104,7 +110,8 @@ def main() -> int:
             on_real = gap_closed(adapter, b, real[b], p_fda, p_init, p_exp)
             rows.append((task, b, *on_anchors, *on_real))
 
-    head = (f"FDA ({args.init}, {args.anchor_init}), expert seed {args.eseed}, FDA seed {args.seed}, "
+    which = f", {args.label}" if args.label else ("" if not args.model else f", {args.model}")
+    head = (f"FDA ({args.init}, {args.anchor_init}{which}), expert seed {args.eseed}, FDA seed {args.seed}, "
             f"{args.limit} {args.split} images per task. Gap closed towards the task's expert "
             "(1: reproduces it, 0: no closer than the init, <0: further); moved: |f_fda - f_init| / |f_init - f_expert|.\n\n"
             "| task | block | gap closed (anchors) | moved (anchors) | gap closed (real) | moved (real) |\n|---|---:|---:|---:|---:|---:|\n")
