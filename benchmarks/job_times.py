@@ -2,8 +2,8 @@
 
 Every rule writes ``logs/benchmarks/{suite}/...tsv`` (wall seconds ``s``, peak RSS ``max_rss``
 in MB). This sums them per suite and stage (data, base, experts, merges, FDA construction, FDA
-adaptation, evaluation, the validated protocols' selection jobs, aggregation); the run's wall time is less than the sum because
-``--cores N`` runs N jobs at once. Markdown to stdout::
+adaptation, evaluation, the validated protocols' selection jobs, aggregation); the run's wall
+time is less than the sum because ``--cores N`` runs N jobs at once. Markdown to stdout::
 
     python benchmarks/job_times.py logs/benchmarks
 """
