@@ -75,6 +75,7 @@ def main() -> int:
     ap.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     ap.add_argument("--limit", type=int, default=200, help="examples per task")
     ap.add_argument("--model", help="the FDA model to read (default: the run's fixed model, {init}-{anchor init}/merged.safetensors)")
+    ap.add_argument("--anchors-dir", help="the anchors --model was adapted on (default: the run's, anchors/{anchor init})")
     ap.add_argument("--label", default="", help="what --model is, for the table's heading (e.g. 'lr x0.1, 50 epochs')")
     ap.add_argument("--out", help="Markdown table (default: stdout)")
     args = ap.parse_args()
@@ -92,6 +93,7 @@ def main() -> int:
     init = pre if args.init == "pretrained" else load_state_dict(eseed / "merged" / f"{args.init}.safetensors")
     run = eseed / "fda" / f"seed{args.seed}"
     fda_state = load_state_dict(args.model or run / f"{args.init}-{args.anchor_init}" / "merged.safetensors")
+    anchors_dir = Path(args.anchors_dir) if args.anchors_dir else run / "anchors" / args.anchor_init
     tasks = suite.tasks
     blocks = range(adapter.num_blocks)
 
@@ -105,7 +107,7 @@ def main() -> int:
         real = block_inputs(model, images)
         for b in blocks:
             p_fda, p_init, p_exp = (block_params(adapter, s, b) for s in (fda_state, init, expert))
-            anchors = load_anchors(run / "anchors" / args.anchor_init / f"block{b}" / f"{task}.safetensors")[0].float()
+            anchors = load_anchors(anchors_dir / f"block{b}" / f"{task}.safetensors")[0].float()
             on_anchors = gap_closed(adapter, b, anchors, p_fda, p_init, p_exp)
             on_real = gap_closed(adapter, b, real[b], p_fda, p_init, p_exp)
             rows.append((task, b, *on_anchors, *on_real))
