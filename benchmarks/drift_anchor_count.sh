@@ -8,12 +8,16 @@
 # Needs the venv's bin on PATH (fda-bench, python).
 set -e
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
+R=work/minivision/eseed0/fda/seed0
+if [ $# -ne 1 ] || [ ! -f "$1/$R/pretrained-gauss/merged.safetensors" ]; then
+  echo "usage: $0 RUN_DIR  (a finished default run: RUN_DIR/$R/pretrained-gauss/merged.safetensors must exist)" >&2
+  exit 2
+fi
 cd "$1"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 S='{"tasks":["fashionrot","fashionflip","fashioninv","fashionquad","fashionpairs","digits","digitsinv","digitsrot"]}'
 TASKS="fashionrot fashionflip fashioninv fashionquad fashionpairs digits digitsinv digitsrot"
 EXP=""; for t in $TASKS; do EXP="$EXP --expert $t=work/minivision/eseed0/experts/$t"; done
-R=work/minivision/eseed0/fda/seed0
 mkdir -p /tmp/ac_logs "$REPO/benchmarks/results/drift_anchor_count/validation"
 construct() {  # N
   fda-bench fda-construct --suite minivision --settings "$S" --family clip-vision --size base \
@@ -28,11 +32,11 @@ adapt() {  # N lr tag
     --anchors-dir $R/anchors-n$1/gauss --blocks-dir $R/ac-n$1-$3/blocks --assemble $R/ac-n$1-$3/merged.safetensors > /tmp/ac_logs/adapt-n$1-$3.log 2>&1
 }
 echo "construct $(date)"
-construct 8 & construct 32 & wait
+construct 8 & a=$!; construct 32 & b=$!; wait $a; wait $b
 # the default's 16 anchors: the run's own, linked under the same naming
 [ -e $R/anchors-n16 ] || { mkdir -p $R/anchors-n16 && ln -s ../anchors/gauss $R/anchors-n16/gauss; }
 echo "adapt $(date)"
-for n in 8 16 32; do adapt $n 0.001 x1 & adapt $n 0.0001 x0.1 & wait; done
+for n in 8 16 32; do adapt $n 0.001 x1 & a=$!; adapt $n 0.0001 x0.1 & b=$!; wait $a; wait $b; done
 echo "evaluate $(date)"
 PAIRS=""; for n in 8 16 32; do for k in x1 x0.1; do PAIRS="$PAIRS --model $R/ac-n$n-$k/merged.safetensors --out $REPO/benchmarks/results/drift_anchor_count/validation/n$n-$k.csv"; done; done
 fda-bench evaluate --suite minivision --settings "$S" $PAIRS --split validation --tasks $TASKS --base work/minivision/base --data work/minivision/data $EXP \
@@ -42,6 +46,6 @@ O="$REPO/benchmarks/results/drift_anchor_count"; mkdir -p $O
 for n in 8 16 32; do for k in x1 x0.1; do
   python "$REPO/benchmarks/fda_block_drift.py" --work work/minivision --init pretrained --anchor-init gauss \
     --model $R/ac-n$n-$k/merged.safetensors --anchors-dir $R/anchors-n$n/gauss --label "$n anchors per (block, expert), lr $k, 50 epochs" \
-    --out $O/minivision_pretrained_gauss_n${n}_${k}.md > /dev/null 2>>/tmp/ac_logs/drift.err &
-done; wait; done
+    --out $O/minivision_pretrained_gauss_n${n}_${k}.md > /dev/null 2>>/tmp/ac_logs/drift.err
+done; done
 echo "done $(date)"

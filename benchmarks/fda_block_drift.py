@@ -79,6 +79,9 @@ def main() -> int:
     ap.add_argument("--label", default="", help="what --model is, for the table's heading (e.g. 'lr x0.1, 50 epochs')")
     ap.add_argument("--out", help="Markdown table (default: stdout)")
     args = ap.parse_args()
+    for flag, path in (("--model", args.model), ("--anchors-dir", args.anchors_dir)):
+        if path and not Path(path).exists():  # before any model is read
+            ap.error(f"{flag} {path}: no such file or directory")
     torch.manual_seed(0)
 
     work = Path(args.work)

@@ -16,11 +16,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+#: the validated protocols' jobs (docs/selection.md): grid merges and FDA grid runs, validation
+#: scoring, the choice, the chosen model's test evaluation (its cell job counts with the cells)
+SELECTION = "selection (validated rows)"
 #: first matching path fragment -> stage name (order matters: "/select/" before "/adapt-" and "merge/")
 STAGES = [
-    # the validated protocols (docs/selection.md): grid merges and FDA grid runs, validation scoring,
-    # the choice, the chosen model's test evaluation (its cell job counts with the cells)
-    ("/select/", "selection (validated rows)"),  # listed after evaluation
+    ("/select/", SELECTION),
     ("prepare_data", "data"),
     ("prepare_base", "base model"),
     ("prepare_expert/", "experts (fine-tuning)"),
@@ -62,8 +63,8 @@ def summarise(root: Path) -> dict[tuple[str, str], list[float]]:
 def markdown(summary: dict[tuple[str, str], list[float]]) -> str:
     lines = ["| suite | stage | jobs | job seconds | max peak RSS (MB) |", "|---|---|---:|---:|---:|"]
     totals: dict[str, float] = defaultdict(float)
-    names = [name for _, name in STAGES]
-    order = names[1:] + names[:1] + ["cells, tables, figures"]  # the selection after evaluation
+    # table order: the pipeline's stages, then the selection, then the aggregation
+    order = [name for _, name in STAGES if name != SELECTION] + [SELECTION, "cells, tables, figures"]
     for (suite, stage), (jobs, secs, rss) in sorted(summary.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
         lines.append(f"| {suite} | {stage} | {int(jobs)} | {secs:.0f} | {rss:.0f} |")
         totals[suite] += secs
